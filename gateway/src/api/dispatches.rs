@@ -1,0 +1,153 @@
+//! `/v1/dispatches`: create, read, list, cancel, wait, events and reports.
+//!
+//! Handlers only extract, check the scope, call `app` and map to views.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use uuid::Uuid;
+use wire::{
+    CancelDispatch, CreateDispatch, Dispatch, DispatchEventList, DispatchPage, ListDispatches, Report, WaitQuery,
+};
+
+use super::auth::Authenticated;
+use super::error::{
+    ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
+    UnsupportedMediaType,
+};
+use super::extract::{Json, Path, Query};
+use super::AppState;
+use crate::app::dispatch::Created;
+use crate::auth::Scope;
+
+/// Record a dispatch: one remote call of a Python function.
+///
+/// With an `idempotency_key`, retrying is safe: the same key and body return
+/// the existing dispatch (200), the same key with another body is a 409.
+#[utoipa::path(post, path = "/v1/dispatches", tag = "dispatches", operation_id = "dispatch_create",
+    request_body = CreateDispatch,
+    responses(
+        (status = 201, description = "Recorded; it starts `queued`.", body = Dispatch),
+        (status = 200, description = "An earlier request with the same idempotency key and body made this dispatch.", body = Dispatch),
+        BadRequest, Unauthorized, Forbidden, Conflict, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable
+    ),
+    security(("bearer" = ["dispatch:write"])))]
+pub async fn dispatch_create(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Json(body): Json<CreateDispatch>,
+) -> Result<(StatusCode, Json<Dispatch>), ApiError> {
+    let caller = auth.require(Scope::DispatchWrite)?;
+    let (row, created) = state.app.dispatch_create(&caller, body).await?;
+    let status = if created == Created::New { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(row.into())))
+}
+
+/// List the project's dispatches, newest first, with filters and cursor pagination.
+///
+/// Pages are keyset-paginated on the id, so rows created while you page
+/// never shift or repeat the pages you have not read yet.
+#[utoipa::path(get, path = "/v1/dispatches", tag = "dispatches", operation_id = "dispatch_list",
+    params(ListDispatches),
+    responses((status = 200, description = "A page of dispatches.", body = DispatchPage), Unauthorized, Forbidden, Unprocessable, Unavailable),
+    security(("bearer" = ["dispatch:read"])))]
+pub async fn dispatch_list(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Query(query): Query<ListDispatches>,
+) -> Result<Json<DispatchPage>, ApiError> {
+    let caller = auth.require(Scope::DispatchRead)?;
+    let (rows, next_cursor) = state.app.dispatch_list(&caller, query).await?;
+    Ok(Json(DispatchPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
+}
+
+/// Get one dispatch.
+#[utoipa::path(get, path = "/v1/dispatches/{id}", tag = "dispatches", operation_id = "dispatch_get",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    responses((status = 200, description = "The dispatch.", body = Dispatch), BadRequest, Unauthorized, Forbidden, NotFound, Unavailable),
+    security(("bearer" = ["dispatch:read"])))]
+pub async fn dispatch_get(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Dispatch>, ApiError> {
+    let caller = auth.require(Scope::DispatchRead)?;
+    Ok(Json(state.app.dispatch_get(&caller, id).await?.into()))
+}
+
+/// Cancel a dispatch.
+///
+/// A queued dispatch becomes `cancelled` at once; a running one becomes
+/// `cancelling` until its node confirms. Idempotent: cancelling a dispatch
+/// that is already cancelling or finished returns it unchanged.
+#[utoipa::path(post, path = "/v1/dispatches/{id}/cancel", tag = "dispatches", operation_id = "dispatch_cancel",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    request_body(content = CancelDispatch, description = "Optional; an empty object is fine."),
+    responses((status = 200, description = "The dispatch after the cancel.", body = Dispatch),
+        BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    security(("bearer" = ["dispatch:write"])))]
+pub async fn dispatch_cancel(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(body): Json<CancelDispatch>,
+) -> Result<Json<Dispatch>, ApiError> {
+    let caller = auth.require(Scope::DispatchWrite)?;
+    Ok(Json(state.app.dispatch_cancel(&caller, id, body.reason).await?.into()))
+}
+
+/// The dispatch's append-only event log, oldest first.
+#[utoipa::path(get, path = "/v1/dispatches/{id}/events", tag = "dispatches", operation_id = "dispatch_events",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    responses((status = 200, description = "Every transition, with actor and reason.", body = DispatchEventList),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable),
+    security(("bearer" = ["dispatch:read"])))]
+pub async fn dispatch_events(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<DispatchEventList>, ApiError> {
+    let caller = auth.require(Scope::DispatchRead)?;
+    let rows = state.app.dispatch_events(&caller, id).await?;
+    Ok(Json(DispatchEventList { items: rows.into_iter().map(Into::into).collect() }))
+}
+
+/// Long-poll until the dispatch is terminal.
+///
+/// Returns as soon as the dispatch reaches `succeeded`, `failed`,
+/// `cancelled` or `timed_out`, or after `timeout_s` with its current state.
+/// Check `state` in the response to tell the two apart.
+#[utoipa::path(get, path = "/v1/dispatches/{id}/wait", tag = "dispatches", operation_id = "dispatch_wait",
+    params(("id" = Uuid, Path, description = "The dispatch id."), WaitQuery),
+    responses((status = 200, description = "The dispatch, terminal or as it stood at the timeout.", body = Dispatch),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unprocessable, Unavailable),
+    security(("bearer" = ["dispatch:read"])))]
+pub async fn dispatch_wait(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<Dispatch>, ApiError> {
+    let caller = auth.require(Scope::DispatchRead)?;
+    Ok(Json(state.app.dispatch_wait(&caller, id, query.timeout_s).await?.into()))
+}
+
+/// Report a state change observed on a node.
+///
+/// Used by node daemons (`node` scope, any project) and operators (`admin`
+/// scope, own project). The change goes through the dispatch state machine:
+/// an illegal one is a 409 naming both states.
+#[utoipa::path(post, path = "/v1/dispatches/{id}/reports", tag = "nodes", operation_id = "dispatch_report",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    request_body = Report,
+    responses((status = 200, description = "The dispatch after the change.", body = Dispatch),
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    security(("bearer" = ["node"])))]
+pub async fn dispatch_report(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Report>,
+) -> Result<Json<Dispatch>, ApiError> {
+    let caller = auth.require(Scope::Node)?;
+    Ok(Json(state.app.dispatch_report(&caller, id, body).await?.into()))
+}

@@ -1,0 +1,35 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use wire::Health;
+
+use super::error::{ApiError, Unavailable};
+use super::extract::Json;
+use super::AppState;
+
+/// Liveness: the process is up and serving.
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz",
+    responses((status = 200, description = "The gateway is up.", body = Health, example = json!({"status": "ok"}))))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz",
+    responses((status = 200, description = "The database is reachable.", body = Health, example = json!({"status": "ok"})), Unavailable))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state.app.db.ping().await?;
+    Ok(Json(Health { status: "ok".into() }))
+}
+
+/// Prometheus metrics: dispatches by state and request latency histograms.
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format.", content_type = "text/plain",
+        body = String, example = "# TYPE rh_dispatches gauge\nrh_dispatches{state=\"queued\"} 3\n")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let counts = state.app.db.dispatch_count_by_state().await?;
+    let text = state.metrics.render(&counts);
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}

@@ -1,0 +1,112 @@
+//! The HTTP API: one list of routes that yields both the router and the
+//! OpenAPI document, so the two cannot disagree.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::app::App;
+use crate::auth::{Keys, Revocations};
+use crate::metrics::Metrics;
+
+pub mod auth;
+pub mod dispatches;
+pub mod error;
+pub mod extract;
+pub mod health;
+mod views;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: App,
+    pub keys: Keys,
+    pub revocations: Revocations,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Runhouse Gateway",
+        description = "Records every dispatch (one remote call of a Python function) and serves its state.\n\n\
+            Every `/v1` route needs `Authorization: Bearer <JWT>`; `rh-gateway token create` mints one. \
+            Errors share one body: `{code, message, request_id, field?}`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "dispatches", description = "Create, read, list, cancel and wait on dispatches."),
+        (name = "nodes", description = "Routes node daemons call."),
+        (name = "health", description = "Liveness, readiness and metrics; no token needed.")
+    )
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.bearer_format = Some("JWT".into());
+        http.description = Some(
+            "A JWT with claims `sub`, `project`, `scopes` (`dispatch:read`, `dispatch:write`, `node`, `admin`), \
+             `exp`, `iat`, `jti`, signed with the gateway's pinned algorithm (HS256 by default)."
+                .into(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(http));
+    }
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(dispatches::dispatch_create, dispatches::dispatch_list))
+        .routes(routes!(dispatches::dispatch_get))
+        .routes(routes!(dispatches::dispatch_cancel))
+        .routes(routes!(dispatches::dispatch_events))
+        .routes(routes!(dispatches::dispatch_wait))
+        .routes(routes!(dispatches::dispatch_report))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+}
+
+/// The OpenAPI document, as committed in `openapi/gateway.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// The whole HTTP service: API routes, `/openapi.json`, `/docs` and middleware.
+pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
+    let (routes, spec) = api_routes().split_for_parts();
+    let metrics = state.metrics.clone();
+    routes
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                    let request_id =
+                        request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+                }))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(axum::middleware::from_fn(error::error_bodies)),
+        )
+}

@@ -1,0 +1,51 @@
+//! Database rows to API views.
+
+use std::collections::BTreeMap;
+
+use crate::db::{DispatchRow, EventRow};
+
+impl From<DispatchRow> for wire::Dispatch {
+    fn from(row: DispatchRow) -> Self {
+        let cancellation = row.cancelled_by.map(|by| wire::Cancellation {
+            by,
+            reason: row.cancel_reason,
+            at: row.cancel_requested_at.unwrap_or(row.updated_at),
+        });
+        wire::Dispatch {
+            id: wire::DispatchId(row.dispatch_id),
+            project: row.project,
+            function: row.function_ref,
+            args: serde_json::from_value(row.args).unwrap_or_default(),
+            kwargs: serde_json::from_value(row.kwargs).unwrap_or_default(),
+            cluster: row.cluster,
+            state: row.state.into(),
+            generation: row.generation,
+            idempotency_key: row.idempotency_key,
+            labels: serde_json::from_value::<BTreeMap<String, String>>(row.labels).unwrap_or_default(),
+            requester: row.requester,
+            timeout_s: row.timeout_s.map(|t| t as u32),
+            result: row.result,
+            failure: row.failure.and_then(|f| serde_json::from_value(f).ok()),
+            cancellation,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+impl From<EventRow> for wire::DispatchEvent {
+    fn from(row: EventRow) -> Self {
+        wire::DispatchEvent {
+            seq: row.event_id,
+            dispatch_id: wire::DispatchId(row.dispatch_id),
+            from_state: row.from_state.map(Into::into),
+            to_state: row.to_state.into(),
+            generation: row.generation,
+            actor: row.actor,
+            reason: row.reason,
+            at: row.created_at,
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Dispatch use cases: create (idempotently), read, list, cancel, wait, and
+//! the state reports that nodes send.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::App;
+use crate::auth::{Caller, Scope};
+use crate::db::{DispatchRow, EventRow, ListFilter, NewDispatch, StateChange};
+use crate::dispatch::{Event, Next};
+use crate::{Error, Result};
+
+const MAX_LABELS: usize = 64;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+const DEFAULT_WAIT_S: u32 = 30;
+
+/// How a create ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new dispatch was recorded.
+    New,
+    /// The idempotency key matched an earlier, identical request.
+    Existing,
+}
+
+/// Details that come with a state change.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub reason: Option<String>,
+    pub result: Option<Value>,
+    pub failure: Option<Value>,
+    pub expected_generation: Option<i64>,
+}
+
+impl App {
+    /// Records a new dispatch, or returns the one this idempotency key already made.
+    pub async fn dispatch_create(&self, caller: &Caller, req: wire::CreateDispatch) -> Result<(DispatchRow, Created)> {
+        validate_create(&req)?;
+        let new = NewDispatch {
+            dispatch_id: Uuid::now_v7(),
+            project: caller.project.clone(),
+            request_hash: request_hash(&req),
+            function_ref: req.function,
+            args: Value::Array(req.args),
+            kwargs: Value::Object(req.kwargs),
+            cluster: req.cluster,
+            idempotency_key: req.idempotency_key,
+            requester: caller.sub.clone(),
+            labels: serde_json::to_value(&req.labels).map_err(|e| Error::Internal(e.into()))?,
+            timeout_s: req.timeout_s.map(|t| t as i32),
+        };
+        // The insert runs in its own task: if the client disconnects mid-request,
+        // the write still completes (or fails) as a whole, never halfway.
+        let db = self.db.clone();
+        let new_for_insert = new.clone();
+        let inserted = tokio::spawn(async move { db.dispatch_insert(&new_for_insert).await })
+            .await
+            .map_err(|e| Error::Internal(e.into()))??;
+        if let Some(row) = inserted {
+            self.notifier.notify(row.dispatch_id);
+            return Ok((row, Created::New));
+        }
+        let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");
+        let existing = self
+            .db
+            .dispatch_by_idempotency_key(&new.project, key)
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("idempotency key conflict without a row")))?;
+        if existing.request_hash != new.request_hash {
+            return Err(Error::IdempotencyConflict { key: key.to_owned() });
+        }
+        Ok((existing, Created::Existing))
+    }
+
+    /// One dispatch of the caller's project.
+    pub async fn dispatch_get(&self, caller: &Caller, id: Uuid) -> Result<DispatchRow> {
+        self.db.dispatch_get(Some(&caller.project), id).await?.ok_or_else(|| not_found(id))
+    }
+
+    /// A page of the caller's dispatches, newest first, and the cursor of the next page.
+    pub async fn dispatch_list(
+        &self,
+        caller: &Caller,
+        query: wire::ListDispatches,
+    ) -> Result<(Vec<DispatchRow>, Option<String>)> {
+        let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(Error::invalid("limit", format!("`limit` must be between 1 and {MAX_PAGE}")));
+        }
+        let states = query
+            .state
+            .iter()
+            .map(|s| s.parse::<wire::DispatchState>().map(Into::into))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| Error::invalid("state", format!("`state`: {message}")))?;
+        let mut labels = serde_json::Map::new();
+        for pair in &query.label {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| Error::invalid("label", format!("`label` must be `key=value`, got `{pair}`")))?;
+            labels.insert(key.to_owned(), Value::String(value.to_owned()));
+        }
+        let before_id = query.cursor.as_deref().map(cursor_decode).transpose()?;
+        let filter = ListFilter {
+            states,
+            cluster: query.cluster,
+            labels: Value::Object(labels),
+            created_after: query.created_after,
+            created_before: query.created_before,
+            before_id,
+            limit: i64::from(limit) + 1,
+        };
+        let mut rows = self.db.dispatch_list(&caller.project, &filter).await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|last| cursor_encode(last.dispatch_id))
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    /// The event log of one of the caller's dispatches.
+    pub async fn dispatch_events(&self, caller: &Caller, id: Uuid) -> Result<Vec<EventRow>> {
+        self.dispatch_get(caller, id).await?;
+        self.db.dispatch_events(id).await
+    }
+
+    /// Asks for a cancel. Idempotent: a dispatch already cancelling or finished
+    /// is returned unchanged.
+    pub async fn dispatch_cancel(&self, caller: &Caller, id: Uuid, reason: Option<String>) -> Result<DispatchRow> {
+        let outcome = Outcome { reason, ..Outcome::default() };
+        self.dispatch_apply(Some(&caller.project), id, Event::Cancel, &caller.sub, outcome).await
+    }
+
+    /// Applies a node's report. A `node` token may report on any project's
+    /// dispatch; an `admin` token only on its own project's.
+    pub async fn dispatch_report(&self, caller: &Caller, id: Uuid, report: wire::Report) -> Result<DispatchRow> {
+        let project =
+            if caller.has(Scope::Node) && !caller.has(Scope::Admin) { None } else { Some(caller.project.as_str()) };
+        let (event, failure) = match report.kind {
+            wire::ReportKind::Started => (Event::Start, None),
+            wire::ReportKind::Succeeded => (Event::Succeed, None),
+            wire::ReportKind::CancelConfirmed => (Event::CancelConfirmed, None),
+            wire::ReportKind::Failed => {
+                let failure = report
+                    .failure
+                    .clone()
+                    .ok_or_else(|| Error::invalid("failure", "a `failed` report needs `failure` ({code, message})"))?;
+                (Event::Fail, Some(failure))
+            }
+            wire::ReportKind::TimedOut => {
+                let failure = report.failure.clone().unwrap_or(wire::DispatchFailure {
+                    code: "timed_out".into(),
+                    message: "the call ran past its timeout_s".into(),
+                    remote_type: None,
+                    traceback: None,
+                });
+                (Event::TimeOut, Some(failure))
+            }
+        };
+        if report.result.is_some() && event != Event::Succeed {
+            return Err(Error::invalid("result", "`result` is only accepted with a `succeeded` report"));
+        }
+        let outcome = Outcome {
+            reason: report.reason,
+            result: (event == Event::Succeed).then(|| report.result.unwrap_or(Value::Null)),
+            failure: failure.map(|f| serde_json::to_value(f).expect("failure serializes")),
+            expected_generation: report.expected_generation,
+        };
+        self.dispatch_apply(project, id, event, &caller.sub, outcome).await
+    }
+
+    /// Applies `event` through the state machine with a compare-and-set write,
+    /// re-reading and retrying when another writer changed the row first.
+    pub async fn dispatch_apply(
+        &self,
+        project: Option<&str>,
+        id: Uuid,
+        event: Event,
+        actor: &str,
+        outcome: Outcome,
+    ) -> Result<DispatchRow> {
+        loop {
+            let row = self.db.dispatch_get(project, id).await?.ok_or_else(|| not_found(id))?;
+            if let Some(expected) = outcome.expected_generation {
+                if expected != row.generation {
+                    return Err(Error::StaleGeneration { expected, actual: row.generation });
+                }
+            }
+            let to = match row.state.next(event)? {
+                Next::Stay => return Ok(row),
+                Next::Move(to) => to,
+            };
+            let change = StateChange {
+                dispatch_id: id,
+                from: row.state,
+                generation: row.generation,
+                to,
+                actor: actor.to_owned(),
+                reason: outcome.reason.clone(),
+                result: outcome.result.clone(),
+                failure: outcome.failure.clone(),
+                cancelled_by: (event == Event::Cancel).then(|| actor.to_owned()),
+            };
+            let db = self.db.clone();
+            let written = tokio::spawn(async move { db.dispatch_set_state(&change).await })
+                .await
+                .map_err(|e| Error::Internal(e.into()))??;
+            if let Some(row) = written {
+                self.notifier.notify(id);
+                return Ok(row);
+            }
+            // Lost the compare-and-set race: re-read and decide again.
+        }
+    }
+
+    /// Waits until the dispatch is terminal or `timeout_s` passes, then returns it.
+    pub async fn dispatch_wait(&self, caller: &Caller, id: Uuid, timeout_s: Option<u32>) -> Result<DispatchRow> {
+        let timeout_s = timeout_s.unwrap_or(DEFAULT_WAIT_S.min(self.max_wait_s));
+        if timeout_s > self.max_wait_s {
+            return Err(Error::invalid("timeout_s", format!("`timeout_s` must be at most {}", self.max_wait_s)));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.into());
+        let mut subscription = self.notifier.subscribe(id);
+        loop {
+            let row = self.dispatch_get(caller, id).await?;
+            if row.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(row);
+            }
+            tokio::select! {
+                _ = subscription.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.shutdown.cancelled() => return Ok(row),
+            }
+        }
+    }
+}
+
+fn not_found(id: Uuid) -> Error {
+    Error::NotFound { kind: "dispatch", id: id.to_string() }
+}
+
+fn cursor_encode(id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn cursor_decode(cursor: &str) -> Result<Uuid> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        .ok_or_else(|| {
+            Error::invalid("cursor", "`cursor` is not a cursor this API returned; pass `next_cursor` unchanged")
+        })
+}
+
+/// A hash of everything in the request that defines the call, so a retry with
+/// the same idempotency key can be told from a conflicting reuse.
+fn request_hash(req: &wire::CreateDispatch) -> String {
+    // serde_json's map sorts keys, so the encoding is canonical.
+    let canonical = serde_json::json!({
+        "function": req.function,
+        "args": req.args,
+        "kwargs": req.kwargs,
+        "cluster": req.cluster,
+        "labels": req.labels,
+        "timeout_s": req.timeout_s,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+fn validate_create(req: &wire::CreateDispatch) -> Result<()> {
+    if !is_function_ref(&req.function) {
+        return Err(Error::invalid(
+            "function",
+            format!("`function` must be `module:qualname`, e.g. `pipeline.train:fit`; got `{}`", req.function),
+        ));
+    }
+    if req.cluster.is_empty() || req.cluster.len() > 128 || req.cluster.chars().any(char::is_whitespace) {
+        return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
+    }
+    if let Some(key) = &req.idempotency_key {
+        if key.is_empty() || key.len() > 255 {
+            return Err(Error::invalid("idempotency_key", "`idempotency_key` must be 1 to 255 characters"));
+        }
+    }
+    validate_labels(&req.labels)?;
+    if req.timeout_s == Some(0) {
+        return Err(Error::invalid("timeout_s", "`timeout_s` must be at least 1 (omit it for no timeout)"));
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid("labels", format!("at most {MAX_LABELS} labels are allowed")));
+    }
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 128 {
+            return Err(Error::invalid("labels", format!("label key `{key}` must be 1 to 128 characters")));
+        }
+        if value.len() > 1024 {
+            return Err(Error::invalid("labels", format!("label `{key}` is longer than 1024 characters")));
+        }
+    }
+    Ok(())
+}
+
+/// `module.path:Qual.name`, each part a Python identifier.
+fn is_function_ref(text: &str) -> bool {
+    let is_dotted = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| {
+                let mut chars = part.chars();
+                chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+                    && chars.all(|c| c == '_' || c.is_alphanumeric())
+            })
+    };
+    matches!(text.split_once(':'), Some((module, qualname)) if is_dotted(module) && is_dotted(qualname))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_references_must_be_module_colon_qualname() {
+        assert!(is_function_ref("pipeline.train:fit"));
+        assert!(is_function_ref("m:Model.predict"));
+        assert!(!is_function_ref("pipeline.train"));
+        assert!(!is_function_ref(":fit"));
+        assert!(!is_function_ref("a..b:c"));
+        assert!(!is_function_ref("1abc:f"));
+        assert!(!is_function_ref("a:b:c"));
+    }
+
+    #[test]
+    fn a_cursor_round_trips_and_garbage_is_refused() {
+        let id = Uuid::now_v7();
+        assert_eq!(cursor_decode(&cursor_encode(id)).unwrap(), id);
+        assert!(matches!(cursor_decode("not-a-cursor"), Err(Error::InvalidField { field, .. }) if field == "cursor"));
+    }
+
+    #[test]
+    fn the_request_hash_ignores_the_idempotency_key_and_key_order() {
+        let mut a: wire::CreateDispatch = serde_json::from_value(serde_json::json!({
+            "function": "m:f", "cluster": "c", "kwargs": {"a": 1, "b": 2}
+        }))
+        .unwrap();
+        let b: wire::CreateDispatch = serde_json::from_value(serde_json::json!({
+            "function": "m:f", "cluster": "c", "kwargs": {"b": 2, "a": 1}
+        }))
+        .unwrap();
+        a.idempotency_key = Some("k".into());
+        assert_eq!(request_hash(&a), request_hash(&b));
+    }
+}

@@ -1,0 +1,160 @@
+//! Typed gateway settings, read once at start from defaults, an optional TOML
+//! file and `RH_GATEWAY_*` environment variables (`__` separates levels, e.g.
+//! `RH_GATEWAY_DATABASE__URL`). `DATABASE_URL` is honoured as well.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Everything the gateway can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+/// Where Postgres is and how many connections to hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// A `postgres://` URL.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub url: SecretString,
+    /// Size of the connection pool.
+    pub max_connections: u32,
+    /// Seconds to wait for a free connection before answering 503.
+    pub acquire_timeout_s: u64,
+}
+
+/// The JWT algorithms the gateway can be pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `auth.hs256_secret` (the default).
+    HS256,
+    /// RSA-SHA256 with PEM keys.
+    RS256,
+    /// Ed25519 with PEM keys.
+    EdDSA,
+}
+
+/// How bearer tokens are verified and minted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The only algorithm accepted; tokens signed otherwise (or `none`) are rejected.
+    pub algorithm: JwtAlgorithm,
+    /// Shared secret for HS256, at least 32 bytes.
+    #[serde(serialize_with = "serialize_redacted_opt")]
+    pub hs256_secret: Option<SecretString>,
+    /// PEM public key for RS256/EdDSA verification.
+    pub public_key_path: Option<PathBuf>,
+    /// PEM private key for RS256/EdDSA, needed only to mint tokens.
+    pub private_key_path: Option<PathBuf>,
+}
+
+/// HTTP limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Longest `timeout_s` a wait request may ask for.
+    pub max_wait_s: u32,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `gateway=debug,info`.
+    pub filter: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            http: HttpSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: SecretString::from("postgres://postgres@127.0.0.1:5432/runhouse"),
+            max_connections: 16,
+            acquire_timeout_s: 5,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            algorithm: JwtAlgorithm::HS256,
+            hs256_secret: None,
+            public_key_path: None,
+            private_key_path: None,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { body_limit_bytes: 1024 * 1024, max_wait_s: 300 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+impl Settings {
+    /// Reads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::prefixed("RH_GATEWAY_").split("__"))
+            .extract()
+    }
+}
+
+fn serialize_redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[redacted]")
+}
+
+fn serialize_redacted_opt<S: serde::Serializer>(value: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,307 @@
+//! Dispatch rows: create, read, list, state changes and the event log.
+//!
+//! Each write is a single statement, so it is atomic on its own: a create
+//! inserts the row and its first event together, and a state change is a
+//! compare-and-set on (state, generation) that appends its event in the same
+//! statement. A dropped client connection can never leave half a write.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::DataStore;
+use crate::dispatch::DispatchState;
+use crate::Result;
+
+/// One row of `dispatch`.
+#[derive(Debug, Clone)]
+pub struct DispatchRow {
+    pub dispatch_id: Uuid,
+    pub project: String,
+    pub function_ref: String,
+    pub args: Value,
+    pub kwargs: Value,
+    pub cluster: String,
+    pub state: DispatchState,
+    pub generation: i64,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub requester: String,
+    pub labels: Value,
+    pub timeout_s: Option<i32>,
+    pub result: Option<Value>,
+    pub failure: Option<Value>,
+    pub cancelled_by: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One row of `dispatch_event`.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub event_id: i64,
+    pub dispatch_id: Uuid,
+    pub from_state: Option<DispatchState>,
+    pub to_state: DispatchState,
+    pub generation: i64,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a create inserts.
+#[derive(Debug, Clone)]
+pub struct NewDispatch {
+    pub dispatch_id: Uuid,
+    pub project: String,
+    pub function_ref: String,
+    pub args: Value,
+    pub kwargs: Value,
+    pub cluster: String,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub requester: String,
+    pub labels: Value,
+    pub timeout_s: Option<i32>,
+}
+
+/// A compare-and-set state change.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub dispatch_id: Uuid,
+    /// The state and generation the writer read; the write applies only if both still hold.
+    pub from: DispatchState,
+    pub generation: i64,
+    pub to: DispatchState,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub result: Option<Value>,
+    pub failure: Option<Value>,
+    /// Set on a cancel request: who asked.
+    pub cancelled_by: Option<String>,
+}
+
+/// Filters for listing, already validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Vec<DispatchState>,
+    pub cluster: Option<String>,
+    /// A JSON object the labels must contain.
+    pub labels: Value,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only ids below this one (keyset pagination).
+    pub before_id: Option<Uuid>,
+    pub limit: i64,
+}
+
+impl DataStore {
+    /// Inserts a dispatch and its creating event in one statement.
+    ///
+    /// Returns `None` when the project already has a dispatch with this
+    /// idempotency key; concurrent duplicates therefore yield exactly one row.
+    #[tracing::instrument(skip_all, fields(dispatch_id = %new.dispatch_id))]
+    pub async fn dispatch_insert(&self, new: &NewDispatch) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            with inserted as (
+                insert into dispatch (
+                    dispatch_id, project, function_ref, args, kwargs, cluster,
+                    idempotency_key, request_hash, requester, labels, timeout_s
+                )
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                on conflict (project, idempotency_key) do nothing
+                returning *
+            ),
+            event as (
+                insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+                select dispatch_id, null, state, generation, requester, 'created' from inserted
+            )
+            select
+                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
+                args as "args!", kwargs as "kwargs!", cluster as "cluster!",
+                state as "state!: DispatchState", generation as "generation!",
+                idempotency_key, request_hash as "request_hash!", requester as "requester!",
+                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
+                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
+                updated_at as "updated_at!"
+            from inserted
+            "#,
+            new.dispatch_id,
+            new.project,
+            new.function_ref,
+            new.args,
+            new.kwargs,
+            new.cluster,
+            new.idempotency_key,
+            new.request_hash,
+            new.requester,
+            new.labels,
+            new.timeout_s,
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// The project's dispatch with this idempotency key.
+    pub async fn dispatch_by_idempotency_key(&self, project: &str, key: &str) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, args, kwargs, cluster,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at
+            from dispatch
+            where project = $1 and idempotency_key = $2
+            "#,
+            project,
+            key
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// One dispatch. With `project`, another project's dispatch is not found.
+    pub async fn dispatch_get(&self, project: Option<&str>, id: Uuid) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, args, kwargs, cluster,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at
+            from dispatch
+            where dispatch_id = $1 and ($2::text is null or project = $2)
+            "#,
+            id,
+            project
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// A page of the project's dispatches, newest first.
+    pub async fn dispatch_list(&self, project: &str, filter: &ListFilter) -> Result<Vec<DispatchRow>> {
+        let states: Vec<String> = filter.states.iter().map(|s| s.to_string()).collect();
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, args, kwargs, cluster,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at
+            from dispatch
+            where project = $1
+              and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
+              and ($3::text is null or cluster = $3)
+              and labels @> $4
+              and ($5::timestamptz is null or created_at >= $5)
+              and ($6::timestamptz is null or created_at < $6)
+              and ($7::uuid is null or dispatch_id < $7)
+            order by dispatch_id desc
+            limit $8
+            "#,
+            project,
+            &states,
+            filter.cluster,
+            filter.labels,
+            filter.created_after,
+            filter.created_before,
+            filter.before_id,
+            filter.limit,
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// Applies a state change if the row is still at (`from`, `generation`),
+    /// appending its event in the same statement. `None` means another writer
+    /// got there first (or the dispatch does not exist).
+    #[tracing::instrument(skip_all, fields(dispatch_id = %change.dispatch_id, to = %change.to))]
+    pub async fn dispatch_set_state(&self, change: &StateChange) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            with updated as (
+                update dispatch set
+                    state = $4::text::dispatch_state,
+                    generation = generation + 1,
+                    updated_at = now(),
+                    started_at = case when $4 = 'running' then now() else started_at end,
+                    cancel_requested_at = case when $7::text is not null then now() else cancel_requested_at end,
+                    finished_at = case when $4 in ('succeeded', 'failed', 'cancelled', 'timed_out')
+                                       then now() else finished_at end,
+                    result = coalesce($8, result),
+                    failure = coalesce($9, failure),
+                    cancelled_by = coalesce($7, cancelled_by),
+                    cancel_reason = case when $7::text is not null then $6 else cancel_reason end
+                where dispatch_id = $1 and state = $2::text::dispatch_state and generation = $3
+                returning *
+            ),
+            event as (
+                insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+                select dispatch_id, $2::text::dispatch_state, state, generation, $5, $6 from updated
+            )
+            select
+                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
+                args as "args!", kwargs as "kwargs!", cluster as "cluster!",
+                state as "state!: DispatchState", generation as "generation!",
+                idempotency_key, request_hash as "request_hash!", requester as "requester!",
+                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
+                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
+                updated_at as "updated_at!"
+            from updated
+            "#,
+            change.dispatch_id,
+            change.from.to_string(),
+            change.generation,
+            change.to.to_string(),
+            change.actor,
+            change.reason,
+            change.cancelled_by,
+            change.result,
+            change.failure,
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// The dispatch's event log, oldest first.
+    pub async fn dispatch_events(&self, id: Uuid) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query_as!(
+            EventRow,
+            r#"
+            select event_id, dispatch_id, from_state as "from_state: DispatchState",
+                   to_state as "to_state: DispatchState", generation, actor, reason, created_at
+            from dispatch_event
+            where dispatch_id = $1
+            order by event_id
+            "#,
+            id
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// How many dispatches are in each state, across projects (for `/metrics`).
+    pub async fn dispatch_count_by_state(&self) -> Result<Vec<(DispatchState, i64)>> {
+        let rows = sqlx::query!(
+            r#"select state as "state: DispatchState", count(*) as "count!" from dispatch group by state"#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
+    }
+}

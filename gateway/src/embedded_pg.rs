@@ -1,0 +1,208 @@
+//! A private PostgreSQL server run from the machine's own server binaries,
+//! for `rh-gateway dev` and the test harness.
+//!
+//! `initdb` and `postgres` refuse to run as root, so under root the cluster is
+//! owned by, and run as, the unprivileged `postgres` user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Why the embedded server could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No `initdb`/`pg_ctl` on PATH or in /usr/lib/postgresql/*/bin.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in /usr/lib/postgresql/*/bin: \
+         install them with `apt-get install postgresql-15` (Debian/Ubuntu), or set DATABASE_URL to use an existing server"
+    )]
+    NotInstalled,
+    /// Running as root with no unprivileged user to run the server as.
+    #[error("running as root, but there is no `postgres` user to run the server as: create one (`useradd -r postgres`) or run as another user")]
+    NoServerUser,
+    /// The server user cannot reach the data directory.
+    #[error(
+        "the `postgres` user cannot write to {0}: make its parent folders searchable (chmod o+x) \
+         or set DATABASE_URL to use an existing server"
+    )]
+    Unreachable(PathBuf),
+    /// A PostgreSQL command failed.
+    #[error("`{command}` failed: {output}")]
+    Command { command: String, output: String },
+    /// A file or process operation failed.
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to run the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Durable commits. Turn off only for throwaway test clusters.
+    pub durable: bool,
+}
+
+/// A running private PostgreSQL server.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    data_dir: PathBuf,
+    bin_dir: PathBuf,
+    run_as: Option<&'static str>,
+    port: u16,
+}
+
+impl EmbeddedPostgres {
+    /// Finds the directory holding `initdb` and `pg_ctl`.
+    pub fn find_bin_dir() -> Result<PathBuf, Error> {
+        let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+        if let Some(dir) = on_path.into_iter().find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+        {
+            return Ok(dir);
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let version = entry.file_name().to_str()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("initdb").is_file().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, dir)| dir).ok_or(Error::NotInstalled)
+    }
+
+    /// Initialises `data_dir` if it is new, then starts the server on a free
+    /// loopback port (TCP only, trust auth for local connections).
+    /// A server left running in `data_dir` by an earlier process is restarted.
+    pub fn start(data_dir: &Path, options: Options) -> Result<EmbeddedPostgres, Error> {
+        let bin_dir = Self::find_bin_dir()?;
+        let run_as = if is_root() {
+            let exists = Command::new("id").args(["-u", "postgres"]).output().is_ok_and(|o| o.status.success());
+            if !exists {
+                return Err(Error::NoServerUser);
+            }
+            Some("postgres")
+        } else {
+            None
+        };
+        let data_dir = absolute(data_dir)?;
+        let mut pg = EmbeddedPostgres { data_dir, bin_dir, run_as, port: 0 };
+        if !pg.data_dir.join("PG_VERSION").is_file() {
+            pg.init()?;
+        }
+        if pg.pg_ctl(&["status"]).is_ok() {
+            pg.pg_ctl(&["-m", "fast", "-w", "stop"])?;
+        }
+        let mut last_error = None;
+        for _ in 0..3 {
+            pg.port = free_port()?;
+            let mut settings = format!(
+                "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200",
+                pg.port
+            );
+            if !options.durable {
+                settings.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            }
+            let log = pg.data_dir.join("server.log");
+            let log = log.to_string_lossy();
+            match pg.pg_ctl(&["-w", "-t", "60", "-l", &log, "-o", &settings, "start"]) {
+                Ok(_) => return Ok(pg),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.expect("three attempts were made"))
+    }
+
+    /// The TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for `database`, as the superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected, data is kept).
+    pub fn stop(&self) -> Result<(), Error> {
+        if self.pg_ctl(&["status"]).is_err() {
+            return Ok(());
+        }
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]).map(|_| ())
+    }
+
+    fn init(&self) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|source| Error::Io { context: format!("cannot create {}", self.data_dir.display()), source })?;
+        if let Some(user) = self.run_as {
+            run(Command::new("chown").arg(format!("{user}:")).arg(&self.data_dir))?;
+            let reachable = Command::new("runuser")
+                .args(["-u", user, "--", "test", "-w"])
+                .arg(&self.data_dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !reachable {
+                return Err(Error::Unreachable(self.data_dir.clone()));
+            }
+        }
+        let data_dir = self.data_dir.to_string_lossy();
+        run(&mut self.command(
+            "initdb",
+            &["-D", &data_dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+        ))
+        .map(|_| ())
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<String, Error> {
+        let data_dir = self.data_dir.to_string_lossy();
+        let mut all = vec!["-D", &data_dir];
+        all.extend_from_slice(args);
+        run(&mut self.command("pg_ctl", &all))
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let program = self.bin_dir.join(program);
+        let mut command = match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command.args(args).current_dir("/");
+        command
+    }
+}
+
+fn run(command: &mut Command) -> Result<String, Error> {
+    let rendered = format!("{command:?}").replace('"', "");
+    let output = command.output().map_err(|source| Error::Io { context: format!("cannot run {rendered}"), source })?;
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(Error::Command { command: rendered, output: text.trim().to_owned() })
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|source| Error::Io { context: "cannot find a free loopback port".into(), source })?;
+    Ok(listener.local_addr().expect("bound").port())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    std::path::absolute(path).map_err(|source| Error::Io { context: format!("bad path {}", path.display()), source })
+}
+
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

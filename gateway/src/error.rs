@@ -1,0 +1,60 @@
+//! The gateway's domain error: what went wrong, in terms a caller can act on.
+//!
+//! Only `api::error` turns it into HTTP. Internal context (database messages,
+//! error chains) lives in `#[source]` fields and is logged, never shown.
+
+use crate::dispatch::InvalidTransition;
+
+/// An error from the application or database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A resource does not exist, or belongs to another project (404).
+    #[error("{kind} `{id}` not found")]
+    NotFound { kind: &'static str, id: String },
+
+    /// A request value is invalid (422). `field` names it.
+    #[error("{message}")]
+    InvalidField { field: String, message: String },
+
+    /// The dispatch's state does not allow the event (409).
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+
+    /// An idempotency key was reused with another body (409).
+    #[error(
+        "idempotency key `{key}` was already used with a different request body; \
+         resend the original body or use a new key"
+    )]
+    IdempotencyConflict { key: String },
+
+    /// The caller expected another generation (409).
+    #[error("the dispatch is at generation {actual}, not the expected {expected}; re-read it and retry")]
+    StaleGeneration { expected: i64, actual: i64 },
+
+    /// The database could not be reached in time (503).
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+
+    /// Anything else (500).
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    /// A 422 naming `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::InvalidField { field: field.into(), message: message.into() }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Error::Unavailable(err),
+            other => Error::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// Shorthand for results in the application and database layers.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

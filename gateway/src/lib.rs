@@ -1,0 +1,20 @@
+//! Runhouse Gateway: records every dispatch of a Python function in Postgres
+//! and serves the REST API orchestrators and people use to run and watch them.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod dispatch;
+pub mod embedded_pg;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod notify;
+pub mod startup;
+pub mod telemetry;
+
+pub use error::{Error, Result};

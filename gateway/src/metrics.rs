@@ -1,0 +1,84 @@
+//! Prometheus metrics: request latency histograms, and dispatch counts by state
+//! read from the database at scrape time (so every replica reports the truth).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::dispatch::DispatchState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+/// The gateway's metrics registry.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    dispatches: Family<StateLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("rh");
+        let requests = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let dispatches = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method, route and status",
+            requests.clone(),
+        );
+        registry.register("dispatches", "Dispatches by state", dispatches.clone());
+        Metrics { registry: Mutex::new(registry), requests, dispatches }
+    }
+}
+
+impl Metrics {
+    /// Renders the text exposition, with `counts` as the current dispatches by state.
+    pub fn render(&self, counts: &[(DispatchState, i64)]) -> String {
+        for state in DispatchState::ALL {
+            let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+            self.dispatches.get_or_create(&StateLabels { state: state.to_string() }).set(count);
+        }
+        let mut text = String::new();
+        encode(&mut text, &self.registry.lock().expect("metrics lock poisoned"))
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Middleware recording each request's latency.
+pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    metrics.requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,104 @@
+//! In-process fan-out of dispatch state changes to long-poll waiters.
+//!
+//! One Postgres `LISTEN` connection per gateway feeds this hub (see
+//! [`crate::listener`]); each waiter subscribes to one dispatch id and is woken
+//! only by changes to that id. A waiter costs one map entry and one
+//! `watch::Receiver`: no connection, no task, no polling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The hub. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Notifier {
+    senders: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+}
+
+impl Notifier {
+    /// Starts watching `id`. Subscribe *before* reading the row, so no change
+    /// between the read and the wait is missed.
+    pub fn subscribe(&self, id: Uuid) -> Subscription {
+        let mut senders = self.senders.lock().expect("notifier lock poisoned");
+        let receiver = senders.entry(id).or_insert_with(|| watch::channel(0).0).subscribe();
+        Subscription { id, receiver, notifier: self.clone() }
+    }
+
+    /// Wakes the waiters of `id`, if any.
+    pub fn notify(&self, id: Uuid) {
+        let senders = self.senders.lock().expect("notifier lock poisoned");
+        if let Some(sender) = senders.get(&id) {
+            sender.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Wakes every waiter, e.g. after the notification stream reconnected and
+    /// changes may have been missed. Each re-reads its dispatch.
+    pub fn notify_all(&self) {
+        let senders = self.senders.lock().expect("notifier lock poisoned");
+        for sender in senders.values() {
+            sender.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// How many dispatch ids have waiters.
+    pub fn watched(&self) -> usize {
+        self.senders.lock().expect("notifier lock poisoned").len()
+    }
+}
+
+/// A waiter's interest in one dispatch; unsubscribes on drop.
+pub struct Subscription {
+    id: Uuid,
+    receiver: watch::Receiver<u64>,
+    notifier: Notifier,
+}
+
+impl Subscription {
+    /// Resolves at the next change after the subscription (or the last `changed`).
+    pub async fn changed(&mut self) {
+        // The sender lives in the map while any subscription does, so this cannot fail.
+        let _ = self.receiver.changed().await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut senders = self.notifier.senders.lock().expect("notifier lock poisoned");
+        // Our own receiver still counts until this function returns.
+        if senders.get(&self.id).is_some_and(|s| s.receiver_count() <= 1) {
+            senders.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_notification_wakes_only_the_waiters_of_that_dispatch() {
+        let hub = Notifier::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut wait_a = hub.subscribe(a);
+        let mut wait_b = hub.subscribe(b);
+        hub.notify(a);
+        tokio::time::timeout(Duration::from_secs(1), wait_a.changed()).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(20), wait_b.changed()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_last_subscription_dropped_removes_the_entry() {
+        let hub = Notifier::default();
+        let id = Uuid::new_v4();
+        let first = hub.subscribe(id);
+        let second = hub.subscribe(id);
+        drop(first);
+        assert_eq!(hub.watched(), 1);
+        drop(second);
+        assert_eq!(hub.watched(), 0);
+    }
+}

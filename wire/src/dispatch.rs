@@ -1,0 +1,311 @@
+//! Dispatches: one remote call of a Python function, as seen over HTTP.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// The id of a dispatch (a UUIDv7, so ids sort by creation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, format = Uuid, example = "01936b8e-5a4c-7d2e-9f10-3c2b1a0d9e8f")]
+pub struct DispatchId(pub Uuid);
+
+impl std::fmt::Display for DispatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for DispatchId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(DispatchId)
+    }
+}
+
+/// Where a dispatch is in its life.
+///
+/// `queued → running → succeeded | failed | cancelled | timed_out`, with
+/// `cancelling` between `running` and `cancelled` while a cancel travels to the
+/// node. The last four states are terminal: they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchState {
+    Queued,
+    Running,
+    Cancelling,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl DispatchState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [DispatchState; 7] = [
+        DispatchState::Queued,
+        DispatchState::Running,
+        DispatchState::Cancelling,
+        DispatchState::Succeeded,
+        DispatchState::Failed,
+        DispatchState::Cancelled,
+        DispatchState::TimedOut,
+    ];
+
+    /// The snake_case name used in JSON, query strings and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchState::Queued => "queued",
+            DispatchState::Running => "running",
+            DispatchState::Cancelling => "cancelling",
+            DispatchState::Succeeded => "succeeded",
+            DispatchState::Failed => "failed",
+            DispatchState::Cancelled => "cancelled",
+            DispatchState::TimedOut => "timed_out",
+        }
+    }
+
+    /// True for the states that never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            DispatchState::Succeeded | DispatchState::Failed | DispatchState::Cancelled | DispatchState::TimedOut
+        )
+    }
+}
+
+impl std::fmt::Display for DispatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DispatchState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DispatchState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = DispatchState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown state `{s}`; expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// `POST /v1/dispatches`: run one Python function remotely.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "function": "pipeline.train:fit",
+    "args": [0.01],
+    "kwargs": {"epochs": 3},
+    "cluster": "train",
+    "idempotency_key": "airflow-ml_pipeline-train-2026-11-22-try1",
+    "labels": {"dag_id": "ml_pipeline", "task_id": "train"},
+    "timeout_s": 3600
+}))]
+pub struct CreateDispatch {
+    /// The function to call, as `module:qualname` (e.g. `pipeline.train:fit`).
+    pub function: String,
+    /// Positional arguments, as JSON values.
+    #[serde(default)]
+    pub args: Vec<Value>,
+    /// Keyword arguments, as a JSON object.
+    #[serde(default)]
+    pub kwargs: serde_json::Map<String, Value>,
+    /// The cluster to run on.
+    pub cluster: String,
+    /// Makes the create safe to retry: the same key and body return the
+    /// existing dispatch; the same key with another body is a 409. Unique per project.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Free key/value labels, such as an orchestrator's dag, run and task ids.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Ends the call as `timed_out` after this many seconds of running.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+}
+
+/// `POST /v1/dispatches/{id}/cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "superseded by a newer run"}))]
+pub struct CancelDispatch {
+    /// Why the dispatch is being cancelled; recorded in its event log.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// How a failed dispatch failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "code": "user_exception",
+    "message": "ValueError: learning rate must be positive",
+    "remote_type": "ValueError",
+    "traceback": "Traceback (most recent call last):\n  ..."
+}))]
+pub struct DispatchFailure {
+    /// A stable code: `user_exception`, `worker_crashed`, `node_lost`, ...
+    pub code: String,
+    /// A human-readable message.
+    pub message: String,
+    /// The Python exception type, for `user_exception`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_type: Option<String>,
+    /// The full remote traceback, for `user_exception`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceback: Option<String>,
+}
+
+/// Who cancelled a dispatch, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cancellation {
+    /// The `sub` of the token that asked for the cancel.
+    pub by: String,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+    /// When the cancel was asked for.
+    pub at: DateTime<Utc>,
+}
+
+/// A dispatch: one recorded remote call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Dispatch {
+    pub id: DispatchId,
+    /// The project the dispatch belongs to (from the creating token).
+    pub project: String,
+    /// The function reference, `module:qualname`.
+    pub function: String,
+    pub args: Vec<Value>,
+    pub kwargs: serde_json::Map<String, Value>,
+    pub cluster: String,
+    pub state: DispatchState,
+    /// Bumped by every state change; writes compare-and-set on it.
+    pub generation: i64,
+    pub idempotency_key: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The `sub` of the token that created the dispatch.
+    pub requester: String,
+    pub timeout_s: Option<u32>,
+    /// The function's JSON result, once `succeeded`.
+    pub result: Option<Value>,
+    /// Why it failed, once `failed` or `timed_out`.
+    pub failure: Option<DispatchFailure>,
+    /// Who cancelled it and why, once a cancel was asked for.
+    pub cancellation: Option<Cancellation>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One entry of a dispatch's append-only event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DispatchEvent {
+    /// Increases with every event, across all dispatches.
+    pub seq: i64,
+    pub dispatch_id: DispatchId,
+    /// The state before the transition; absent for the creating event.
+    pub from_state: Option<DispatchState>,
+    pub to_state: DispatchState,
+    /// The generation after the transition.
+    pub generation: i64,
+    /// Who caused it: a token's `sub`, a node id or `gateway`.
+    pub actor: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A page of dispatches, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DispatchPage {
+    pub items: Vec<Dispatch>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The event log of one dispatch, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DispatchEventList {
+    pub items: Vec<DispatchEvent>,
+}
+
+/// Filters for `GET /v1/dispatches`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListDispatches {
+    /// Only these states (repeat the parameter for several).
+    #[serde(default)]
+    #[param(value_type = Option<Vec<String>>, example = "running")]
+    pub state: Vec<String>,
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    /// Only dispatches carrying this label, as `key=value` (repeat to require several).
+    #[serde(default)]
+    #[param(value_type = Option<Vec<String>>, example = "dag_id=ml_pipeline")]
+    pub label: Vec<String>,
+    /// Only dispatches created at or after this instant (RFC 3339).
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only dispatches created before this instant (RFC 3339).
+    pub created_before: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Query of `GET /v1/dispatches/{id}/wait`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Longest time to hold the request, 0 to 300 seconds (default 30).
+    pub timeout_s: Option<u32>,
+}
+
+/// What a node (or an operator with `admin` scope) reports about a dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportKind {
+    /// The node accepted the call and started it.
+    Started,
+    /// The call returned; `result` holds its JSON value.
+    Succeeded,
+    /// The call failed; `failure` says how.
+    Failed,
+    /// The call ran past its `timeout_s` and was stopped.
+    TimedOut,
+    /// The node stopped the call after a cancel.
+    CancelConfirmed,
+}
+
+/// `POST /v1/dispatches/{id}/reports`: a state change observed by a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "succeeded", "result": {"accuracy": 0.97}}))]
+pub struct Report {
+    pub kind: ReportKind,
+    /// If set, the report applies only while the dispatch is at this generation.
+    #[serde(default)]
+    pub expected_generation: Option<i64>,
+    /// The JSON result, for `succeeded`.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// The failure, for `failed` and `timed_out`.
+    #[serde(default)]
+    pub failure: Option<DispatchFailure>,
+    /// Free text recorded in the event log.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` when healthy.
+    pub status: String,
+}

@@ -1,0 +1,11 @@
+//! Request and response types shared by the gateway, the node daemon and the SDK.
+//!
+//! Both sides of every HTTP boundary compile against these structs, so a client
+//! and the server cannot drift apart. They carry `serde` and `utoipa` derives and
+//! nothing else: no database or HTTP framework types live here.
+
+pub mod dispatch;
+pub mod error;
+
+pub use dispatch::*;
+pub use error::ErrorBody;
