@@ -224,7 +224,7 @@ impl Keys {
         let header_alg = token
             .split('.')
             .next()
-            .and_then(|h| base64_url_decode(h))
+            .and_then(base64_url_decode)
             .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
             .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
             .ok_or_else(|| TokenError::Malformed("cannot read its header".into()))?;

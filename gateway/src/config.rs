@@ -136,7 +136,7 @@ impl Default for LogSettings {
 
 impl Settings {
     /// Reads defaults, then `file` (if given), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
@@ -145,6 +145,7 @@ impl Settings {
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
             .merge(Env::prefixed("RH_GATEWAY_").split("__"))
             .extract()
+            .map_err(Box::new)
     }
 }
 

@@ -55,8 +55,14 @@ pub struct EmbeddedPostgres {
 }
 
 impl EmbeddedPostgres {
-    /// Finds the directory holding `initdb` and `pg_ctl`.
+    /// Finds the directory holding `initdb` and `pg_ctl`: `RH_PG_BINDIR` if
+    /// set, else the first on PATH, else the newest /usr/lib/postgresql/*/bin.
     pub fn find_bin_dir() -> Result<PathBuf, Error> {
+        let has_binaries = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+        if let Some(dir) = std::env::var_os("RH_PG_BINDIR") {
+            let dir = PathBuf::from(dir);
+            return if has_binaries(&dir) { Ok(dir) } else { Err(Error::NotInstalled) };
+        }
         let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
         if let Some(dir) = on_path.into_iter().find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
         {

@@ -264,52 +264,52 @@ fn framework_error(status: StatusCode) -> PendingError {
 #[derive(IntoResponses)]
 #[response(status = 400, description = "The body is not valid JSON, or a path parameter is malformed.",
     example = json!({"code": "malformed_json", "message": "the request body is not valid JSON: EOF while parsing an object at line 1 column 14", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct BadRequest(#[to_schema] pub ErrorBody);
+pub struct BadRequest(pub ErrorBody);
 
 /// 401: no usable bearer token.
 #[derive(IntoResponses)]
 #[response(status = 401, description = "The bearer token is missing, malformed, forged, expired, revoked or uses another algorithm. A `WWW-Authenticate: Bearer` header says which.",
     example = json!({"code": "unauthenticated", "message": "the token has expired", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct Unauthorized(#[to_schema] pub ErrorBody);
+pub struct Unauthorized(pub ErrorBody);
 
 /// 403: the token lacks a scope.
 #[derive(IntoResponses)]
 #[response(status = 403, description = "The token is valid but lacks the scope this route needs.",
     example = json!({"code": "missing_scope", "message": "this token lacks the `dispatch:write` scope needed here; mint one that has it", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct Forbidden(#[to_schema] pub ErrorBody);
+pub struct Forbidden(pub ErrorBody);
 
 /// 404: no such dispatch in the token's project.
 #[derive(IntoResponses)]
 #[response(status = 404, description = "No such dispatch in the token's project.",
     example = json!({"code": "not_found", "message": "dispatch `01936b8e-5a4c-7d2e-9f10-3c2b1a0d9e8f` not found", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct NotFound(#[to_schema] pub ErrorBody);
+pub struct NotFound(pub ErrorBody);
 
 /// 409: the state or the idempotency key does not allow it.
 #[derive(IntoResponses)]
 #[response(status = 409, description = "The dispatch's state does not allow this change (`invalid_transition`, naming both states), the idempotency key was used with another body (`idempotency_key_conflict`), or `expected_generation` is stale.",
     example = json!({"code": "invalid_transition", "message": "illegal transition from `succeeded` to `running` (start): the dispatch is succeeded", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct Conflict(#[to_schema] pub ErrorBody);
+pub struct Conflict(pub ErrorBody);
 
 /// 413: the body is too large.
 #[derive(IntoResponses)]
 #[response(status = 413, description = "The body exceeds `http.body_limit_bytes`.",
     example = json!({"code": "body_too_large", "message": "the request body is larger than the gateway accepts (http.body_limit_bytes); pass large data by reference instead", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct PayloadTooLarge(#[to_schema] pub ErrorBody);
+pub struct PayloadTooLarge(pub ErrorBody);
 
 /// 415: the body is not declared as JSON.
 #[derive(IntoResponses)]
 #[response(status = 415, description = "The body is not sent as `application/json`.",
     example = json!({"code": "unsupported_media_type", "message": "send the body as JSON with `Content-Type: application/json`", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct UnsupportedMediaType(#[to_schema] pub ErrorBody);
+pub struct UnsupportedMediaType(pub ErrorBody);
 
 /// 422: a field is unknown, missing or invalid.
 #[derive(IntoResponses)]
 #[response(status = 422, description = "A field is unknown, missing or has an invalid value; `field` names it.",
     example = json!({"code": "invalid_body", "message": "unknown field `clster`, expected one of `function`, `args`, `kwargs`, `cluster`, `idempotency_key`, `labels`, `timeout_s`", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11", "field": "clster"}))]
-pub struct Unprocessable(#[to_schema] pub ErrorBody);
+pub struct Unprocessable(pub ErrorBody);
 
 /// 503: the database is unreachable.
 #[derive(IntoResponses)]
 #[response(status = 503, description = "The gateway cannot reach its database; retry with backoff.",
     example = json!({"code": "unavailable", "message": "the gateway cannot reach its database; retry shortly", "request_id": "5f0c1c44-4a0e-4f3b-9d0a-1f7a2a9b7c11"}))]
-pub struct Unavailable(#[to_schema] pub ErrorBody);
+pub struct Unavailable(pub ErrorBody);

@@ -45,6 +45,7 @@ pub struct AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerScheme),
+    components(schemas(wire::ErrorBody)),
     tags(
         (name = "dispatches", description = "Create, read, list, cancel and wait on dispatches."),
         (name = "nodes", description = "Routes node daemons call."),

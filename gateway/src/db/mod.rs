@@ -51,9 +51,9 @@ impl DataStore {
         MIGRATOR.run(&self.pool).await
     }
 
-    /// True if the database answers a trivial query.
+    /// Succeeds if the database answers a trivial query; any failure is `Unavailable`.
     pub async fn ping(&self) -> crate::Result<()> {
-        sqlx::query!("select 1 as one").fetch_one(&self.pool).await?;
+        sqlx::query!("select 1 as one").fetch_one(&self.pool).await.map_err(crate::Error::Unavailable)?;
         Ok(())
     }
 }

@@ -1,0 +1,236 @@
+//! Create, read, list, cancel and events.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn creating_a_dispatch_records_it_queued_with_its_creation_event() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let body = json!({
+        "function": "pipeline.train:fit", "args": [1, "two"], "kwargs": {"epochs": 3},
+        "cluster": "train", "labels": {"dag_id": "ml"}, "timeout_s": 60
+    });
+    let (status, dispatch) = app.post("/v1/dispatches", &token, &body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(dispatch["state"], "queued");
+    assert_eq!(dispatch["generation"], 1);
+    assert_eq!(dispatch["project"], "default");
+    assert_eq!(dispatch["requester"], "tester");
+    assert_eq!(dispatch["args"], json!([1, "two"]));
+    assert_eq!(dispatch["kwargs"], json!({"epochs": 3}));
+    assert_eq!(dispatch["labels"], json!({"dag_id": "ml"}));
+    assert_eq!(dispatch["timeout_s"], 60);
+
+    let id = dispatch["id"].as_str().unwrap();
+    let (status, fetched) = app.get(&format!("/v1/dispatches/{id}"), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched, dispatch);
+
+    let (_, events) = app.get(&format!("/v1/dispatches/{id}/events"), &token).await;
+    let events = events["items"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["from_state"], Value::Null);
+    assert_eq!(events[0]["to_state"], "queued");
+    assert_eq!(events[0]["actor"], "tester");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_return_the_existing_dispatch() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let body = json!({"function": "m:f", "cluster": "c", "idempotency_key": "k1", "args": [1]});
+    let (first_status, first) = app.post("/v1/dispatches", &token, &body).await;
+    let (second_status, second) = app.post("/v1/dispatches", &token, &body).await;
+    assert_eq!(first_status, StatusCode::CREATED);
+    assert_eq!(second_status, StatusCode::OK);
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(app.count("dispatch").await, 1);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_with_another_body_is_a_conflict() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    app.post("/v1/dispatches", &token, &json!({"function": "m:f", "cluster": "c", "idempotency_key": "k1"})).await;
+    let (status, error) =
+        app.post("/v1/dispatches", &token, &json!({"function": "m:g", "cluster": "c", "idempotency_key": "k1"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(error["code"], "idempotency_conflict");
+    assert_eq!(error["field"], "idempotency_key");
+    assert!(error["message"].as_str().unwrap().contains("k1"));
+    assert_eq!(app.count("dispatch").await, 1);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_project() {
+    let app = spawn_app().await;
+    let body = json!({"function": "m:f", "cluster": "c", "idempotency_key": "shared"});
+    let a = app.token("alpha", &[gateway::auth::Scope::DispatchWrite]);
+    let b = app.token("beta", &[gateway::auth::Scope::DispatchWrite]);
+    let (_, first) = app.post("/v1/dispatches", &a, &body).await;
+    let (status, second) = app.post("/v1/dispatches", &b, &body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(first["id"], second["id"]);
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_creates_yield_exactly_one_row() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let body = json!({"function": "m:f", "cluster": "c", "idempotency_key": "race"});
+    let requests = (0..32).map(|_| app.post("/v1/dispatches", &token, &body));
+    let results = futures::future::join_all(requests).await;
+    let ids: HashSet<_> = results.iter().map(|(_, d)| d["id"].as_str().unwrap().to_owned()).collect();
+    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    assert!(results.iter().all(|(s, _)| s.is_success()), "{results:?}");
+    assert_eq!(ids.len(), 1);
+    assert_eq!(created, 1);
+    assert_eq!(app.count("dispatch").await, 1);
+    assert_eq!(app.count("dispatch_event").await, 1);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_create_never_leaves_half_a_dispatch() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    // Abort each request at a different moment, from before the send to after the commit.
+    for i in 0..40u64 {
+        let body = json!({"function": "m:f", "cluster": "c", "idempotency_key": format!("k{i}")});
+        let request = app.post("/v1/dispatches", &token, &body);
+        let _ = tokio::time::timeout(std::time::Duration::from_micros(i * 150), request).await;
+    }
+    // Retrying every key after the disconnects yields one complete dispatch per key.
+    for i in 0..40u64 {
+        let body = json!({"function": "m:f", "cluster": "c", "idempotency_key": format!("k{i}")});
+        let (status, _) = app.post("/v1/dispatches", &token, &body).await;
+        assert!(status.is_success());
+    }
+    assert_eq!(app.count("dispatch").await, 40);
+    let without_event: i64 = sqlx::query_scalar(
+        "select count(*) from dispatch d where not exists
+           (select 1 from dispatch_event e where e.dispatch_id = d.dispatch_id and e.to_state = 'queued')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(without_event, 0);
+    assert_eq!(app.count("dispatch_event").await, 40);
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_dispatch_cancels_it_and_records_who_and_why() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    let (status, dispatch) =
+        app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({"reason": "superseded"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dispatch["state"], "cancelled");
+    assert_eq!(dispatch["generation"], 2);
+    assert_eq!(dispatch["cancellation"]["by"], "tester");
+    assert_eq!(dispatch["cancellation"]["reason"], "superseded");
+    assert!(dispatch["finished_at"].is_string());
+    let (_, events) = app.get(&format!("/v1/dispatches/{id}/events"), &token).await;
+    let last = events["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["from_state"], "queued");
+    assert_eq!(last["to_state"], "cancelled");
+    assert_eq!(last["reason"], "superseded");
+}
+
+#[tokio::test]
+async fn cancelling_a_terminal_dispatch_returns_it_unchanged() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    let (_, first) = app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({"reason": "one"})).await;
+    let (status, second) = app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({"reason": "two"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first, second);
+    assert_eq!(app.count("dispatch_event").await, 2);
+}
+
+#[tokio::test]
+async fn listing_filters_by_state_cluster_label_and_creation_time() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let a = app.create(&token, json!({"cluster": "cpu", "labels": {"dag_id": "etl", "task_id": "a"}})).await;
+    let b = app.create(&token, json!({"cluster": "gpu", "labels": {"dag_id": "etl", "task_id": "b"}})).await;
+    let c = app.create(&token, json!({"cluster": "gpu", "labels": {"dag_id": "ml"}})).await;
+    app.post(&format!("/v1/dispatches/{}/cancel", c["id"].as_str().unwrap()), &token, &json!({})).await;
+
+    let ids =
+        |page: &Value| -> Vec<Value> { page["items"].as_array().unwrap().iter().map(|d| d["id"].clone()).collect() };
+    let (_, all) = app.get("/v1/dispatches", &token).await;
+    assert_eq!(ids(&all), vec![c["id"].clone(), b["id"].clone(), a["id"].clone()]);
+    let (_, gpu) = app.get("/v1/dispatches?cluster=gpu", &token).await;
+    assert_eq!(ids(&gpu), vec![c["id"].clone(), b["id"].clone()]);
+    let (_, queued) = app.get("/v1/dispatches?state=queued", &token).await;
+    assert_eq!(ids(&queued), vec![b["id"].clone(), a["id"].clone()]);
+    let (_, both) = app.get("/v1/dispatches?state=queued&state=cancelled&cluster=gpu", &token).await;
+    assert_eq!(ids(&both), vec![c["id"].clone(), b["id"].clone()]);
+    let (_, etl) = app.get("/v1/dispatches?label=dag_id=etl", &token).await;
+    assert_eq!(ids(&etl), vec![b["id"].clone(), a["id"].clone()]);
+    let (_, etl_b) = app.get("/v1/dispatches?label=dag_id=etl&label=task_id=b", &token).await;
+    assert_eq!(ids(&etl_b), vec![b["id"].clone()]);
+
+    let b_created = b["created_at"].as_str().unwrap();
+    let encoded = b_created.replace(':', "%3A").replace('+', "%2B");
+    let (_, since_b) = app.get(&format!("/v1/dispatches?created_after={encoded}"), &token).await;
+    assert_eq!(ids(&since_b), vec![c["id"].clone(), b["id"].clone()]);
+    let (_, before_b) = app.get(&format!("/v1/dispatches?created_before={encoded}"), &token).await;
+    assert_eq!(ids(&before_b), vec![a["id"].clone()]);
+}
+
+#[tokio::test]
+async fn pagination_is_stable_while_new_dispatches_arrive() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let mut created = Vec::new();
+    for _ in 0..25 {
+        created.push(app.create(&token, json!({})).await["id"].clone());
+    }
+    created.reverse(); // newest first, as listed
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/dispatches?limit=10&cursor={c}"),
+            None => "/v1/dispatches?limit=10".to_owned(),
+        };
+        let (status, page) = app.get(&path, &token).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.extend(page["items"].as_array().unwrap().iter().map(|d| d["id"].clone()));
+        // New work arriving between pages must not shift or repeat what is left to read.
+        app.create(&token, json!({})).await;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, created);
+}
+
+#[tokio::test]
+async fn a_bad_list_filter_names_the_parameter() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    for (query, field) in [
+        ("state=sleeping", "state"),
+        ("label=novalue", "label"),
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("cursor=garbage", "cursor"),
+    ] {
+        let (status, error) = app.get(&format!("/v1/dispatches?{query}"), &token).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        assert_eq!(error["field"], field, "{query}: {error}");
+    }
+    let (status, error) = app.get("/v1/dispatches?colour=red", &token).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(error["message"].as_str().unwrap().contains("colour"), "{error}");
+}

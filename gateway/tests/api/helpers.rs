@@ -1,0 +1,206 @@
+//! `spawn_app()`: a gateway on port 0 over a fresh database.
+//!
+//! One PostgreSQL server is started per test binary (or `RH_TEST_DATABASE_URL`
+//! names an existing one); a template database is migrated once, and each test
+//! gets its own copy of it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use gateway::auth::{Keys, Scope};
+use gateway::config::Settings;
+use gateway::embedded_pg::{EmbeddedPostgres, Options};
+use gateway::startup::Application;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::{Connection, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+
+struct Server {
+    /// A URL to the server's `postgres` database, with `{db}` as the database name.
+    url_pattern: String,
+    template: String,
+    data_dir: Option<PathBuf>,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        let (url_pattern, embedded, data_dir) = match std::env::var("RH_TEST_DATABASE_URL") {
+            Ok(url) => {
+                let base = url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(url);
+                (format!("{base}/{{db}}"), None, None)
+            }
+            Err(_) => {
+                let dir = std::env::temp_dir().join(format!("rh-test-pg-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                let pg = EmbeddedPostgres::start(&dir, Options { durable: false }).expect("start test postgres");
+                let pattern = pg.url("{db}");
+                register_stop_at_exit();
+                (pattern, Some(pg), Some(dir))
+            }
+        };
+        let template = format!("rh_template_{}", std::process::id());
+        let admin_url = url_pattern.replace("{db}", "postgres");
+        let template_url = url_pattern.replace("{db}", &template);
+        // A private runtime: each test has its own, and this one must finish before they use the template.
+        std::thread::spawn({
+            let template = template.clone();
+            move || {
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to test postgres");
+                    sqlx::raw_sql(&format!("drop database if exists {template}")).execute(&mut admin).await.unwrap();
+                    sqlx::raw_sql(&format!("create database {template}")).execute(&mut admin).await.unwrap();
+                    let pool = PgPool::connect(&template_url).await.unwrap();
+                    gateway::db::MIGRATOR.run(&pool).await.expect("migrate template");
+                    pool.close().await;
+                })
+            }
+        })
+        .join()
+        .expect("template setup");
+        Server { url_pattern, template, data_dir, embedded }
+    })
+}
+
+fn register_stop_at_exit() {
+    extern "C" fn stop() {
+        if let Some(server) = SERVER.get() {
+            if let Some(pg) = &server.embedded {
+                let _ = pg.stop();
+            }
+            if let Some(dir) = &server.data_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    // SAFETY: `stop` is a plain function that neither unwinds nor touches thread-locals.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::atexit(stop);
+    }
+}
+
+/// A fresh database copied from the migrated template; returns its URL.
+pub async fn fresh_database() -> String {
+    let server = server();
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server.url_pattern.replace("{db}", "postgres")).await.unwrap();
+    sqlx::raw_sql(&format!("create database {name} template {}", server.template)).execute(&mut admin).await.unwrap();
+    server.url_pattern.replace("{db}", &name)
+}
+
+/// Settings for a test gateway on `database_url`.
+pub fn test_settings(database_url: &str) -> Settings {
+    let mut settings = Settings { listen: "127.0.0.1:0".parse().unwrap(), ..Settings::default() };
+    settings.database.url = SecretString::from(database_url.to_owned());
+    settings.auth.hs256_secret = Some(SecretString::from(SECRET));
+    settings
+}
+
+/// A running gateway and what a test needs to talk to it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    pub keys: Keys,
+    pub database_url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a gateway over a fresh database.
+pub async fn spawn_app() -> TestApp {
+    let database_url = fresh_database().await;
+    spawn_app_with(test_settings(&database_url)).await
+}
+
+/// Starts a gateway with the given settings.
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        gateway::telemetry::init(&settings.log);
+    }
+    let app = Application::build(&settings).await.expect("build the gateway");
+    let address = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let database_url = secrecy::ExposeSecret::expose_secret(&settings.database.url).to_owned();
+    TestApp {
+        address,
+        client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+        pool: PgPool::connect(&database_url).await.unwrap(),
+        keys: Keys::from_settings(&settings.auth).unwrap(),
+        database_url,
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    /// A token for `project` with `scopes`.
+    pub fn token(&self, project: &str, scopes: &[Scope]) -> String {
+        self.keys.mint("tester", project, scopes, Duration::from_secs(600)).unwrap().0
+    }
+
+    /// A token with read and write scopes on `default`.
+    pub fn user_token(&self) -> String {
+        self.token("default", &[Scope::DispatchRead, Scope::DispatchWrite])
+    }
+
+    /// A node token.
+    pub fn node_token(&self) -> String {
+        self.keys.mint("node-1", "system", &[Scope::Node], Duration::from_secs(600)).unwrap().0
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null if none).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Creates a dispatch with `body` (merged over a valid default) and returns it.
+    pub async fn create(&self, token: &str, extra: Value) -> Value {
+        let mut body = serde_json::json!({"function": "pipeline.train:fit", "cluster": "local"});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let (status, dispatch) = self.post("/v1/dispatches", token, &body).await;
+        assert!(status.is_success(), "create failed: {status} {dispatch}");
+        dispatch
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(&format!("select count(*) from {table}")).fetch_one(&self.pool).await.unwrap()
+    }
+}

@@ -1,0 +1,12 @@
+//! API tests: the real gateway on a free port, each test with its own database
+//! in a real PostgreSQL server started from the machine's binaries.
+
+mod auth;
+mod bodies;
+mod cli;
+mod dispatches;
+mod health;
+mod helpers;
+mod openapi;
+mod transitions;
+mod wait;

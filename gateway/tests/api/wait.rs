@@ -1,0 +1,119 @@
+//! The long-poll wait.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with, test_settings};
+
+#[tokio::test]
+async fn a_wait_returns_within_100ms_of_a_cancel() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    let waiter = {
+        let (client, url, token) =
+            (app.client.clone(), format!("{}/v1/dispatches/{id}/wait?timeout_s=30", app.address), token.clone());
+        tokio::spawn(async move {
+            let response = client.get(url).bearer_auth(token).send().await.unwrap();
+            (Instant::now(), response.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    // Give the waiter time to park; what is measured starts at the cancel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled_at = Instant::now();
+    let (status, _) = app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (returned_at, dispatch) = waiter.await.unwrap();
+    assert_eq!(dispatch["state"], "cancelled");
+    let latency = returned_at.duration_since(cancelled_at);
+    assert!(latency < Duration::from_millis(100), "wait returned {latency:?} after the cancel");
+}
+
+#[tokio::test]
+async fn a_wait_that_times_out_returns_the_current_state() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let (status, dispatch) = app.get(&format!("/v1/dispatches/{id}/wait?timeout_s=1"), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dispatch["state"], "queued");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_wait_on_a_finished_dispatch_returns_at_once() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
+    let started = Instant::now();
+    let (_, dispatch) = app.get(&format!("/v1/dispatches/{id}/wait?timeout_s=60"), &token).await;
+    assert_eq!(dispatch["state"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_wait_longer_than_allowed_is_refused_naming_the_parameter() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    let (status, error) = app.get(&format!("/v1/dispatches/{id}/wait?timeout_s=301"), &token).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["field"], "timeout_s");
+}
+
+#[tokio::test]
+async fn a_wait_wakes_for_a_change_made_through_another_gateway() {
+    let first = spawn_app().await;
+    let second = spawn_app_with(test_settings(&first.database_url)).await;
+    let token = first.user_token();
+    let id = first.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    let waiter = {
+        let (client, url, token) =
+            (first.client.clone(), format!("{}/v1/dispatches/{id}/wait?timeout_s=30", first.address), token.clone());
+        tokio::spawn(async move {
+            client.get(url).bearer_auth(token).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    second.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({"reason": "elsewhere"})).await;
+    let dispatch = waiter.await.unwrap();
+    assert_eq!(dispatch["state"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(2), "woke after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_waiters_all_wake_when_their_dispatches_finish() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned());
+    }
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1000).build().unwrap();
+    let waiters: Vec<_> = (0..1000)
+        .map(|i| {
+            let (client, url, token) = (
+                client.clone(),
+                format!("{}/v1/dispatches/{}/wait?timeout_s=60", app.address, ids[i % ids.len()]),
+                token.clone(),
+            );
+            tokio::spawn(async move {
+                client.get(url).bearer_auth(token).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    for id in &ids {
+        app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
+    }
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap()["state"], "cancelled");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
