@@ -309,3 +309,45 @@ pub struct Health {
     /// `ok` when healthy.
     pub status: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_from_their_own_names_and_refuse_others() {
+        for state in DispatchState::ALL {
+            assert_eq!(state.as_str().parse::<DispatchState>().unwrap(), state);
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        let err = "sleeping".parse::<DispatchState>().unwrap_err();
+        assert!(err.contains("unknown state `sleeping`") && err.contains("timed_out"), "{err}");
+    }
+
+    #[test]
+    fn exactly_four_states_are_terminal() {
+        let terminal: Vec<_> = DispatchState::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(
+            terminal,
+            [DispatchState::Succeeded, DispatchState::Failed, DispatchState::Cancelled, DispatchState::TimedOut]
+        );
+    }
+
+    #[test]
+    fn a_create_request_refuses_unknown_fields() {
+        let err = serde_json::from_value::<CreateDispatch>(serde_json::json!({
+            "function": "m:f", "cluster": "c", "priority": 1
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `priority`"), "{err}");
+    }
+
+    #[test]
+    fn a_minimal_create_request_fills_in_defaults() {
+        let req: CreateDispatch =
+            serde_json::from_value(serde_json::json!({"function": "m:f", "cluster": "c"})).unwrap();
+        assert!(req.args.is_empty() && req.kwargs.is_empty() && req.labels.is_empty());
+        assert_eq!(req.idempotency_key, None);
+        assert_eq!(req.timeout_s, None);
+    }
+}

@@ -8,5 +8,6 @@ mod dispatches;
 mod health;
 mod helpers;
 mod openapi;
+mod readme;
 mod transitions;
 mod wait;

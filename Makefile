@@ -1,0 +1,29 @@
+# The two commands: `make run` brings up the local stack, `make test` checks everything.
+
+CACHE ?= $(HOME)/.cache/runhouse-gateway
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+
+.PHONY: run test openapi sqlx-prepare fmt lint
+
+## Run the local stack: private Postgres under ./.rh/, gateway on 127.0.0.1:8080.
+run:
+	cargo run --locked -p gateway --bin rh-gateway -- dev
+
+## Everything CI runs: fmt, build, clippy, sqlx prepare --check, all tests.
+test:
+	./scripts/test.sh
+
+## Regenerate the committed OpenAPI document after an API change.
+openapi:
+	cargo run --locked -q -p gateway --bin rh-gateway -- openapi > openapi/gateway.json
+
+## Regenerate .sqlx/ after a query change (needs sqlx-cli; `make test` installs it).
+sqlx-prepare:
+	PATH="$(CACHE)/tools/sqlx-cli-0.8.6/bin:$$PATH" $(CARGO_TARGET_DIR)/debug/rh-with-postgres -- sh -c \
+	  'sqlx migrate run --source migrations >/dev/null && cargo sqlx prepare --workspace -- --all-targets'
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,60 @@
+//! The README's curl walkthrough, run verbatim against `rh-gateway dev`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const README: &str = include_str!("../../../README.md");
+const BIN: &str = env!("CARGO_BIN_EXE_rh-gateway");
+
+fn walkthrough() -> String {
+    let start = README.find("<!-- walkthrough:start -->").expect("walkthrough start marker");
+    let end = README.find("<!-- walkthrough:end -->").expect("walkthrough end marker");
+    let block = &README[start..end];
+    let code_start = block.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let code_end = block[code_start..].find("```").expect("closed block") + code_start;
+    block[code_start..code_end].to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_works_verbatim() {
+    let mut script = walkthrough();
+    // The README assumes `make run`'s default port; only if something else holds it, move over.
+    let port = if std::net::TcpListener::bind("127.0.0.1:8080").is_ok() {
+        8080
+    } else {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        script = script.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"));
+        port
+    };
+    let dir = std::env::temp_dir().join(format!("rh-readme-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut dev = Command::new(BIN)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "rh-gateway dev did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let output = Command::new("bash").args(["-euo", "pipefail", "-c", &script]).current_dir(&dir).output().unwrap();
+    let _ = Command::new("kill").args(["-INT", &dev.id().to_string()]).status();
+    let _ = dev.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the walkthrough failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let id = lines[0].strip_prefix("created ").expect("first line names the dispatch");
+    assert_eq!(lines[1], id, "the idempotent retry returned another dispatch");
+    assert_eq!(&lines[2..4], ["queued", "queued"]);
+    assert!(lines[4].contains("'reason': 'walkthrough done'"), "{stdout}");
+    assert_eq!(lines[5], id);
+    assert_eq!(lines[6], "walkthrough done");
+}

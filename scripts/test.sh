@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The whole check suite, as `make test` and CI run it. Prints each phase's duration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${RH_CACHE:-$HOME/.cache/runhouse-gateway}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+sqlx_version="0.8.6"
+sqlx_root="$cache/tools/sqlx-cli-$sqlx_version"
+export PATH="$sqlx_root/bin:$PATH"
+
+summary=()
+phase() {
+    local name=$1; shift
+    local start=$SECONDS
+    echo "==> $name"
+    "$@"
+    local took=$((SECONDS - start))
+    echo "<== $name: ${took}s"
+    summary+=("$(printf '%5ss  %s' "$took" "$name")")
+}
+
+install_sqlx() {
+    if ! "$sqlx_root/bin/sqlx" --version 2>/dev/null | grep -q "$sqlx_version"; then
+        cargo install sqlx-cli --version "=$sqlx_version" --locked --no-default-features \
+            --features postgres,rustls --root "$sqlx_root"
+    fi
+}
+
+with_pg="$CARGO_TARGET_DIR/debug/rh-with-postgres"
+
+phase "install sqlx-cli (cached)" install_sqlx
+phase "cargo fmt --check" cargo fmt --all --check
+phase "cargo build (all targets)" cargo build --workspace --all-targets --locked
+phase "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+phase "sqlx prepare --check" "$with_pg" -- sh -c \
+    'sqlx migrate run --source migrations >/dev/null && cargo sqlx prepare --workspace --check -- --all-targets'
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+run_tests() {
+    "$with_pg" -- cargo test --workspace --locked 2>&1 | tee "$test_log"
+}
+phase "cargo test (unit, API, OpenAPI drift, README walkthrough)" run_tests
+
+echo
+echo "phase durations:"
+printf '%s\n' "${summary[@]}"
+passed=$(grep -Eo '[0-9]+ passed' "$test_log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$test_log" | awk '{s+=$1} END {print s+0}')
+echo "total: $((SECONDS))s"
+echo
+echo "tests: $passed passed, $failed failed"
