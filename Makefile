@@ -1,6 +1,6 @@
 # The two commands: `make run` brings up the local stack, `make test` checks everything.
 
-CACHE ?= $(HOME)/.cache/runhouse-gateway
+export CACHE ?= $(HOME)/.cache/runhouse-gateway
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 
 .PHONY: run test openapi sqlx-prepare fmt lint

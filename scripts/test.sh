@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cache="${RH_CACHE:-$HOME/.cache/runhouse-gateway}"
+cache="${CACHE:-$HOME/.cache/runhouse-gateway}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 sqlx_version="0.8.6"
