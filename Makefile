@@ -5,9 +5,10 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 
 .PHONY: run test openapi sqlx-prepare fmt lint
 
-## Run the local stack: private Postgres under ./.rh/, gateway on 127.0.0.1:8080.
+## Run the local stack: private Postgres under ./.rh/, the gateway on 127.0.0.1:8080, one local node.
 run:
-	cargo run --locked -p gateway --bin rh-gateway -- dev
+	cargo build --locked -p gateway -p node
+	$(CARGO_TARGET_DIR)/debug/rh-gateway dev
 
 ## Everything CI runs: fmt, build, clippy, sqlx prepare --check, all tests.
 test:

@@ -20,6 +20,61 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub nodes: NodeSettings,
+    pub bundles: BundleSettings,
+    pub call_logs: CallLogSettings,
+}
+
+/// How the gateway tracks node daemons.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSettings {
+    /// How often nodes are asked to heartbeat.
+    pub heartbeat_interval_s: u32,
+    /// A node silent for longer is declared lost, and its dispatches fail with `node_lost`.
+    pub lost_after_s: u32,
+    /// A dispatch placed on a node that still does not list it after this long
+    /// never reached it, and goes back to the queue.
+    pub unacknowledged_requeue_s: u32,
+}
+
+/// Limits on uploaded code bundles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleSettings {
+    /// Largest accepted upload (compressed), in bytes.
+    pub max_bytes: usize,
+    /// Largest total size once unpacked, in bytes.
+    pub max_unpacked_bytes: u64,
+    /// Most entries in one bundle.
+    pub max_files: u32,
+}
+
+/// Limits on stored call output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallLogSettings {
+    /// Most bytes of stdout/stderr kept per dispatch; the rest is dropped and
+    /// the truncation is marked in the log.
+    pub max_bytes_per_dispatch: u64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings { heartbeat_interval_s: 2, lost_after_s: 10, unacknowledged_requeue_s: 15 }
+    }
+}
+
+impl Default for BundleSettings {
+    fn default() -> Self {
+        BundleSettings { max_bytes: 64 * 1024 * 1024, max_unpacked_bytes: 512 * 1024 * 1024, max_files: 50_000 }
+    }
+}
+
+impl Default for CallLogSettings {
+    fn default() -> Self {
+        CallLogSettings { max_bytes_per_dispatch: 1024 * 1024 }
+    }
 }
 
 /// Where Postgres is and how many connections to hold.
@@ -97,6 +152,9 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             http: HttpSettings::default(),
             log: LogSettings::default(),
+            nodes: NodeSettings::default(),
+            bundles: BundleSettings::default(),
+            call_logs: CallLogSettings::default(),
         }
     }
 }

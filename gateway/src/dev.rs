@@ -56,6 +56,7 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
 
     let app = Application::build(&settings).await?;
     let address = app.local_addr();
+    let node = start_local_node(&keys, address, dir)?;
     println!("Runhouse Gateway is up.");
     println!("  API:          http://{address}/v1");
     println!("  Docs:         http://{address}/docs");
@@ -64,10 +65,52 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
     if postgres.is_some() {
         println!("  Postgres:     {} (data in {})", settings.database.url.expose_secret(), dir.join("pg").display());
     }
+    match &node {
+        Some(_) => println!("  Node:         local-1 in cluster `local` (work dir {})", dir.join("node").display()),
+        None => println!("  Node:         none (rh-node is not built next to rh-gateway: `cargo build -p node`)"),
+    }
     println!("Press Ctrl-C to stop.");
     let result = app.run_until(shutdown_signal()).await;
+    if let Some(node) = node {
+        stop_child(node).await;
+    }
     drop(postgres);
     result
+}
+
+/// Starts one `rh-node` in the `local` cluster, if the binary sits next to ours.
+fn start_local_node(
+    keys: &Keys,
+    gateway: std::net::SocketAddr,
+    dir: &Path,
+) -> anyhow::Result<Option<tokio::process::Child>> {
+    let Some(exe) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.join("rh-node"))) else {
+        return Ok(None);
+    };
+    if !exe.is_file() {
+        return Ok(None);
+    }
+    let (token, _) = keys.mint("local-1", "system", &[Scope::Node], Duration::from_secs(365 * 86_400))?;
+    let child = tokio::process::Command::new(&exe)
+        .args(["run", "--cluster", "local", "--name", "local-1", "--gateway"])
+        .arg(format!("http://{gateway}"))
+        .arg("--work-dir")
+        .arg(dir.join("node"))
+        .env("RH_NODE_TOKEN", token)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    Ok(Some(child))
+}
+
+/// SIGTERM, then wait (SIGKILL after 10 s).
+async fn stop_child(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
 }
 
 /// Stops the embedded server however `run` ends.

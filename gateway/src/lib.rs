@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -13,6 +14,7 @@ pub mod embedded_pg;
 pub mod error;
 pub mod listener;
 pub mod metrics;
+pub mod node_client;
 pub mod notify;
 pub mod startup;
 pub mod telemetry;

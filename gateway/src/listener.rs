@@ -10,17 +10,17 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::App;
 use crate::auth::Revocations;
-use crate::db::DataStore;
-use crate::notify::Notifier;
 
 const DISPATCH_CHANNEL: &str = "dispatch_state";
+const LOG_CHANNEL: &str = "dispatch_log";
 const TOKEN_CHANNEL: &str = "token_revoked";
 
 /// Runs until `shutdown`, reconnecting with a short backoff when Postgres goes away.
-pub async fn run(db: DataStore, notifier: Notifier, revocations: Revocations, shutdown: CancellationToken) {
+pub async fn run(app: App, revocations: Revocations, shutdown: CancellationToken) {
     loop {
-        let session = listen(&db, &notifier, &revocations);
+        let session = listen(&app, &revocations);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             result = session => {
@@ -30,7 +30,8 @@ pub async fn run(db: DataStore, notifier: Notifier, revocations: Revocations, sh
             }
         }
         // Anything may have changed while we were not listening.
-        notifier.notify_all();
+        app.notifier.notify_all();
+        app.log_notifier.notify_all();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -38,16 +39,17 @@ pub async fn run(db: DataStore, notifier: Notifier, revocations: Revocations, sh
     }
 }
 
-async fn listen(db: &DataStore, notifier: &Notifier, revocations: &Revocations) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(db.pool()).await?;
+async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(app.db.pool()).await?;
     listener.ignore_pool_close_event(true);
-    listener.listen_all([DISPATCH_CHANNEL, TOKEN_CHANNEL]).await?;
+    listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, TOKEN_CHANNEL]).await?;
     // Listening first, then loading, so no revocation can fall between the two.
-    match db.token_revoked_all().await {
+    match app.db.token_revoked_all().await {
         Ok(all) => revocations.replace(all),
         Err(err) => tracing::warn!(error = ?err, "cannot load the token revocation list"),
     }
-    notifier.notify_all();
+    app.notifier.notify_all();
+    app.log_notifier.notify_all();
     loop {
         // `try_recv` returns Ok(None) when the connection dropped.
         let Some(notification) = listener.try_recv().await? else {
@@ -55,8 +57,12 @@ async fn listen(db: &DataStore, notifier: &Notifier, revocations: &Revocations) 
         };
         match notification.channel() {
             DISPATCH_CHANNEL => match notification.payload().parse() {
-                Ok(id) => notifier.notify(id),
+                Ok(id) => app.notifier.notify(id),
                 Err(_) => tracing::warn!(payload = notification.payload(), "bad dispatch notification"),
+            },
+            LOG_CHANNEL => match notification.payload().parse() {
+                Ok(id) => app.log_notifier.notify(id),
+                Err(_) => tracing::warn!(payload = notification.payload(), "bad log notification"),
             },
             TOKEN_CHANNEL => revocations.insert(notification.payload().to_owned()),
             _ => {}

@@ -2,25 +2,29 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::app::App;
 use crate::auth::{Keys, Revocations};
+use crate::background::{self, Statuses};
 use crate::config::Settings;
 use crate::db::DataStore;
 use crate::metrics::Metrics;
+use crate::node_client::NodeClient;
 use crate::notify::Notifier;
 
 /// A gateway that has bound its port and is ready to run.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
-    listener_task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
 
@@ -33,17 +37,35 @@ impl Application {
         db.migrate().await.context("cannot apply database migrations")?;
         let revocations = Revocations::default();
         revocations.replace(db.token_revoked_all().await.context("cannot load revoked tokens")?);
-        let notifier = Notifier::default();
         let shutdown = CancellationToken::new();
-        let listener_task =
-            tokio::spawn(crate::listener::run(db.clone(), notifier.clone(), revocations.clone(), shutdown.clone()));
-        let app = App { db, notifier, shutdown: shutdown.clone(), max_wait_s: settings.http.max_wait_s };
-        let state = AppState { app, keys, revocations, metrics: Arc::new(Metrics::default()) };
+        let app = App {
+            db,
+            notifier: Notifier::default(),
+            log_notifier: Notifier::default(),
+            nodes: NodeClient::default(),
+            placement: Arc::new(Notify::new()),
+            shutdown: shutdown.clone(),
+            settings: Arc::new(settings.clone()),
+        };
+        let statuses = Statuses::default();
+        let tasks = vec![
+            tokio::spawn(crate::listener::run(app.clone(), revocations.clone(), shutdown.clone())),
+            spawn_step("placement", 1, app.placement.clone(), &app, &shutdown, &statuses, |app| async move {
+                app.placement_step().await
+            }),
+            spawn_step("node_reaper", 2, Arc::new(Notify::new()), &app, &shutdown, &statuses, |app| async move {
+                app.node_reaper_step().await
+            }),
+            spawn_step("cancel_repair", 2, Arc::new(Notify::new()), &app, &shutdown, &statuses, |app| async move {
+                app.cancel_repair_step().await
+            }),
+        ];
+        let state = AppState { app, keys, revocations, metrics: Arc::new(Metrics::default()), statuses };
         let router = api::router(state, settings.http.body_limit_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        Ok(Application { listener, router, listener_task, shutdown })
+        Ok(Application { listener, router, tasks, shutdown })
     }
 
     /// The bound address.
@@ -62,9 +84,31 @@ impl Application {
         });
         let result = serve.await.context("the HTTP server failed");
         self.shutdown.cancel();
-        let _ = self.listener_task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         result
     }
+}
+
+/// Runs `step(app)` as a background task every `period_s` and when `activator` fires.
+fn spawn_step<F, Fut>(
+    name: &'static str,
+    period_s: u64,
+    activator: Arc<Notify>,
+    app: &App,
+    shutdown: &CancellationToken,
+    statuses: &Statuses,
+    step: F,
+) -> JoinHandle<()>
+where
+    F: Fn(App) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = crate::Result<serde_json::Value>> + Send,
+{
+    let app = app.clone();
+    background::spawn(name, Duration::from_secs(period_s), activator, shutdown.clone(), statuses.clone(), move || {
+        step(app.clone())
+    })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -108,15 +108,28 @@ impl std::str::FromStr for DispatchState {
 }))]
 pub struct CreateDispatch {
     /// The function to call, as `module:qualname` (e.g. `pipeline.train:fit`).
-    pub function: String,
+    /// Give this or `function_name`.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// A function registered with `POST /v1/functions`; supplies the
+    /// entrypoint, bundle, requirements and default cluster.
+    #[serde(default)]
+    pub function_name: Option<String>,
+    /// sha256 of an uploaded code bundle to import `function` from.
+    #[serde(default)]
+    pub bundle: Option<String>,
+    /// pip requirements; the node runs the call in a cached environment per set.
+    #[serde(default)]
+    pub requirements: Vec<String>,
     /// Positional arguments, as JSON values.
     #[serde(default)]
     pub args: Vec<Value>,
     /// Keyword arguments, as a JSON object.
     #[serde(default)]
     pub kwargs: serde_json::Map<String, Value>,
-    /// The cluster to run on.
-    pub cluster: String,
+    /// The cluster to run on (optional with a `function_name` that has a default).
+    #[serde(default)]
+    pub cluster: Option<String>,
     /// Makes the create safe to retry: the same key and body return the
     /// existing dispatch; the same key with another body is a 409. Unique per project.
     #[serde(default)]
@@ -179,6 +192,11 @@ pub struct Dispatch {
     pub project: String,
     /// The function reference, `module:qualname`.
     pub function: String,
+    /// The registered function it was called through, if any.
+    pub function_name: Option<String>,
+    /// sha256 of the code bundle it ran from, if any.
+    pub bundle: Option<String>,
+    pub requirements: Vec<String>,
     pub args: Vec<Value>,
     pub kwargs: serde_json::Map<String, Value>,
     pub cluster: String,
@@ -189,6 +207,8 @@ pub struct Dispatch {
     pub labels: BTreeMap<String, String>,
     /// The `sub` of the token that created the dispatch.
     pub requester: String,
+    /// The node it was placed on, once placed.
+    pub node_id: Option<Uuid>,
     pub timeout_s: Option<u32>,
     /// The function's JSON result, once `succeeded`.
     pub result: Option<Value>,
@@ -196,6 +216,8 @@ pub struct Dispatch {
     pub failure: Option<DispatchFailure>,
     /// Who cancelled it and why, once a cancel was asked for.
     pub cancellation: Option<Cancellation>,
+    /// True if its log hit the size limit.
+    pub log_truncated: bool,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -4,8 +4,14 @@
 //! and the server cannot drift apart. They carry `serde` and `utoipa` derives and
 //! nothing else: no database or HTTP framework types live here.
 
+pub mod bundle;
 pub mod dispatch;
 pub mod error;
+pub mod log;
+pub mod node;
 
+pub use bundle::*;
 pub use dispatch::*;
 pub use error::ErrorBody;
+pub use log::*;
+pub use node::*;

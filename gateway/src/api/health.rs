@@ -33,3 +33,16 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let text = state.metrics.render(&counts);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
+
+/// The last outcome of each background task (placement, node reaper, cancel repair).
+#[utoipa::path(get, path = "/v1/admin/background-tasks", tag = "health", operation_id = "background_tasks",
+    responses((status = 200, description = "Status by task name.", body = std::collections::BTreeMap<String, crate::background::TaskStatus>),
+        super::error::Unauthorized, super::error::Forbidden, Unavailable),
+    security(("bearer" = ["admin"])))]
+pub async fn background_tasks(
+    State(state): State<AppState>,
+    auth: super::auth::Authenticated,
+) -> Result<Json<std::collections::BTreeMap<String, crate::background::TaskStatus>>, ApiError> {
+    auth.require(crate::auth::Scope::Admin)?;
+    Ok(Json(state.statuses.snapshot()))
+}

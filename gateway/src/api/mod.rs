@@ -20,10 +20,13 @@ use crate::auth::{Keys, Revocations};
 use crate::metrics::Metrics;
 
 pub mod auth;
+pub mod bundles;
 pub mod dispatches;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod logs;
+pub mod nodes;
 mod views;
 
 /// What every handler can reach.
@@ -33,6 +36,7 @@ pub struct AppState {
     pub keys: Keys,
     pub revocations: Revocations,
     pub metrics: Arc<Metrics>,
+    pub statuses: crate::background::Statuses,
 }
 
 #[derive(OpenApi)]
@@ -48,6 +52,8 @@ pub struct AppState {
     components(schemas(wire::ErrorBody)),
     tags(
         (name = "dispatches", description = "Create, read, list, cancel and wait on dispatches."),
+        (name = "bundles", description = "Content-addressed code bundles."),
+        (name = "functions", description = "Named functions: an entrypoint, bundle, requirements and default cluster."),
         (name = "nodes", description = "Routes node daemons call."),
         (name = "health", description = "Liveness, readiness and metrics; no token needed.")
     )
@@ -80,6 +86,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dispatches::dispatch_events))
         .routes(routes!(dispatches::dispatch_wait))
         .routes(routes!(dispatches::dispatch_report))
+        .routes(routes!(logs::dispatch_logs, logs::dispatch_logs_append))
+        .routes(routes!(bundles::bundle_upload))
+        .routes(routes!(bundles::bundle_download))
+        .routes(routes!(bundles::function_register, bundles::function_list))
+        .routes(routes!(bundles::function_get))
+        .routes(routes!(nodes::node_register, nodes::node_list))
+        .routes(routes!(nodes::node_heartbeat))
+        .routes(routes!(health::background_tasks))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

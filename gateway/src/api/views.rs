@@ -15,6 +15,11 @@ impl From<DispatchRow> for wire::Dispatch {
             id: wire::DispatchId(row.dispatch_id),
             project: row.project,
             function: row.function_ref,
+            function_name: row.function_name,
+            bundle: row.bundle,
+            requirements: serde_json::from_value(row.requirements).unwrap_or_default(),
+            node_id: row.node_id,
+            log_truncated: row.log_truncated,
             args: serde_json::from_value(row.args).unwrap_or_default(),
             kwargs: serde_json::from_value(row.kwargs).unwrap_or_default(),
             cluster: row.cluster,
@@ -46,6 +51,55 @@ impl From<EventRow> for wire::DispatchEvent {
             actor: row.actor,
             reason: row.reason,
             at: row.created_at,
+        }
+    }
+}
+
+impl From<crate::db::NodeRow> for wire::Node {
+    fn from(row: crate::db::NodeRow) -> Self {
+        wire::Node {
+            id: wire::NodeId(row.node_id),
+            name: row.name,
+            cluster: row.cluster,
+            address: row.address,
+            state: match row.state {
+                crate::db::NodeState::Ready => wire::NodeState::Ready,
+                crate::db::NodeState::Lost => wire::NodeState::Lost,
+            },
+            max_concurrent: row.max_concurrent.max(0) as u32,
+            running: row.running.max(0) as u32,
+            resources: serde_json::from_value(row.resources).unwrap_or_default(),
+            labels: serde_json::from_value(row.labels).unwrap_or_default(),
+            registered_at: row.registered_at,
+            last_heartbeat_at: row.last_heartbeat_at,
+        }
+    }
+}
+
+impl From<crate::db::BundleRow> for wire::Bundle {
+    fn from(row: crate::db::BundleRow) -> Self {
+        wire::Bundle {
+            sha256: row.sha256,
+            size_bytes: row.size_bytes,
+            unpacked_bytes: row.unpacked_bytes,
+            files: row.files,
+            created_at: row.created_at,
+        }
+    }
+}
+
+impl From<crate::db::FunctionRow> for wire::Function {
+    fn from(row: crate::db::FunctionRow) -> Self {
+        wire::Function {
+            name: row.name,
+            project: row.project,
+            function: row.function_ref,
+            bundle: row.bundle,
+            requirements: serde_json::from_value(row.requirements).unwrap_or_default(),
+            cluster: row.cluster,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
         }
     }
 }

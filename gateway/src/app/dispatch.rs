@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::App;
 use crate::auth::{Caller, Scope};
 use crate::db::{DispatchRow, EventRow, ListFilter, NewDispatch, StateChange};
-use crate::dispatch::{Event, Next};
+use crate::dispatch::{DispatchState, Event, Next};
 use crate::{Error, Result};
 
 const MAX_LABELS: usize = 64;
@@ -41,15 +41,20 @@ pub struct Outcome {
 impl App {
     /// Records a new dispatch, or returns the one this idempotency key already made.
     pub async fn dispatch_create(&self, caller: &Caller, req: wire::CreateDispatch) -> Result<(DispatchRow, Created)> {
-        validate_create(&req)?;
+        let request_hash = request_hash(&req);
+        let target = self.dispatch_target(caller, &req).await?;
+        validate_create(&req, &target)?;
         let new = NewDispatch {
             dispatch_id: Uuid::now_v7(),
             project: caller.project.clone(),
-            request_hash: request_hash(&req),
-            function_ref: req.function,
+            request_hash,
+            function_ref: target.function,
+            function_name: req.function_name,
+            bundle: target.bundle,
+            requirements: serde_json::json!(target.requirements),
             args: Value::Array(req.args),
             kwargs: Value::Object(req.kwargs),
-            cluster: req.cluster,
+            cluster: target.cluster,
             idempotency_key: req.idempotency_key,
             requester: caller.sub.clone(),
             labels: serde_json::to_value(&req.labels).map_err(|e| Error::Internal(e.into()))?,
@@ -64,6 +69,7 @@ impl App {
             .map_err(|e| Error::Internal(e.into()))??;
         if let Some(row) = inserted {
             self.notifier.notify(row.dispatch_id);
+            self.placement.notify_one();
             return Ok((row, Created::New));
         }
         let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");
@@ -133,10 +139,18 @@ impl App {
     }
 
     /// Asks for a cancel. Idempotent: a dispatch already cancelling or finished
-    /// is returned unchanged.
+    /// is returned unchanged. A running dispatch becomes `cancelling`, and the
+    /// cancel is sent to its node at once (the cancel reconciler repeats it
+    /// until the node confirms).
     pub async fn dispatch_cancel(&self, caller: &Caller, id: Uuid, reason: Option<String>) -> Result<DispatchRow> {
         let outcome = Outcome { reason, ..Outcome::default() };
-        self.dispatch_apply(Some(&caller.project), id, Event::Cancel, &caller.sub, outcome).await
+        let row = self.dispatch_apply(Some(&caller.project), id, Event::Cancel, &caller.sub, outcome).await?;
+        if row.state == DispatchState::Cancelling {
+            let app = self.clone();
+            let row = row.clone();
+            tokio::spawn(async move { app.cancel_forward(&row).await });
+        }
+        Ok(row)
     }
 
     /// Applies a node's report. A `node` token may report on any project's
@@ -208,6 +222,7 @@ impl App {
                 result: outcome.result.clone(),
                 failure: outcome.failure.clone(),
                 cancelled_by: (event == Event::Cancel).then(|| actor.to_owned()),
+                clear_node: event == Event::Requeue && to == DispatchState::Queued,
             };
             let db = self.db.clone();
             let written = tokio::spawn(async move { db.dispatch_set_state(&change).await })
@@ -215,6 +230,10 @@ impl App {
                 .map_err(|e| Error::Internal(e.into()))??;
             if let Some(row) = written {
                 self.notifier.notify(id);
+                if row.state.is_terminal() || row.state == DispatchState::Queued {
+                    // A slot freed up, or work went back to the queue.
+                    self.placement.notify_one();
+                }
                 return Ok(row);
             }
             // Lost the compare-and-set race: re-read and decide again.
@@ -223,9 +242,10 @@ impl App {
 
     /// Waits until the dispatch is terminal or `timeout_s` passes, then returns it.
     pub async fn dispatch_wait(&self, caller: &Caller, id: Uuid, timeout_s: Option<u32>) -> Result<DispatchRow> {
-        let timeout_s = timeout_s.unwrap_or(DEFAULT_WAIT_S.min(self.max_wait_s));
-        if timeout_s > self.max_wait_s {
-            return Err(Error::invalid("timeout_s", format!("`timeout_s` must be at most {}", self.max_wait_s)));
+        let max_wait_s = self.settings.http.max_wait_s;
+        let timeout_s = timeout_s.unwrap_or(DEFAULT_WAIT_S.min(max_wait_s));
+        if timeout_s > max_wait_s {
+            return Err(Error::invalid("timeout_s", format!("`timeout_s` must be at most {max_wait_s}")));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.into());
         let mut subscription = self.notifier.subscribe(id);
@@ -240,6 +260,61 @@ impl App {
                 _ = self.shutdown.cancelled() => return Ok(row),
             }
         }
+    }
+}
+
+/// Where a create resolves to: explicit fields, or a registered function's.
+struct Target {
+    function: String,
+    bundle: Option<String>,
+    requirements: Vec<String>,
+    cluster: String,
+}
+
+impl App {
+    async fn dispatch_target(&self, caller: &Caller, req: &wire::CreateDispatch) -> Result<Target> {
+        let registered = match &req.function_name {
+            None => None,
+            Some(name) => Some(self.db.function_get(&caller.project, name).await?.ok_or_else(|| {
+                Error::invalid(
+                    "function_name",
+                    format!("no function named `{name}` in this project; register it with POST /v1/functions"),
+                )
+            })?),
+        };
+        let function = match (&req.function, &registered) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid("function", "give `function` or `function_name`, not both"));
+            }
+            (Some(function), None) => function.clone(),
+            (None, Some(registered)) => registered.function_ref.clone(),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "function",
+                    "missing field `function` (`module:qualname`); or name a registered function with `function_name`",
+                ));
+            }
+        };
+        let cluster = req
+            .cluster
+            .clone()
+            .or_else(|| registered.as_ref().and_then(|r| r.cluster.clone()))
+            .ok_or_else(|| Error::invalid("cluster", "missing field `cluster`: name the cluster to run on"))?;
+        let bundle = req.bundle.clone().or_else(|| registered.as_ref().and_then(|r| r.bundle.clone()));
+        if let Some(sha) = &bundle {
+            if self.db.bundle_get(sha).await?.is_none() {
+                return Err(Error::invalid(
+                    "bundle",
+                    format!("no bundle with sha256 `{sha}`; upload it first with POST /v1/bundles"),
+                ));
+            }
+        }
+        let requirements = if req.requirements.is_empty() {
+            registered.as_ref().and_then(|r| serde_json::from_value(r.requirements.clone()).ok()).unwrap_or_default()
+        } else {
+            req.requirements.clone()
+        };
+        Ok(Target { function, bundle, requirements, cluster })
     }
 }
 
@@ -267,6 +342,9 @@ fn request_hash(req: &wire::CreateDispatch) -> String {
     // serde_json's map sorts keys, so the encoding is canonical.
     let canonical = serde_json::json!({
         "function": req.function,
+        "function_name": req.function_name,
+        "bundle": req.bundle,
+        "requirements": req.requirements,
         "args": req.args,
         "kwargs": req.kwargs,
         "cluster": req.cluster,
@@ -276,16 +354,17 @@ fn request_hash(req: &wire::CreateDispatch) -> String {
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-fn validate_create(req: &wire::CreateDispatch) -> Result<()> {
-    if !is_function_ref(&req.function) {
+fn validate_create(req: &wire::CreateDispatch, target: &Target) -> Result<()> {
+    if !is_function_ref(&target.function) {
         return Err(Error::invalid(
             "function",
-            format!("`function` must be `module:qualname`, e.g. `pipeline.train:fit`; got `{}`", req.function),
+            format!("`function` must be `module:qualname`, e.g. `pipeline.train:fit`; got `{}`", target.function),
         ));
     }
-    if req.cluster.is_empty() || req.cluster.len() > 128 || req.cluster.chars().any(char::is_whitespace) {
+    if !is_cluster_name(&target.cluster) {
         return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
     }
+    validate_requirements(&target.requirements)?;
     if let Some(key) = &req.idempotency_key {
         if key.is_empty() || key.len() > 255 {
             return Err(Error::invalid("idempotency_key", "`idempotency_key` must be 1 to 255 characters"));
@@ -294,6 +373,24 @@ fn validate_create(req: &wire::CreateDispatch) -> Result<()> {
     validate_labels(&req.labels)?;
     if req.timeout_s == Some(0) {
         return Err(Error::invalid("timeout_s", "`timeout_s` must be at least 1 (omit it for no timeout)"));
+    }
+    Ok(())
+}
+
+/// A cluster name: 1 to 128 characters, no whitespace.
+pub(crate) fn is_cluster_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_whitespace)
+}
+
+pub(crate) fn validate_requirements(requirements: &[String]) -> Result<()> {
+    if requirements.len() > 200 {
+        return Err(Error::invalid("requirements", "at most 200 requirements are allowed"));
+    }
+    if let Some(bad) = requirements.iter().find(|r| r.trim().is_empty() || r.starts_with('-') || r.contains('\n')) {
+        return Err(Error::invalid(
+            "requirements",
+            format!("`{bad}` is not a requirement specifier (e.g. `numpy==2.1.0`); pip options are not accepted"),
+        ));
     }
     Ok(())
 }
@@ -314,7 +411,7 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// `module.path:Qual.name`, each part a Python identifier.
-fn is_function_ref(text: &str) -> bool {
+pub(crate) fn is_function_ref(text: &str) -> bool {
     let is_dotted = |s: &str| {
         !s.is_empty()
             && s.split('.').all(|part| {

@@ -1,23 +1,37 @@
 //! Use cases: what the API (and the CLI) can ask the gateway to do.
 //!
-//! Functions here take validated-or-raw wire input and a [`Caller`], enforce
-//! project isolation and the state machine, and return domain rows. They know
-//! nothing of HTTP.
+//! Functions here take wire input and a [`Caller`](crate::auth::Caller),
+//! enforce project isolation and the state machine, and return domain rows.
+//! They know nothing of HTTP.
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Settings;
 use crate::db::DataStore;
+use crate::node_client::NodeClient;
 use crate::notify::Notifier;
 
+pub mod bundle;
 pub mod dispatch;
+pub mod logs;
+pub mod node;
+pub mod placement;
 
-/// The application: the data store plus the in-process notification hub.
+/// The application: the data store, notification hubs, the node client and settings.
 #[derive(Clone)]
 pub struct App {
     pub db: DataStore,
+    /// Wakes long-polls when a dispatch changes state.
     pub notifier: Notifier,
+    /// Wakes log followers when a dispatch gets new output.
+    pub log_notifier: Notifier,
+    pub nodes: NodeClient,
+    /// Signals the placement task that there may be work to place.
+    pub placement: Arc<Notify>,
     /// Cancelled when the gateway shuts down, so long-polls return at once.
     pub shutdown: CancellationToken,
-    /// Longest wait a client may ask for, in seconds.
-    pub max_wait_s: u32,
+    pub settings: Arc<Settings>,
 }

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::DataStore;
+use super::node::NodeState;
+use super::{DataStore, NodeRow};
 use crate::dispatch::DispatchState;
 use crate::Result;
 
@@ -19,9 +20,13 @@ pub struct DispatchRow {
     pub dispatch_id: Uuid,
     pub project: String,
     pub function_ref: String,
+    pub function_name: Option<String>,
+    pub bundle: Option<String>,
+    pub requirements: Value,
     pub args: Value,
     pub kwargs: Value,
     pub cluster: String,
+    pub node_id: Option<Uuid>,
     pub state: DispatchState,
     pub generation: i64,
     pub idempotency_key: Option<String>,
@@ -38,6 +43,8 @@ pub struct DispatchRow {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    pub log_bytes: i64,
+    pub log_truncated: bool,
 }
 
 /// One row of `dispatch_event`.
@@ -59,6 +66,9 @@ pub struct NewDispatch {
     pub dispatch_id: Uuid,
     pub project: String,
     pub function_ref: String,
+    pub function_name: Option<String>,
+    pub bundle: Option<String>,
+    pub requirements: Value,
     pub args: Value,
     pub kwargs: Value,
     pub cluster: String,
@@ -83,6 +93,8 @@ pub struct StateChange {
     pub failure: Option<Value>,
     /// Set on a cancel request: who asked.
     pub cancelled_by: Option<String>,
+    /// Clears the node assignment (a requeue).
+    pub clear_node: bool,
 }
 
 /// Filters for listing, already validated.
@@ -112,9 +124,10 @@ impl DataStore {
             with inserted as (
                 insert into dispatch (
                     dispatch_id, project, function_ref, args, kwargs, cluster,
-                    idempotency_key, request_hash, requester, labels, timeout_s
+                    idempotency_key, request_hash, requester, labels, timeout_s,
+                    function_name, bundle, requirements
                 )
-                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                 on conflict (project, idempotency_key) do nothing
                 returning *
             ),
@@ -124,12 +137,13 @@ impl DataStore {
             )
             select
                 dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
-                args as "args!", kwargs as "kwargs!", cluster as "cluster!",
+                function_name, bundle, requirements as "requirements!",
+                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
                 state as "state!: DispatchState", generation as "generation!",
                 idempotency_key, request_hash as "request_hash!", requester as "requester!",
                 labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
                 created_at as "created_at!", started_at, cancel_requested_at, finished_at,
-                updated_at as "updated_at!"
+                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!"
             from inserted
             "#,
             new.dispatch_id,
@@ -143,6 +157,9 @@ impl DataStore {
             new.requester,
             new.labels,
             new.timeout_s,
+            new.function_name,
+            new.bundle,
+            new.requirements,
         )
         .fetch_optional(self.pool())
         .await?;
@@ -154,10 +171,12 @@ impl DataStore {
         let row = sqlx::query_as!(
             DispatchRow,
             r#"
-            select dispatch_id, project, function_ref, args, kwargs, cluster,
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
-                   created_at, started_at, cancel_requested_at, finished_at, updated_at
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated
             from dispatch
             where project = $1 and idempotency_key = $2
             "#,
@@ -174,10 +193,12 @@ impl DataStore {
         let row = sqlx::query_as!(
             DispatchRow,
             r#"
-            select dispatch_id, project, function_ref, args, kwargs, cluster,
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
-                   created_at, started_at, cancel_requested_at, finished_at, updated_at
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated
             from dispatch
             where dispatch_id = $1 and ($2::text is null or project = $2)
             "#,
@@ -195,10 +216,12 @@ impl DataStore {
         let rows = sqlx::query_as!(
             DispatchRow,
             r#"
-            select dispatch_id, project, function_ref, args, kwargs, cluster,
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
-                   created_at, started_at, cancel_requested_at, finished_at, updated_at
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated
             from dispatch
             where project = $1
               and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
@@ -244,7 +267,8 @@ impl DataStore {
                     result = coalesce($8, result),
                     failure = coalesce($9, failure),
                     cancelled_by = coalesce($7, cancelled_by),
-                    cancel_reason = case when $7::text is not null then $6 else cancel_reason end
+                    cancel_reason = case when $7::text is not null then $6 else cancel_reason end,
+                    node_id = case when $10 then null else node_id end
                 where dispatch_id = $1 and state = $2::text::dispatch_state and generation = $3
                 returning *
             ),
@@ -254,12 +278,13 @@ impl DataStore {
             )
             select
                 dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
-                args as "args!", kwargs as "kwargs!", cluster as "cluster!",
+                function_name, bundle, requirements as "requirements!",
+                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
                 state as "state!: DispatchState", generation as "generation!",
                 idempotency_key, request_hash as "request_hash!", requester as "requester!",
                 labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
                 created_at as "created_at!", started_at, cancel_requested_at, finished_at,
-                updated_at as "updated_at!"
+                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!"
             from updated
             "#,
             change.dispatch_id,
@@ -271,10 +296,144 @@ impl DataStore {
             change.cancelled_by,
             change.result,
             change.failure,
+            change.clear_node,
         )
         .fetch_optional(self.pool())
         .await?;
         Ok(row)
+    }
+
+    /// Places the oldest queued dispatch of `cluster` on its least-loaded
+    /// ready node with a free slot, in one statement: the dispatch becomes
+    /// `running` on that node and the event is appended. Rows locked by a
+    /// concurrent placement are skipped, so replicas never place one dispatch
+    /// twice or overfill a node. `None`: nothing to place, or no free slot.
+    #[tracing::instrument(skip_all, fields(cluster))]
+    pub async fn dispatch_place_next(&self, cluster: &str) -> Result<Option<(DispatchRow, NodeRow)>> {
+        let mut tx = self.pool().begin().await?;
+        let node = sqlx::query_as!(
+            NodeRow,
+            r#"
+            select n.node_id, n.name, n.cluster, n.address, n.api_secret,
+                   n.state as "state: NodeState", n.max_concurrent, n.resources, n.labels,
+                   n.registered_at, n.last_heartbeat_at,
+                   (select count(*) from dispatch d
+                     where d.node_id = n.node_id and d.state in ('running', 'cancelling')) as "running!"
+            from node n
+            where n.cluster = $1 and n.state = 'ready'
+              and (select count(*) from dispatch d
+                    where d.node_id = n.node_id and d.state in ('running', 'cancelling')) < n.max_concurrent
+            order by 12, random()
+            limit 1
+            for update of n skip locked
+            "#,
+            cluster
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(node) = node else {
+            return Ok(None);
+        };
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            with next as (
+                select dispatch_id from dispatch
+                where state = 'queued' and cluster = $1
+                order by dispatch_id
+                limit 1
+                for update skip locked
+            ),
+            updated as (
+                update dispatch set state = 'running', generation = generation + 1, node_id = $2,
+                                    started_at = now(), updated_at = now()
+                where dispatch_id = (select dispatch_id from next)
+                returning *
+            ),
+            event as (
+                insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+                select dispatch_id, 'queued', state, generation, 'gateway', $3 from updated
+            )
+            select
+                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
+                function_name, bundle, requirements as "requirements!",
+                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
+                state as "state!: DispatchState", generation as "generation!",
+                idempotency_key, request_hash as "request_hash!", requester as "requester!",
+                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
+                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
+                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!"
+            from updated
+            "#,
+            cluster,
+            node.node_id,
+            format!("placed on node {}", node.name),
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row.map(|row| (row, node)))
+    }
+
+    /// Clusters that have queued dispatches and a ready node with a free slot.
+    pub async fn dispatch_placeable_clusters(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query_scalar!(
+            r#"
+            select distinct n.cluster as "cluster!"
+            from node n
+            where n.state = 'ready'
+              and exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = n.cluster)
+              and (select count(*) from dispatch d
+                    where d.node_id = n.node_id and d.state in ('running', 'cancelling')) < n.max_concurrent
+            "#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// Dispatches placed on `node_id` that are still running or cancelling.
+    pub async fn dispatch_active_on_node(&self, node_id: Uuid) -> Result<Vec<DispatchRow>> {
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated
+            from dispatch
+            where node_id = $1 and state in ('running', 'cancelling')
+            "#,
+            node_id
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// Dispatches stuck in `cancelling` since before `older_than_s` seconds ago.
+    pub async fn dispatch_cancelling_stale(&self, older_than_s: f64) -> Result<Vec<DispatchRow>> {
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated
+            from dispatch
+            where state = 'cancelling' and updated_at < now() - make_interval(secs => $1)
+            order by updated_at
+            limit 100
+            "#,
+            older_than_s
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
     }
 
     /// The dispatch's event log, oldest first.

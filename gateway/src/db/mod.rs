@@ -11,10 +11,16 @@ use sqlx::PgPool;
 
 use crate::config::DatabaseSettings;
 
+pub mod bundle;
 pub mod dispatch;
+pub mod log;
+pub mod node;
 pub mod token;
 
+pub use bundle::{BundleRow, FunctionRow};
 pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, StateChange};
+pub use log::{LogRow, LogStream};
+pub use node::{NewNode, NodeRow, NodeState};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -34,6 +34,9 @@ pub enum Event {
     CancelConfirmed,
     /// The call ran past its deadline.
     TimeOut,
+    /// The node a dispatch was placed on refused it before starting it;
+    /// it goes back to the queue. Only the gateway's placement sends this.
+    Requeue,
 }
 
 impl Event {
@@ -49,6 +52,7 @@ impl Event {
             Event::Fail => DispatchState::Failed,
             Event::Cancel | Event::CancelConfirmed => DispatchState::Cancelled,
             Event::TimeOut => DispatchState::TimedOut,
+            Event::Requeue => DispatchState::Queued,
         }
     }
 
@@ -61,6 +65,7 @@ impl Event {
             Event::Cancel => "cancel",
             Event::CancelConfirmed => "cancel_confirmed",
             Event::TimeOut => "time_out",
+            Event::Requeue => "requeue",
         }
     }
 }
@@ -70,7 +75,8 @@ impl Event {
 pub enum Next {
     /// Move to this state (and bump the generation).
     Move(DispatchState),
-    /// The event is already satisfied; write nothing. Only a repeated cancel does this.
+    /// The event is already satisfied; write nothing. A repeated cancel, and a
+    /// node re-sending a report the gateway already applied, do this.
     Stay,
 }
 
@@ -103,6 +109,8 @@ impl DispatchState {
     ///
     /// Terminal states never change. Cancelling is idempotent: cancelling a
     /// dispatch that is already cancelling or finished leaves it as it is.
+    /// Reports are retried until acknowledged, so an event that already
+    /// produced the current state (`succeed` on `succeeded`, ...) is a no-op.
     pub fn next(self, event: Event) -> Result<Next, InvalidTransition> {
         use DispatchState::*;
         use Event::*;
@@ -118,6 +126,8 @@ impl DispatchState {
             (Running, Fail) => Failed,
             (Running, Cancel) => Cancelling,
             (Running, TimeOut) => TimedOut,
+            (Running, Requeue) => Queued,
+            (Running, Start) => return Ok(Next::Stay),
 
             (Cancelling, CancelConfirmed) => Cancelled,
             // The call finished before the cancel reached it: the outcome stands.
@@ -125,6 +135,12 @@ impl DispatchState {
             (Cancelling, Fail) => Failed,
             (Cancelling, TimeOut) => TimedOut,
             (Cancelling, Cancel) => return Ok(Next::Stay),
+            // The node never started it, and a cancel was asked for: done.
+            (Cancelling, Requeue) => Cancelled,
+
+            (Succeeded, Succeed) | (Failed, Fail) | (TimedOut, TimeOut) | (Cancelled, CancelConfirmed) => {
+                return Ok(Next::Stay)
+            }
 
             (Succeeded | Failed | Cancelled | TimedOut, Cancel) => return Ok(Next::Stay),
 
@@ -186,15 +202,22 @@ mod tests {
             (Running, Fail, Next::Move(Failed)),
             (Running, Cancel, Next::Move(Cancelling)),
             (Running, TimeOut, Next::Move(TimedOut)),
+            (Running, Requeue, Next::Move(Queued)),
+            (Running, Start, Next::Stay),
             (Cancelling, CancelConfirmed, Next::Move(Cancelled)),
             (Cancelling, Succeed, Next::Move(Succeeded)),
             (Cancelling, Fail, Next::Move(Failed)),
             (Cancelling, TimeOut, Next::Move(TimedOut)),
             (Cancelling, Cancel, Next::Stay),
+            (Cancelling, Requeue, Next::Move(Cancelled)),
             (Succeeded, Cancel, Next::Stay),
             (Failed, Cancel, Next::Stay),
             (Cancelled, Cancel, Next::Stay),
             (TimedOut, Cancel, Next::Stay),
+            (Succeeded, Succeed, Next::Stay),
+            (Failed, Fail, Next::Stay),
+            (TimedOut, TimeOut, Next::Stay),
+            (Cancelled, CancelConfirmed, Next::Stay),
         ];
         table.iter().find(|(s, e, _)| *s == state && *e == event).map(|(_, _, next)| *next)
     }

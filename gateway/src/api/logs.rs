@@ -1,0 +1,129 @@
+//! `/v1/dispatches/{id}/logs`: nodes append output, clients read or follow it.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+use wire::{LogBatch, LogEntry, LogPage, LogQuery};
+
+use super::auth::Authenticated;
+use super::error::{
+    ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
+    UnsupportedMediaType,
+};
+use super::extract::{Json, Path, Query};
+use super::AppState;
+use crate::auth::{Caller, Scope};
+use crate::db::{LogRow, LogStream};
+
+/// Append a batch of a call's output (nodes). Re-sending a batch is harmless.
+#[utoipa::path(post, path = "/v1/dispatches/{id}/logs", tag = "nodes", operation_id = "dispatch_logs_append",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    request_body = LogBatch,
+    responses((status = 204, description = "Stored (or already stored)."),
+        BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    security(("bearer" = ["node"])))]
+pub async fn dispatch_logs_append(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(body): Json<LogBatch>,
+) -> Result<StatusCode, ApiError> {
+    auth.require(Scope::Node)?;
+    state.app.dispatch_logs_append(id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Read a dispatch's stdout/stderr.
+///
+/// Without `follow`, returns the entries after `offset` as JSON. With
+/// `follow=true`, streams them as server-sent events (`event: log`, data a
+/// `LogEntry`) as they arrive, and ends with `event: end` once the dispatch
+/// is terminal and everything has been sent.
+#[utoipa::path(get, path = "/v1/dispatches/{id}/logs", tag = "dispatches", operation_id = "dispatch_logs",
+    params(("id" = Uuid, Path, description = "The dispatch id."), LogQuery),
+    responses(
+        (status = 200, description = "A page of output (JSON), or a live `text/event-stream` with `follow=true`.", body = LogPage),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unprocessable, Unavailable),
+    security(("bearer" = ["dispatch:read"])))]
+pub async fn dispatch_logs(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let caller = auth.require(Scope::DispatchRead)?;
+    let offset = query.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(crate::Error::invalid("offset", "`offset` must be 0 or more").into());
+    }
+    if query.follow.unwrap_or(false) {
+        // Fail fast (404) before committing to a stream.
+        state.app.dispatch_get(&caller, id).await?;
+        return Ok(follow(state, caller, id, offset).into_response());
+    }
+    let (row, rows, complete) = state.app.dispatch_logs_read(&caller, id, offset).await?;
+    let next_offset = rows.last().map_or(offset, |r| r.seq);
+    let entries = rows.into_iter().map(entry).collect();
+    Ok(Json(LogPage { entries, next_offset, complete, truncated: row.log_truncated }).into_response())
+}
+
+fn follow(state: AppState, caller: Caller, id: Uuid, mut offset: i64) -> impl IntoResponse {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        let app = &state.app;
+        // Subscribe before reading, so nothing written in between is missed.
+        let mut logs = app.log_notifier.subscribe(id);
+        let mut states = app.notifier.subscribe(id);
+        loop {
+            let (_, rows, complete) = match app.dispatch_logs_read(&caller, id, offset).await {
+                Ok(read) => read,
+                Err(err) => {
+                    tracing::warn!(dispatch_id = %id, error = %err, "log follow stopped");
+                    let _ = sender
+                        .send(Ok(Event::default()
+                            .event("error")
+                            .data("the log stream failed; retry from the last seq")))
+                        .await;
+                    return;
+                }
+            };
+            for row in rows {
+                offset = row.seq;
+                let event = Event::default()
+                    .event("log")
+                    .id(row.seq.to_string())
+                    .json_data(entry(row))
+                    .expect("entry serializes");
+                if sender.send(Ok(event)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            if complete {
+                let _ = sender.send(Ok(Event::default().event("end").data("complete"))).await;
+                return;
+            }
+            tokio::select! {
+                _ = logs.changed() => {}
+                _ = states.changed() => {}
+                _ = sender.closed() => return,
+                _ = app.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())
+}
+
+fn entry(row: LogRow) -> LogEntry {
+    let stream = match row.stream {
+        LogStream::Stdout => wire::LogStream::Stdout,
+        LogStream::Stderr => wire::LogStream::Stderr,
+        LogStream::System => wire::LogStream::System,
+    };
+    LogEntry { seq: row.seq, stream, text: row.text, at: Some(row.created_at) }
+}

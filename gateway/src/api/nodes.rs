@@ -1,0 +1,63 @@
+//! `/v1/nodes`: node daemons register and heartbeat here.
+
+use axum::extract::State;
+use uuid::Uuid;
+use wire::{Heartbeat, Node, NodeList, NodeRegistered, RegisterNode};
+
+use super::auth::Authenticated;
+use super::error::{
+    ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
+    UnsupportedMediaType,
+};
+use super::extract::{Json, Path};
+use super::AppState;
+use crate::auth::Scope;
+
+/// Register a node (or re-register after a restart).
+///
+/// Dispatches the gateway believed ran on this node but that `running` does
+/// not list fail with `node_lost`.
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", operation_id = "node_register",
+    request_body = RegisterNode,
+    responses((status = 200, description = "Registered; heartbeat at the given interval.", body = NodeRegistered),
+        BadRequest, Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    security(("bearer" = ["node"])))]
+pub async fn node_register(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Json(body): Json<RegisterNode>,
+) -> Result<Json<NodeRegistered>, ApiError> {
+    let caller = auth.require(Scope::Node)?;
+    let node = state.app.node_register(&caller, body).await?;
+    Ok(Json(NodeRegistered {
+        node_id: wire::NodeId(node.node_id),
+        heartbeat_interval_s: state.app.settings.nodes.heartbeat_interval_s,
+    }))
+}
+
+/// Heartbeat, listing the calls the node still runs.
+#[utoipa::path(post, path = "/v1/nodes/{id}/heartbeat", tag = "nodes", operation_id = "node_heartbeat",
+    params(("id" = Uuid, Path, description = "The node id.")),
+    request_body = Heartbeat,
+    responses((status = 200, description = "Recorded.", body = Node),
+        BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    security(("bearer" = ["node"])))]
+pub async fn node_heartbeat(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(body): Json<Heartbeat>,
+) -> Result<Json<Node>, ApiError> {
+    auth.require(Scope::Node)?;
+    Ok(Json(state.app.node_heartbeat(id, body).await?.into()))
+}
+
+/// List every node.
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", operation_id = "node_list",
+    responses((status = 200, description = "Every node.", body = NodeList), Unauthorized, Forbidden, Unavailable),
+    security(("bearer" = ["admin"])))]
+pub async fn node_list(State(state): State<AppState>, auth: Authenticated) -> Result<Json<NodeList>, ApiError> {
+    auth.require(Scope::Admin)?;
+    let items = state.app.node_list().await?.into_iter().map(Into::into).collect();
+    Ok(Json(NodeList { items }))
+}

@@ -1,0 +1,77 @@
+//! Call output: appended by nodes in batches, read by clients in pages or live.
+
+use uuid::Uuid;
+
+use super::App;
+use crate::auth::Caller;
+use crate::db::{DispatchRow, LogRow, LogStream};
+use crate::{Error, Result};
+
+/// Most entries one read returns.
+pub const LOG_PAGE: i64 = 1000;
+
+impl App {
+    /// Stores a node's batch. Re-sent entries (same `seq`) are ignored. Once
+    /// the dispatch's log reaches its size limit, the rest is dropped and a
+    /// `system` entry marks the cut.
+    pub async fn dispatch_logs_append(&self, id: Uuid, batch: wire::LogBatch) -> Result<()> {
+        let row = self
+            .db
+            .dispatch_get(None, id)
+            .await?
+            .ok_or_else(|| Error::NotFound { kind: "dispatch", id: id.to_string() })?;
+        if row.log_truncated || batch.entries.is_empty() {
+            return Ok(());
+        }
+        let limit = self.settings.call_logs.max_bytes_per_dispatch as i64;
+        let mut budget = limit - row.log_bytes;
+        let mut entries = Vec::with_capacity(batch.entries.len());
+        let mut bytes = 0i64;
+        let mut truncated = false;
+        for entry in batch.entries {
+            if entry.seq < 1 {
+                return Err(Error::invalid("entries.seq", "log `seq` numbers start at 1"));
+            }
+            let stream = match entry.stream {
+                wire::LogStream::Stdout => LogStream::Stdout,
+                wire::LogStream::Stderr => LogStream::Stderr,
+                wire::LogStream::System => LogStream::System,
+            };
+            let len = entry.text.len() as i64;
+            if len <= budget {
+                budget -= len;
+                bytes += len;
+                entries.push((entry.seq, stream, entry.text));
+                continue;
+            }
+            let mut cut = budget.max(0) as usize;
+            while !entry.text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut > 0 {
+                bytes += cut as i64;
+                entries.push((entry.seq, stream, entry.text[..cut].to_owned()));
+            }
+            let marker = format!("\n[log truncated: this dispatch's output passed the {limit}-byte limit]\n");
+            entries.push((entry.seq + 1, LogStream::System, marker));
+            truncated = true;
+            break;
+        }
+        self.db.log_append(id, &entries, bytes, truncated).await
+    }
+
+    /// The dispatch (read first) and its entries after `offset`. Nodes ship
+    /// all output before the terminal report, so once the dispatch read here
+    /// is terminal and fewer than a page of entries follow, the log is complete.
+    pub async fn dispatch_logs_read(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        offset: i64,
+    ) -> Result<(DispatchRow, Vec<LogRow>, bool)> {
+        let row = self.dispatch_get(caller, id).await?;
+        let entries = self.db.log_read(id, offset, LOG_PAGE).await?;
+        let complete = row.state.is_terminal() && (entries.len() as i64) < LOG_PAGE;
+        Ok((row, entries, complete))
+    }
+}

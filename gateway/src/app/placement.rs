@@ -1,0 +1,86 @@
+//! Placement, node loss and cancel repair: the steps the background tasks run.
+//!
+//! Each step takes no input, reads what to do from the database, and is safe
+//! to run again at any time, on any number of gateway replicas.
+
+use serde_json::json;
+
+use super::dispatch::Outcome;
+use super::App;
+use crate::db::{DispatchRow, NodeRow};
+use crate::dispatch::Event;
+use crate::node_client::ForwardError;
+use crate::Result;
+
+/// Most placements one activation makes before yielding.
+const MAX_PLACEMENTS_PER_STEP: usize = 512;
+
+impl App {
+    /// Places queued dispatches on ready nodes with free slots and forwards
+    /// each to its node. Forwarding runs in its own task, so one slow node
+    /// does not hold up the rest.
+    pub async fn placement_step(&self) -> Result<serde_json::Value> {
+        let mut placed = 0;
+        for cluster in self.db.dispatch_placeable_clusters().await? {
+            while placed < MAX_PLACEMENTS_PER_STEP {
+                let Some((row, node)) = self.db.dispatch_place_next(&cluster).await? else { break };
+                placed += 1;
+                self.notifier.notify(row.dispatch_id);
+                let app = self.clone();
+                tokio::spawn(async move { app.forward(row, node).await });
+            }
+        }
+        Ok(json!({ "placed": placed }))
+    }
+
+    async fn forward(&self, row: DispatchRow, node: NodeRow) {
+        let call = wire::StartCall {
+            dispatch_id: wire::DispatchId(row.dispatch_id),
+            function: row.function_ref.clone(),
+            args: serde_json::from_value(row.args.clone()).unwrap_or_default(),
+            kwargs: serde_json::from_value(row.kwargs.clone()).unwrap_or_default(),
+            bundle: row.bundle.clone(),
+            requirements: serde_json::from_value(row.requirements.clone()).unwrap_or_default(),
+            timeout_s: row.timeout_s.map(|t| t as u32),
+        };
+        match self.nodes.start(&node, &call).await {
+            Ok(()) => {}
+            Err(ForwardError::Refused(message)) => {
+                tracing::warn!(dispatch_id = %row.dispatch_id, node = %node.name, %message, "node refused a call; requeueing");
+                let outcome =
+                    Outcome { reason: Some(format!("node {} refused it: {message}", node.name)), ..Outcome::default() };
+                if let Err(err) = self.dispatch_apply(None, row.dispatch_id, Event::Requeue, "gateway", outcome).await {
+                    tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "requeue failed");
+                }
+            }
+            // The node's heartbeat tells whether it got the call; see `node_heartbeat`.
+            Err(err @ ForwardError::Unknown(_)) => {
+                tracing::warn!(dispatch_id = %row.dispatch_id, node = %node.name, error = %err, "forward outcome unknown")
+            }
+        }
+    }
+
+    /// Declares silent nodes lost and fails whatever ran on them with `node_lost`.
+    pub async fn node_reaper_step(&self) -> Result<serde_json::Value> {
+        let newly_lost = self.db.node_mark_lost(self.settings.nodes.lost_after_s.into()).await?;
+        let mut failed = 0;
+        for node_id in self.db.node_lost_with_work().await? {
+            for row in self.db.dispatch_active_on_node(node_id).await? {
+                let message =
+                    format!("node {node_id} stopped heartbeating for more than {}s", self.settings.nodes.lost_after_s);
+                self.dispatch_fail_node_lost(&row, &message).await;
+                failed += 1;
+            }
+        }
+        Ok(json!({ "nodes_lost": newly_lost.len(), "dispatches_failed": failed }))
+    }
+
+    /// Re-sends cancels that nodes have not confirmed yet.
+    pub async fn cancel_repair_step(&self) -> Result<serde_json::Value> {
+        let stale = self.db.dispatch_cancelling_stale(2.0).await?;
+        for row in &stale {
+            self.cancel_forward(row).await;
+        }
+        Ok(json!({ "resent": stale.len() }))
+    }
+}

@@ -1,0 +1,274 @@
+//! The calls a node runs: admission up to the concurrency limit, execution in
+//! a worker, cancel and timeout, log shipping, and the final report.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::bundles::BundleCache;
+use crate::envs::EnvCache;
+use crate::gateway::GatewayClient;
+use crate::protocol::{CallRequest, CallResponse};
+use crate::worker::{self, EnvKey, Output, Pool};
+
+/// Output is shipped at least this often while a call runs.
+const LOG_FLUSH: Duration = Duration::from_millis(50);
+/// ... or as soon as this much is buffered.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a call was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the node is running its maximum of {0} calls")]
+    Full(usize),
+    #[error("`{0}` is not `module:qualname`")]
+    BadFunction(String),
+}
+
+/// How a call ended, before it is reported.
+enum Ending {
+    Finished(Result<CallResponse, worker::Error>),
+    Prepared(String, String),
+    Cancelled,
+    TimedOut(u32),
+}
+
+struct Entry {
+    cancel: CancellationToken,
+    started_at: DateTime<Utc>,
+    pid: Arc<AtomicU32>,
+}
+
+/// Everything the node runs, shared by the API and the heartbeat.
+#[derive(Clone)]
+pub struct Calls {
+    entries: Arc<Mutex<HashMap<wire::DispatchId, Entry>>>,
+    slots: Arc<Semaphore>,
+    max: usize,
+    pool: Arc<Pool>,
+    bundles: Arc<BundleCache>,
+    envs: Arc<EnvCache>,
+    gateway: GatewayClient,
+}
+
+impl Calls {
+    /// Calls run in workers from `pool`, at most `max` at once.
+    pub fn new(
+        max: usize,
+        pool: Arc<Pool>,
+        bundles: Arc<BundleCache>,
+        envs: Arc<EnvCache>,
+        gateway: GatewayClient,
+    ) -> Calls {
+        Calls { entries: Arc::default(), slots: Arc::new(Semaphore::new(max)), max, pool, bundles, envs, gateway }
+    }
+
+    /// Admits and starts a call. Starting a call the node already has is a no-op.
+    pub fn start(&self, call: wire::StartCall) -> Result<(), StartError> {
+        let Some((module, qualname)) = call.function.split_once(':') else {
+            return Err(StartError::BadFunction(call.function));
+        };
+        let (module, qualname) = (module.to_owned(), qualname.to_owned());
+        let mut entries = self.entries.lock().expect("calls lock poisoned");
+        if entries.contains_key(&call.dispatch_id) {
+            return Ok(());
+        }
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| StartError::Full(self.max))?;
+        let entry = Entry { cancel: CancellationToken::new(), started_at: Utc::now(), pid: Arc::default() };
+        let (cancel, pid) = (entry.cancel.clone(), entry.pid.clone());
+        entries.insert(call.dispatch_id, entry);
+        drop(entries);
+        let calls = self.clone();
+        tokio::spawn(async move {
+            let id = call.dispatch_id;
+            calls.run(call, module, qualname, cancel, pid).await;
+            calls.entries.lock().expect("calls lock poisoned").remove(&id);
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Stops a call: its worker gets SIGTERM, then SIGKILL. False if unknown.
+    pub fn cancel(&self, id: wire::DispatchId) -> bool {
+        match self.entries.lock().expect("calls lock poisoned").get(&id) {
+            Some(entry) => {
+                entry.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The calls running or still reporting.
+    pub fn running(&self) -> Vec<wire::RunningCall> {
+        let entries = self.entries.lock().expect("calls lock poisoned");
+        entries
+            .iter()
+            .map(|(id, e)| wire::RunningCall {
+                dispatch_id: *id,
+                started_at: e.started_at,
+                pid: Some(e.pid.load(Ordering::Relaxed)).filter(|p| *p != 0),
+            })
+            .collect()
+    }
+
+    async fn run(
+        &self,
+        call: wire::StartCall,
+        module: String,
+        qualname: String,
+        cancel: CancellationToken,
+        pid: Arc<AtomicU32>,
+    ) {
+        let id = call.dispatch_id;
+        let (output_tx, output_rx) = mpsc::channel::<Output>(1024);
+        let shipper = tokio::spawn(ship_logs(self.gateway.clone(), id, output_rx));
+        let deadline = call.timeout_s.map(|s| tokio::time::Instant::now() + Duration::from_secs(s.into()));
+        let timeout = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let execute = self.execute(&call, module, qualname, &output_tx, &pid);
+        // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
+        let ending = tokio::select! {
+            ending = execute => ending,
+            _ = cancel.cancelled() => Ending::Cancelled,
+            _ = timeout => Ending::TimedOut(call.timeout_s.unwrap_or(0)),
+        };
+        drop(output_tx);
+        // Every byte of output reaches the gateway before the outcome does.
+        let _ = shipper.await;
+        let report = report_for(ending);
+        self.gateway.report_until_acked(id, &report).await;
+    }
+
+    async fn execute(
+        &self,
+        call: &wire::StartCall,
+        module: String,
+        qualname: String,
+        output: &mpsc::Sender<Output>,
+        pid: &AtomicU32,
+    ) -> Ending {
+        let bundle_dir = match &call.bundle {
+            None => None,
+            Some(sha) => match self.bundles.ensure(sha).await {
+                Ok(dir) => Some(dir),
+                Err(message) => return Ending::Prepared("bundle_unavailable".into(), message),
+            },
+        };
+        let site_dir = match self.envs.ensure(&call.requirements).await {
+            Ok(dir) => dir,
+            Err(message) => return Ending::Prepared("requirements_failed".into(), message),
+        };
+        let key = EnvKey { bundle_dir, site_dir };
+        let mut worker = match self.pool.acquire(&key).await {
+            Ok(worker) => worker,
+            Err(err) => return Ending::Prepared("worker_start_failed".into(), err.to_string()),
+        };
+        pid.store(worker.pid(), Ordering::Relaxed);
+        let request = CallRequest {
+            module,
+            qualname,
+            args: serde_json::to_string(&call.args).expect("args serialize"),
+            kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
+        };
+        let result = worker.call(&request, output).await;
+        if result.is_ok() {
+            self.pool.release(worker);
+        }
+        Ending::Finished(result)
+    }
+}
+
+fn report_for(ending: Ending) -> wire::Report {
+    let failure = |code: &str, message: String, remote_type: Option<String>, traceback: Option<String>| wire::Report {
+        kind: wire::ReportKind::Failed,
+        expected_generation: None,
+        result: None,
+        failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type, traceback }),
+        reason: None,
+    };
+    match ending {
+        Ending::Finished(Ok(CallResponse::Returned { result })) => wire::Report {
+            kind: wire::ReportKind::Succeeded,
+            expected_generation: None,
+            result: Some(serde_json::from_str(&result).unwrap_or(serde_json::Value::Null)),
+            failure: None,
+            reason: None,
+        },
+        Ending::Finished(Ok(CallResponse::Failed { code, message, remote_type, traceback })) => {
+            failure(&code, message, remote_type, traceback)
+        }
+        Ending::Finished(Err(worker::Error::Died(message))) => failure("worker_crashed", message, None, None),
+        Ending::Finished(Err(err @ worker::Error::Spawn(_))) => {
+            failure("worker_start_failed", err.to_string(), None, None)
+        }
+        Ending::Prepared(code, message) => failure(&code, message, None, None),
+        Ending::Cancelled => wire::Report {
+            kind: wire::ReportKind::CancelConfirmed,
+            expected_generation: None,
+            result: None,
+            failure: None,
+            reason: Some("the node stopped the call".into()),
+        },
+        Ending::TimedOut(seconds) => wire::Report {
+            kind: wire::ReportKind::TimedOut,
+            expected_generation: None,
+            result: None,
+            failure: Some(wire::DispatchFailure {
+                code: "timed_out".into(),
+                message: format!("the call ran longer than its timeout_s of {seconds}s and was stopped"),
+                remote_type: None,
+                traceback: None,
+            }),
+            reason: None,
+        },
+    }
+}
+
+/// Batches a call's output and ships it, in order, until the channel closes.
+async fn ship_logs(gateway: GatewayClient, id: wire::DispatchId, mut output: mpsc::Receiver<Output>) {
+    let mut seq = 0i64;
+    let mut batch: Vec<wire::LogEntry> = Vec::new();
+    let mut bytes = 0usize;
+    let mut open = true;
+    while open {
+        let flush_at = tokio::time::Instant::now() + LOG_FLUSH;
+        while bytes < LOG_BATCH_BYTES {
+            tokio::select! {
+                chunk = output.recv() => match chunk {
+                    Some(chunk) => {
+                        // Merge consecutive chunks of one stream into one entry.
+                        match batch.last_mut() {
+                            Some(last) if last.stream == chunk.stream && last.text.len() < 8192 => last.text.push_str(&chunk.text),
+                            _ => {
+                                seq += 1;
+                                batch.push(wire::LogEntry { seq, stream: chunk.stream, text: String::new(), at: None });
+                                batch.last_mut().expect("just pushed").text.push_str(&chunk.text);
+                            }
+                        }
+                        bytes += chunk.text.len();
+                    }
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => break,
+            }
+        }
+        if !batch.is_empty() {
+            let entries = std::mem::take(&mut batch);
+            bytes = 0;
+            gateway.logs_until_acked(id, &wire::LogBatch { entries }).await;
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The `rh-node` command line and the daemon's main loop.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::api::{self, NodeState};
+use crate::bundles::BundleCache;
+use crate::calls::Calls;
+use crate::envs::EnvCache;
+use crate::gateway::{self, GatewayClient};
+use crate::worker::{EnvKey, Pool};
+
+/// Runhouse node daemon: runs Python calls for a gateway.
+#[derive(Debug, Parser)]
+#[command(name = "rh-node", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join a gateway and run calls.
+    Run(RunArgs),
+    /// (Internal) a worker process hosting Python; started by `run`.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        socket: String,
+        /// Import paths to put first on sys.path.
+        #[arg(long = "path")]
+        paths: Vec<String>,
+    },
+}
+
+/// Options of `rh-node run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The gateway's base URL.
+    #[arg(long, env = "RH_GATEWAY_URL")]
+    pub gateway: String,
+    /// A node join token (a JWT with the `node` scope).
+    #[arg(long, visible_alias = "join", env = "RH_NODE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The cluster this node belongs to.
+    #[arg(long, env = "RH_NODE_CLUSTER", default_value = "local")]
+    pub cluster: String,
+    /// Unique within the cluster; a restarted node keeps its name.
+    #[arg(long, env = "RH_NODE_NAME")]
+    pub name: Option<String>,
+    /// Where the node API listens.
+    #[arg(long, env = "RH_NODE_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The URL the gateway uses to reach this node (default: http://<listen address>).
+    #[arg(long, env = "RH_NODE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Most calls at once (default: twice the CPU count).
+    #[arg(long, env = "RH_NODE_MAX_CONCURRENT")]
+    pub max_concurrent: Option<u32>,
+    /// Bundles, environments and sockets live here.
+    #[arg(long, env = "RH_NODE_WORK_DIR", default_value = ".rh-node")]
+    pub work_dir: PathBuf,
+    /// Labels, as key=value (repeat).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The Python used to install requirements (the embedded one by default).
+    #[arg(long, env = "RH_NODE_PYTHON", default_value = env!("RH_PYTHON_EXECUTABLE"))]
+    pub python: String,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{text}` is not key=value"))
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Worker { socket, paths } => match crate::python::worker_main(&socket, &paths) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("rh-node worker: {err:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Run(args) => {
+                let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+                match runtime.block_on(run(args)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(err) => {
+                        eprintln!("error: {err:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let work_dir = std::path::absolute(&args.work_dir)?;
+    let socket_dir = std::env::temp_dir().join(format!("rh-node-{}", std::process::id()));
+    std::fs::create_dir_all(&socket_dir)?;
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let max_concurrent = args.max_concurrent.unwrap_or(cpus * 2).max(1);
+    let name = args.name.clone().unwrap_or_else(hostname);
+
+    let gateway = GatewayClient::new(&args.gateway, &args.token);
+    let exe = std::env::current_exe().context("cannot find the rh-node executable")?;
+    let pool = Arc::new(Pool::new(exe, socket_dir.clone(), max_concurrent as usize));
+    let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
+    let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone()));
+    let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = args.advertise.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
+    let secret: String = (0..2).map(|_| hex::encode(rand::random::<[u8; 24]>())).collect();
+    let state =
+        NodeState { calls: calls.clone(), secret: Arc::new(secret.clone()), node_id: Arc::new(RwLock::new(None)) };
+    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, api::router(state.clone()))));
+
+    // One warm worker for calls without a bundle, ready before the first call.
+    let prewarm = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.prewarm(EnvKey { bundle_dir: None, site_dir: None }).await })
+    };
+
+    let registration = wire::RegisterNode {
+        name: name.clone(),
+        cluster: args.cluster.clone(),
+        address: address.clone(),
+        api_secret: secret,
+        max_concurrent,
+        resources: wire::NodeResources { cpus, memory_bytes: memory_bytes(), gpus: 0 },
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        running: vec![],
+    };
+    let mut node_id = register(&gateway, &registration, &calls).await?;
+    *state.node_id.write().expect("lock poisoned") = Some(node_id.0);
+    tracing::info!(%name, cluster = %args.cluster, %address, node_id = %node_id.0, "node registered");
+    let _ = prewarm.await;
+
+    let mut interval = tokio::time::interval(Duration::from_secs(node_id.1.max(1).into()));
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = interval.tick() => {}
+        }
+        let heartbeat = wire::Heartbeat { running: calls.running().into_iter().map(|c| c.dispatch_id).collect() };
+        match gateway.heartbeat(node_id.0, &heartbeat).await {
+            Ok(()) => {}
+            Err(gateway::Error::Refused { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => {
+                tracing::warn!("the gateway no longer knows this node; registering again");
+                if let Ok(again) = register(&gateway, &registration, &calls).await {
+                    node_id = again;
+                    *state.node_id.write().expect("lock poisoned") = Some(node_id.0);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
+        }
+    }
+    tracing::info!("shutting down");
+    server.abort();
+    drop(pool);
+    let _ = std::fs::remove_dir_all(&socket_dir);
+    Ok(())
+}
+
+/// Registers, retrying while the gateway is unreachable.
+async fn register(
+    gateway: &GatewayClient,
+    registration: &wire::RegisterNode,
+    calls: &Calls,
+) -> anyhow::Result<(wire::NodeId, u32)> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut registration = registration.clone();
+        registration.running = calls.running().into_iter().map(|c| c.dispatch_id).collect();
+        match gateway.register(&registration).await {
+            Ok(done) => return Ok((done.node_id, done.heartbeat_interval_s)),
+            Err(err @ gateway::Error::Refused { .. }) => {
+                return Err(err).context("the gateway refused the registration")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot reach the gateway; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "node".into())
+}
+
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
+        .and_then(|line| line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}

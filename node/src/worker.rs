@@ -1,0 +1,352 @@
+//! Worker processes, seen from the daemon: spawning, running one call while
+//! reading its output, killing, and a pool that keeps them warm.
+//!
+//! A worker runs one call at a time; the node runs several calls at once by
+//! holding several workers. Each worker leads its own process group, so a
+//! cancel or timeout kills exactly that call's work, children included,
+//! without touching other calls.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::mpsc;
+
+use crate::protocol::{read_frame_async, write_frame_async, CallRequest, CallResponse, Ready};
+
+/// Time between SIGTERM and SIGKILL when a worker is stopped.
+pub const KILL_GRACE: Duration = Duration::from_millis(300);
+
+/// What makes two workers interchangeable: the same import paths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EnvKey {
+    /// The unpacked bundle (also the working directory), if any.
+    pub bundle_dir: Option<PathBuf>,
+    /// A requirements environment (pip `--target` folder), if any.
+    pub site_dir: Option<PathBuf>,
+}
+
+/// One chunk of a call's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stream: wire::LogStream,
+    pub text: String,
+}
+
+/// Why a worker could not finish a call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot start a worker: {0}")]
+    Spawn(String),
+    /// The process died mid-call (segfault, `os._exit`, OOM kill, ...).
+    #[error("{0}")]
+    Died(String),
+}
+
+/// A running worker process.
+pub struct Worker {
+    key: EnvKey,
+    pid: u32,
+    child: Option<Child>,
+    conn: UnixStream,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+}
+
+impl Worker {
+    /// Starts `rh-node worker` and waits until its interpreter is up.
+    pub async fn spawn(exe: &Path, socket_dir: &Path, key: EnvKey) -> Result<Worker, Error> {
+        let socket = socket_dir.join(format!("w-{}.sock", uuid::Uuid::new_v4().simple()));
+        let listener =
+            UnixListener::bind(&socket).map_err(|e| Error::Spawn(format!("bind {}: {e}", socket.display())))?;
+        let mut command = Command::new(exe);
+        command.arg("worker").arg("--socket").arg(&socket);
+        for path in key.bundle_dir.iter().chain(key.site_dir.iter()) {
+            command.arg("--path").arg(path);
+        }
+        if let Some(dir) = &key.bundle_dir {
+            command.current_dir(dir);
+        }
+        if std::env::var_os("PYTHONHOME").is_none() && !env!("RH_PYTHON_HOME").is_empty() {
+            command.env("PYTHONHOME", env!("RH_PYTHON_HOME"));
+        }
+        command
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|e| Error::Spawn(format!("{}: {e}", exe.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
+        let _ = std::fs::remove_file(&socket);
+        let mut conn = match accepted {
+            Ok(Ok((conn, _))) => conn,
+            _ => {
+                let _ = child.start_kill();
+                let output = child.wait_with_output().await.ok();
+                let stderr = output.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+                return Err(Error::Spawn(format!("the worker did not start: {}", stderr.trim())));
+            }
+        };
+        let ready: Option<Ready> = read_frame_async(&mut conn).await.map_err(|e| Error::Spawn(e.to_string()))?;
+        if ready.is_none() {
+            return Err(Error::Spawn("the worker exited while starting Python".into()));
+        }
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        Ok(Worker { key, pid, child: Some(child), conn, stdout, stderr })
+    }
+
+    /// The worker's pid (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Runs one call, sending its output to `output` as it appears.
+    pub async fn call(&mut self, request: &CallRequest, output: &mpsc::Sender<Output>) -> Result<CallResponse, Error> {
+        self.drain_idle_output();
+        write_frame_async(&mut self.conn, request).await.map_err(|_| self.death())?;
+        let mut out_buf = vec![0u8; 16 * 1024];
+        let mut err_buf = vec![0u8; 16 * 1024];
+        let mut out_text = Utf8Chunks::default();
+        let mut err_text = Utf8Chunks::default();
+        let mut out_open = true;
+        let mut err_open = true;
+        let response = loop {
+            tokio::select! {
+                frame = read_frame_async::<_, CallResponse>(&mut self.conn) => match frame {
+                    Ok(Some(response)) => break response,
+                    _ => {
+                        // Collect its last words before reporting the death.
+                        self.drain_ready(&mut out_text, &mut err_text, output).await;
+                        return Err(self.death_after_exit().await);
+                    }
+                },
+                read = self.stdout.read(&mut out_buf), if out_open => match read {
+                    Ok(0) | Err(_) => out_open = false,
+                    Ok(n) => send(output, wire::LogStream::Stdout, out_text.push(&out_buf[..n])).await,
+                },
+                read = self.stderr.read(&mut err_buf), if err_open => match read {
+                    Ok(0) | Err(_) => err_open = false,
+                    Ok(n) => send(output, wire::LogStream::Stderr, err_text.push(&err_buf[..n])).await,
+                },
+            }
+        };
+        // The worker flushed before answering, so the rest of its output is already in the pipes.
+        self.drain_ready(&mut out_text, &mut err_text, output).await;
+        Ok(response)
+    }
+
+    /// True if the process is still alive.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    async fn drain_ready(
+        &mut self,
+        out_text: &mut Utf8Chunks,
+        err_text: &mut Utf8Chunks,
+        output: &mpsc::Sender<Output>,
+    ) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(0), self.stdout.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => send(output, wire::LogStream::Stdout, out_text.push(&buf[..n])).await,
+                _ => break,
+            }
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_millis(0), self.stderr.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => send(output, wire::LogStream::Stderr, err_text.push(&buf[..n])).await,
+                _ => break,
+            }
+        }
+        send(output, wire::LogStream::Stdout, out_text.finish()).await;
+        send(output, wire::LogStream::Stderr, err_text.finish()).await;
+    }
+
+    /// Discards output written between calls (by threads a previous call left behind).
+    fn drain_idle_output(&mut self) {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut buf = [0u8; 8192];
+        for stream in [&mut self.stdout as &mut (dyn tokio::io::AsyncRead + Unpin), &mut self.stderr] {
+            loop {
+                let mut read_buf = tokio::io::ReadBuf::new(&mut buf);
+                match std::pin::Pin::new(&mut *stream).poll_read(&mut cx, &mut read_buf) {
+                    std::task::Poll::Ready(Ok(())) if !read_buf.filled().is_empty() => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    fn death(&self) -> Error {
+        Error::Died("the worker process died".into())
+    }
+
+    async fn death_after_exit(&mut self) -> Error {
+        let Some(child) = self.child.as_mut() else { return self.death() };
+        let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        let message = match status {
+            Ok(Ok(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (status.signal(), status.code()) {
+                    (Some(9), _) => {
+                        "the worker process was killed (SIGKILL; often the out-of-memory killer)".to_owned()
+                    }
+                    (Some(signal), _) => format!(
+                        "the worker process died from signal {signal} ({})",
+                        Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("unknown")
+                    ),
+                    (None, Some(code)) => format!(
+                        "the worker process exited with status {code} mid-call (os._exit or sys.exit in a thread?)"
+                    ),
+                    (None, None) => "the worker process died".to_owned(),
+                }
+            }
+            _ => "the worker process stopped answering".to_owned(),
+        };
+        Error::Died(message)
+    }
+}
+
+impl Drop for Worker {
+    /// Stops the whole process group: SIGTERM, then SIGKILL after a short grace.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let group = Pid::from_raw(self.pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        let reap = async move {
+            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+                let _ = killpg(group, Signal::SIGKILL);
+                let _ = child.wait().await;
+            } else {
+                // The leader is gone; make sure nothing it started lingers.
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(reap);
+            }
+            Err(_) => {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+async fn send(output: &mpsc::Sender<Output>, stream: wire::LogStream, text: String) {
+    if !text.is_empty() {
+        let _ = output.send(Output { stream, text }).await;
+    }
+}
+
+/// Turns byte chunks into text without splitting a UTF-8 character.
+#[derive(Default)]
+struct Utf8Chunks {
+    pending: Vec<u8>,
+}
+
+impl Utf8Chunks {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(err) if err.error_len().is_none() => err.valid_up_to(),
+            Err(_) => self.pending.len(), // invalid bytes: pass through lossily
+        };
+        let rest = self.pending.split_off(valid);
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending = rest;
+        text
+    }
+
+    fn finish(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()
+    }
+}
+
+/// Idle workers, kept warm per environment.
+pub struct Pool {
+    exe: PathBuf,
+    socket_dir: PathBuf,
+    max_idle: usize,
+    idle: Mutex<HashMap<EnvKey, Vec<Worker>>>,
+}
+
+impl Pool {
+    /// A pool that starts workers with `exe` (the `rh-node` binary).
+    pub fn new(exe: PathBuf, socket_dir: PathBuf, max_idle: usize) -> Pool {
+        Pool { exe, socket_dir, max_idle, idle: Mutex::new(HashMap::new()) }
+    }
+
+    /// A warm worker for `key`, or a new one.
+    pub async fn acquire(&self, key: &EnvKey) -> Result<Worker, Error> {
+        loop {
+            let candidate = self.idle.lock().expect("pool lock poisoned").get_mut(key).and_then(Vec::pop);
+            match candidate {
+                Some(mut worker) => {
+                    if worker.is_alive() {
+                        return Ok(worker);
+                    }
+                    // Died while idle; dropping it reaps it.
+                }
+                None => break,
+            }
+        }
+        Worker::spawn(&self.exe, &self.socket_dir, key.clone()).await
+    }
+
+    /// Returns a healthy worker to the pool; beyond the idle limit, the
+    /// longest-idle worker of another environment is stopped first.
+    pub fn release(&self, worker: Worker) {
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        let total: usize = idle.values().map(Vec::len).sum();
+        if total >= self.max_idle {
+            let victim = idle.iter().filter(|(k, v)| **k != worker.key && !v.is_empty()).map(|(k, _)| k.clone()).next();
+            match victim {
+                Some(key) => drop(idle.get_mut(&key).and_then(|v| (!v.is_empty()).then(|| v.remove(0)))),
+                None => return, // drop `worker`: this environment alone fills the pool
+            }
+        }
+        idle.entry(worker.key.clone()).or_default().push(worker);
+    }
+
+    /// Starts one idle worker for `key` ahead of demand.
+    pub async fn prewarm(&self, key: EnvKey) -> Result<(), Error> {
+        let worker = Worker::spawn(&self.exe, &self.socket_dir, key).await?;
+        self.release(worker);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Chunks;
+
+    #[test]
+    fn a_character_split_across_chunks_is_kept_whole() {
+        let bytes = "héllo".as_bytes();
+        let mut chunks = Utf8Chunks::default();
+        let first = chunks.push(&bytes[..2]);
+        let second = chunks.push(&bytes[2..]);
+        assert_eq!(first, "h");
+        assert_eq!(second, "éllo");
+        assert_eq!(chunks.finish(), "");
+    }
+}
