@@ -1,0 +1,349 @@
+//! A real local stack for end-to-end tests and benchmarks: Postgres started
+//! from the machine's binaries, `rh-gateway serve` and `rh-node run` as real
+//! processes, and helpers to talk to them over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use gateway::auth::{Keys, Scope};
+use gateway::config::AuthSettings;
+use gateway::embedded_pg::{EmbeddedPostgres, Options};
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e!";
+
+/// The workspace's target directory, where `rh-gateway` and `rh-node` are built.
+pub fn bin_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // Build the binaries under test, so a test never runs stale ones.
+            let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+            let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            build.args(["build", "-q", "-p", "gateway", "-p", "node"]).current_dir(workspace_root());
+            if profile == "release" {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build");
+            assert!(status.success(), "building rh-gateway and rh-node failed");
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> or target/<profile>/<bin>
+            let dir = exe.parent().expect("exe dir");
+            let dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
+            dir.to_path_buf()
+        })
+        .clone()
+}
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+struct Server {
+    url_pattern: String,
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| match std::env::var("RH_TEST_DATABASE_URL") {
+        Ok(url) => {
+            let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(url);
+            Server { url_pattern: format!("{base}/{{db}}"), _embedded: None }
+        }
+        Err(_) => {
+            let dir = std::env::temp_dir().join(format!("rh-e2e-pg-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let pg = EmbeddedPostgres::start(&dir, Options { durable: false }).expect("start postgres");
+            Server { url_pattern: pg.url("{db}"), _embedded: Some(pg) }
+        }
+    })
+}
+
+/// A fresh, empty database; returns its URL.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    let server = server();
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server.url_pattern.replace("{db}", "postgres")).await?;
+    sqlx::raw_sql(&format!("create database {name}")).execute(&mut admin).await?;
+    Ok(server.url_pattern.replace("{db}", &name))
+}
+
+/// A child process that is killed when dropped.
+pub struct Process(pub Child);
+
+impl Process {
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gateway process, its database, and a client.
+pub struct Stack {
+    pub url: String,
+    pub port: u16,
+    pub database_url: String,
+    pub keys: Keys,
+    pub client: reqwest::Client,
+    pub gateway: Option<Process>,
+    pub work: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// Starts `rh-gateway serve` on a free port over a fresh database.
+    pub async fn start() -> anyhow::Result<Stack> {
+        Self::start_with(&[]).await
+    }
+
+    /// Same, with extra `RH_GATEWAY_*` settings.
+    pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
+        let database_url = fresh_database().await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let keys = Keys::from_settings(&AuthSettings {
+            hs256_secret: Some(secrecy::SecretString::from(SECRET)),
+            ..AuthSettings::default()
+        })?;
+        let work = std::env::temp_dir().join(format!("rh-e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&work)?;
+        let mut stack = Stack {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            database_url,
+            keys,
+            client: reqwest::Client::builder().pool_max_idle_per_host(256).build()?,
+            gateway: None,
+            work,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        stack.start_gateway().await?;
+        Ok(stack)
+    }
+
+    /// (Re)starts the gateway process on the stack's port and waits until it is ready.
+    pub async fn start_gateway(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.work.join("gateway.log"))?;
+        let mut command = Command::new(bin_dir().join("rh-gateway"));
+        command
+            .arg("serve")
+            .env("RH_GATEWAY_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("DATABASE_URL", &self.database_url)
+            .env("RH_GATEWAY_AUTH__HS256_SECRET", SECRET)
+            .env_remove("RH_GATEWAY_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.gateway = Some(Process(command.spawn().context("start rh-gateway")?));
+        self.wait_until(Duration::from_secs(30), "the gateway to be ready", || async {
+            self.client.get(format!("{}/readyz", self.url)).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await
+    }
+
+    /// Starts `rh-node run` in cluster `cluster` and waits until it has registered.
+    pub async fn start_node(&self, name: &str, cluster: &str, max_concurrent: u32) -> anyhow::Result<Process> {
+        let (token, _) = self.keys.mint(name, "system", &[Scope::Node], Duration::from_secs(3600))?;
+        let log = std::fs::File::create(self.work.join(format!("node-{name}.log")))?;
+        let child = Command::new(bin_dir().join("rh-node"))
+            .args(["run", "--gateway", &self.url, "--cluster", cluster, "--name", name])
+            .args(["--max-concurrent", &max_concurrent.to_string()])
+            .arg("--work-dir")
+            .arg(self.work.join(format!("node-{name}")))
+            .env("RH_NODE_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start rh-node")?;
+        let node = Process(child);
+        let admin = self.admin_token();
+        self.wait_until(Duration::from_secs(30), "the node to register", || async {
+            let Ok(response) = self.client.get(format!("{}/v1/nodes", self.url)).bearer_auth(&admin).send().await
+            else {
+                return false;
+            };
+            let nodes: Value = response.json().await.unwrap_or_default();
+            nodes["items"].as_array().is_some_and(|items| {
+                items.iter().any(|n| n["name"] == name && n["cluster"] == cluster && n["state"] == "ready")
+            })
+        })
+        .await?;
+        Ok(node)
+    }
+
+    /// Polls `check` every 20 ms until it holds or `timeout` passes.
+    pub async fn wait_until<F, Fut>(&self, timeout: Duration, what: &str, check: F) -> anyhow::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !check().await {
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// An admin token for project `default`.
+    pub fn admin_token(&self) -> String {
+        self.keys.mint("e2e", "default", &[Scope::Admin], Duration::from_secs(3600)).unwrap().0
+    }
+
+    /// POSTs JSON with the admin token; returns status and body.
+    pub async fn post(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(self.admin_token())
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs JSON with the admin token.
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response =
+            self.client.get(format!("{}{path}", self.url)).bearer_auth(self.admin_token()).send().await.expect("GET");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads a tar.gz; returns status and body.
+    pub async fn upload(&self, data: Vec<u8>) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/bundles", self.url))
+            .bearer_auth(self.admin_token())
+            .header("content-type", "application/gzip")
+            .body(data)
+            .send()
+            .await
+            .expect("upload");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads the fixture project and returns its sha256.
+    pub async fn fixture_bundle(&self) -> String {
+        let (status, bundle) = self.upload(pack(&workspace_root().join("tests/fixtures/project"))).await;
+        assert!(status.is_success(), "{status} {bundle}");
+        bundle["sha256"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a dispatch of `function` from `bundle` on cluster `local`; returns its id.
+    pub async fn dispatch(&self, bundle: &str, function: &str, args: Value, extra: Value) -> String {
+        let mut body = json!({"function": function, "args": args, "cluster": "local", "bundle": bundle});
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let (status, dispatch) = self.post("/v1/dispatches", &body).await;
+        assert!(status.is_success(), "{status} {dispatch}");
+        dispatch["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Long-polls until the dispatch is terminal (or `timeout_s`).
+    pub async fn wait(&self, id: &str, timeout_s: u32) -> Value {
+        self.get(&format!("/v1/dispatches/{id}/wait?timeout_s={timeout_s}")).await.1
+    }
+
+    /// The dispatch's whole log as one string per stream.
+    pub async fn logs(&self, id: &str) -> (String, String) {
+        let (_, page) = self.get(&format!("/v1/dispatches/{id}/logs")).await;
+        let mut out = (String::new(), String::new());
+        for entry in page["entries"].as_array().cloned().unwrap_or_default() {
+            match entry["stream"].as_str() {
+                Some("stdout") => out.0.push_str(entry["text"].as_str().unwrap_or_default()),
+                Some("stderr") => out.1.push_str(entry["text"].as_str().unwrap_or_default()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        drop(self.gateway.take());
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// A deterministic tar.gz of a folder (sorted entries, fixed mtimes).
+pub fn pack(dir: &Path) -> Vec<u8> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files);
+    files.sort();
+    let mut builder = tar::Builder::new(Vec::new());
+    for relative in files {
+        let data = std::fs::read(dir.join(&relative)).expect("read fixture");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, &relative, data.as_slice()).expect("append");
+    }
+    let tar = builder.into_inner().expect("tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "__pycache__" {
+            continue;
+        }
+        if path.is_dir() {
+            collect(root, &path, out);
+        } else {
+            out.push(path.strip_prefix(root).expect("inside root").to_path_buf());
+        }
+    }
+}
+
+/// True if a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,290 @@
+//! End to end: real gateway and node processes, real Postgres, real Python.
+
+use std::time::{Duration, Instant};
+
+use e2e::{pack, process_alive, Stack};
+use serde_json::json;
+
+async fn stack_with_node(max_concurrent: u32) -> (Stack, e2e::Process, String) {
+    let stack = Stack::start().await.expect("start the gateway");
+    let node = stack.start_node("n1", "local", max_concurrent).await.expect("start a node");
+    let bundle = stack.fixture_bundle().await;
+    (stack, node, bundle)
+}
+
+#[tokio::test]
+async fn a_function_runs_on_the_node_and_returns_its_json_result() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:hello", json!(["ada"]), json!({})).await;
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["greeting"], "hi ada");
+    assert_eq!(done["bundle"], bundle.as_str(), "the run records the bundle it ran from");
+    assert_eq!(done["function"], "pkg.jobs:hello");
+    let (stdout, stderr) = stack.logs(&id).await;
+    assert_eq!(stdout, "hello ada\n");
+    assert_eq!(stderr, "a warning\n");
+}
+
+#[tokio::test]
+async fn repeated_calls_reuse_a_warm_worker() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let id = stack.dispatch(&bundle, "pkg.jobs:hello", json!(["x"]), json!({})).await;
+        pids.push(stack.wait(&id, 30).await["result"]["pid"].clone());
+    }
+    assert!(pids.windows(2).all(|w| w[0] == w[1]), "each call spawned a new Python: {pids:?}");
+}
+
+#[tokio::test]
+async fn a_user_exception_fails_the_dispatch_with_its_type_and_traceback() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:boom", json!([]), json!({})).await;
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "failed");
+    let failure = &done["failure"];
+    assert_eq!(failure["code"], "user_exception");
+    assert_eq!(failure["remote_type"], "ValueError");
+    assert_eq!(failure["message"], "learning rate must be positive");
+    let traceback = failure["traceback"].as_str().unwrap();
+    assert!(traceback.starts_with("Traceback (most recent call last):"), "{traceback}");
+    assert!(traceback.contains("pkg/jobs.py") && traceback.contains("in boom"), "{traceback}");
+    assert!(!traceback.contains("rh_runner"), "the runner's own frame leaked: {traceback}");
+}
+
+#[tokio::test]
+async fn a_result_that_is_not_json_fails_naming_its_type() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:not_json", json!([]), json!({})).await;
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["failure"]["code"], "result_not_json");
+    assert!(done["failure"]["message"].as_str().unwrap().contains("set"), "{done}");
+}
+
+#[tokio::test]
+async fn a_missing_entrypoint_fails_clearly() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:nope", json!([]), json!({})).await;
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["failure"]["code"], "entrypoint_not_found");
+    assert!(done["failure"]["message"].as_str().unwrap().contains("pkg.jobs:nope"), "{done}");
+}
+
+#[tokio::test]
+async fn logs_can_be_followed_live_while_the_call_runs() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:ticker", json!([5, 0.3]), json!({})).await;
+    let mut response = stack
+        .client
+        .get(format!("{}/v1/dispatches/{id}/logs?follow=true", stack.url))
+        .bearer_auth(stack.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = String::new();
+    let mut first_tick_state = None;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+        if first_tick_state.is_none() && body.contains("tick 0") {
+            first_tick_state = Some(stack.get(&format!("/v1/dispatches/{id}")).await.1["state"].clone());
+        }
+        if body.contains("event: end") {
+            break;
+        }
+    }
+    assert_eq!(first_tick_state, Some(json!("running")), "the first line arrived only after the call ended");
+    for i in 0..5 {
+        assert!(body.contains(&format!("tick {i}")), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_running_sleep_kills_its_worker_within_a_second() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:sleepy", json!([600]), json!({})).await;
+    let pid = wait_for_pid(&stack, &id).await;
+    assert!(process_alive(pid));
+    let started = Instant::now();
+    let (status, dispatch) =
+        stack.post(&format!("/v1/dispatches/{id}/cancel"), &json!({"reason": "no longer needed"})).await;
+    assert!(status.is_success());
+    assert_eq!(dispatch["state"], "cancelling");
+    while process_alive(pid) {
+        assert!(started.elapsed() < Duration::from_secs(1), "the worker outlived the cancel by a second");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "cancelled");
+    assert_eq!(done["cancellation"]["by"], "e2e");
+    assert_eq!(done["cancellation"]["reason"], "no longer needed");
+}
+
+#[tokio::test]
+async fn a_call_past_its_timeout_is_stopped_as_timed_out() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:sleepy", json!([600]), json!({"timeout_s": 1})).await;
+    let pid = wait_for_pid(&stack, &id).await;
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "timed_out");
+    assert_eq!(done["failure"]["code"], "timed_out");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!process_alive(pid), "the timed-out worker is still running");
+}
+
+#[tokio::test]
+async fn a_worker_crash_fails_the_call_and_the_node_keeps_serving() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    for function in ["pkg.jobs:crash", "pkg.jobs:segfault"] {
+        let id = stack.dispatch(&bundle, function, json!([]), json!({})).await;
+        let done = stack.wait(&id, 30).await;
+        assert_eq!(done["state"], "failed", "{function}: {done}");
+        assert_eq!(done["failure"]["code"], "worker_crashed", "{function}: {done}");
+    }
+    let id = stack.dispatch(&bundle, "pkg.jobs:hello", json!(["still here"]), json!({})).await;
+    assert_eq!(stack.wait(&id, 30).await["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn fifty_concurrent_calls_on_one_node_keep_their_logs_apart() {
+    let (stack, _node, bundle) = stack_with_node(50).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push((i, stack.dispatch(&bundle, "pkg.jobs:tagged", json!([format!("call-{i:02}"), 5]), json!({})).await));
+    }
+    for (i, id) in &ids {
+        let done = stack.wait(id, 120).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let (stdout, stderr) = stack.logs(id).await;
+        let tag = format!("call-{i:02}");
+        let expected_out: String = (0..5).map(|n| format!("{tag} line {n}\n")).collect();
+        let expected_err: String = (0..5).map(|n| format!("{tag} err {n}\n")).collect();
+        assert_eq!(stdout, expected_out);
+        assert_eq!(stderr, expected_err);
+    }
+}
+
+#[tokio::test]
+async fn a_dispatch_waits_in_the_queue_until_a_slot_frees() {
+    let (stack, _node, bundle) = stack_with_node(1).await;
+    let first = stack.dispatch(&bundle, "pkg.jobs:sleepy", json!([1]), json!({})).await;
+    let second = stack.dispatch(&bundle, "pkg.jobs:hello", json!(["next"]), json!({})).await;
+    wait_for_pid(&stack, &first).await;
+    assert_eq!(stack.get(&format!("/v1/dispatches/{second}")).await.1["state"], "queued");
+    assert_eq!(stack.wait(&second, 30).await["state"], "succeeded");
+    assert_eq!(stack.wait(&first, 30).await["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn killing_the_node_fails_its_call_with_node_lost_within_30_seconds() {
+    let (stack, mut node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:sleepy", json!([600]), json!({})).await;
+    let pid = wait_for_pid(&stack, &id).await;
+    let killed = Instant::now();
+    node.kill_9();
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["failure"]["code"], "node_lost");
+    assert!(killed.elapsed() <= Duration::from_secs(30), "took {:?}", killed.elapsed());
+    // The orphaned worker is the node's to clean up; do it for the test machine.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+#[tokio::test]
+async fn killing_the_gateway_mid_call_still_records_the_result_exactly_once() {
+    let (mut stack, _node, bundle) = stack_with_node(4).await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:sleepy", json!([2]), json!({})).await;
+    wait_for_pid(&stack, &id).await;
+    stack.gateway.as_mut().unwrap().kill_9();
+    // The call finishes while the gateway is down; the node keeps retrying its report.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.start_gateway().await.unwrap();
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], 2);
+    let (_, events) = stack.get(&format!("/v1/dispatches/{id}/events")).await;
+    let succeeded = events["items"].as_array().unwrap().iter().filter(|e| e["to_state"] == "succeeded").count();
+    assert_eq!(succeeded, 1, "{events}");
+}
+
+#[tokio::test]
+async fn an_unchanged_bundle_is_stored_once() {
+    let stack = Stack::start().await.unwrap();
+    let data = pack(&e2e::workspace_root().join("tests/fixtures/project"));
+    let (first, a) = stack.upload(data.clone()).await;
+    let (second, b) = stack.upload(data).await;
+    assert_eq!(first, reqwest::StatusCode::CREATED);
+    assert_eq!(second, reqwest::StatusCode::OK);
+    assert_eq!(a["sha256"], b["sha256"]);
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from bundle").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn a_hostile_or_broken_bundle_is_refused_and_nothing_is_stored() {
+    let stack = Stack::start_with(&[("RH_GATEWAY_BUNDLES__MAX_BYTES", "100000")]).await.unwrap();
+    let traversal = {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(4);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.as_old_mut().name[..13].copy_from_slice(b"../../evil.py");
+        header.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header, &b"evil"[..]).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &builder.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    };
+    let random: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("path traversal", traversal, 422, "outside"),
+        ("not gzip", b"print('hi')".to_vec(), 422, "not gzip"),
+        ("too large", random, 413, "max_bytes"),
+    ];
+    for (what, data, status, message) in cases {
+        let (got, body) = stack.upload(data).await;
+        assert_eq!(got.as_u16(), status, "{what}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(message), "{what}: {body}");
+    }
+    let pool = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from bundle").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn a_named_function_runs_by_name_with_its_bundle_and_cluster() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let (status, _) = stack
+        .post(
+            "/v1/functions",
+            &json!({"name": "greet", "function": "pkg.jobs:hello", "bundle": bundle, "cluster": "local"}),
+        )
+        .await;
+    assert!(status.is_success());
+    let (status, dispatch) =
+        stack.post("/v1/dispatches", &json!({"function_name": "greet", "args": ["by name"]})).await;
+    assert!(status.is_success(), "{dispatch}");
+    let done = stack.wait(dispatch["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["result"]["greeting"], "hi by name");
+    assert_eq!(done["function_name"], "greet");
+}
+
+/// Waits until the call has printed its worker's pid (`pkg.jobs:sleepy` does first).
+async fn wait_for_pid(stack: &Stack, id: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (stdout, _) = stack.logs(id).await;
+        if let Some(pid) = stdout.lines().find_map(|l| l.strip_prefix("pid ")).and_then(|p| p.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call never started: {:?}",
+            stack.get(&format!("/v1/dispatches/{id}")).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
