@@ -3,7 +3,7 @@
 export CACHE ?= $(HOME)/.cache/runhouse-gateway
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 
-.PHONY: run test openapi sqlx-prepare fmt lint
+.PHONY: run test bench openapi sqlx-prepare fmt lint
 
 ## Run the local stack: private Postgres under ./.rh/, the gateway on 127.0.0.1:8080, one local node.
 run:
@@ -13,6 +13,10 @@ run:
 ## Everything CI runs: fmt, build, clippy, sqlx prepare --check, all tests.
 test:
 	./scripts/test.sh
+
+## Full-stack latency and throughput baseline (release build; prints a table, writes bench/results/latest.json).
+bench:
+	cargo run --locked --release -p e2e --bin rh-bench
 
 ## Regenerate the committed OpenAPI document after an API change.
 openapi:

@@ -41,7 +41,8 @@ trap 'rm -f "$test_log"' EXIT
 run_tests() {
     "$with_pg" -- cargo test --workspace --locked 2>&1 | tee "$test_log"
 }
-phase "cargo test (unit, API, OpenAPI drift, README walkthrough)" run_tests
+phase "cargo test (unit, API, OpenAPI drift, end-to-end, README walkthrough)" run_tests
+phase "bench smoke (no speed assertions)" "$with_pg" -- "$CARGO_TARGET_DIR/debug/rh-bench" --smoke
 
 echo
 echo "phase durations:"

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -77,7 +78,11 @@ impl Application {
     /// return at once with the dispatch's current state) and stops background tasks.
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // Small request/response pairs must not wait on Nagle's algorithm.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let serve = axum::serve(listener, self.router).with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down");
             shutdown.cancel();

@@ -135,6 +135,7 @@ impl Calls {
                 None => std::future::pending().await,
             }
         };
+        let started = std::time::Instant::now();
         let execute = self.execute(&call, module, qualname, &output_tx, &pid);
         // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
         let ending = tokio::select! {
@@ -142,11 +143,14 @@ impl Calls {
             _ = cancel.cancelled() => Ending::Cancelled,
             _ = timeout => Ending::TimedOut(call.timeout_s.unwrap_or(0)),
         };
+        let executed = started.elapsed();
         drop(output_tx);
         // Every byte of output reaches the gateway before the outcome does.
         let _ = shipper.await;
+        let shipped = started.elapsed();
         let report = report_for(ending);
         self.gateway.report_until_acked(id, &report).await;
+        tracing::debug!(dispatch_id = %id, ?executed, ?shipped, reported = ?started.elapsed(), "call done");
     }
 
     async fn execute(

@@ -131,6 +131,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let secret: String = (0..2).map(|_| hex::encode(rand::random::<[u8; 24]>())).collect();
     let state =
         NodeState { calls: calls.clone(), secret: Arc::new(secret.clone()), node_id: Arc::new(RwLock::new(None)) };
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, api::router(state.clone()))));
 
     // One warm worker for calls without a bundle, ready before the first call.

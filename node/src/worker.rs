@@ -159,17 +159,11 @@ impl Worker {
         output: &mpsc::Sender<Output>,
     ) {
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match tokio::time::timeout(Duration::from_millis(0), self.stdout.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => send(output, wire::LogStream::Stdout, out_text.push(&buf[..n])).await,
-                _ => break,
-            }
+        while let Some(n) = read_now(&self.stdout, &mut buf) {
+            send(output, wire::LogStream::Stdout, out_text.push(&buf[..n])).await;
         }
-        loop {
-            match tokio::time::timeout(Duration::from_millis(0), self.stderr.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => send(output, wire::LogStream::Stderr, err_text.push(&buf[..n])).await,
-                _ => break,
-            }
+        while let Some(n) = read_now(&self.stderr, &mut buf) {
+            send(output, wire::LogStream::Stderr, err_text.push(&buf[..n])).await;
         }
         send(output, wire::LogStream::Stdout, out_text.finish()).await;
         send(output, wire::LogStream::Stderr, err_text.finish()).await;
@@ -177,18 +171,9 @@ impl Worker {
 
     /// Discards output written between calls (by threads a previous call left behind).
     fn drain_idle_output(&mut self) {
-        let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
         let mut buf = [0u8; 8192];
-        for stream in [&mut self.stdout as &mut (dyn tokio::io::AsyncRead + Unpin), &mut self.stderr] {
-            loop {
-                let mut read_buf = tokio::io::ReadBuf::new(&mut buf);
-                match std::pin::Pin::new(&mut *stream).poll_read(&mut cx, &mut read_buf) {
-                    std::task::Poll::Ready(Ok(())) if !read_buf.filled().is_empty() => continue,
-                    _ => break,
-                }
-            }
-        }
+        while read_now(&self.stdout, &mut buf).is_some() {}
+        while read_now(&self.stderr, &mut buf).is_some() {}
     }
 
     fn death(&self) -> Error {
@@ -247,6 +232,17 @@ impl Drop for Worker {
                 let _ = killpg(group, Signal::SIGKILL);
             }
         }
+    }
+}
+
+/// Reads whatever is already in the pipe, without waiting; `None` if nothing is.
+///
+/// This reads the fd directly (it is non-blocking) rather than polling the
+/// tokio handle, whose readiness flag may lag behind data already in the pipe.
+fn read_now<R: std::os::fd::AsRawFd>(reader: &R, buf: &mut [u8]) -> Option<usize> {
+    match nix::unistd::read(reader.as_raw_fd(), buf) {
+        Ok(n) if n > 0 => Some(n),
+        _ => None,
     }
 }
 

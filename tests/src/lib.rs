@@ -60,7 +60,9 @@ fn server() -> &'static Server {
         Err(_) => {
             let dir = std::env::temp_dir().join(format!("rh-e2e-pg-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let pg = EmbeddedPostgres::start(&dir, Options { durable: false }).expect("start postgres");
+            // Benchmarks measure durable commits; tests need not wait for the disk.
+            let durable = std::env::var_os("RH_E2E_DURABLE").is_some();
+            let pg = EmbeddedPostgres::start(&dir, Options { durable }).expect("start postgres");
             Server { url_pattern: pg.url("{db}"), _embedded: Some(pg) }
         }
     })

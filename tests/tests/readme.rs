@@ -3,8 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const README: &str = include_str!("../../../README.md");
-const BIN: &str = env!("CARGO_BIN_EXE_rh-gateway");
+const README: &str = include_str!("../../README.md");
 
 fn walkthrough() -> String {
     let start = README.find("<!-- walkthrough:start -->").expect("walkthrough start marker");
@@ -28,7 +27,7 @@ async fn the_readme_walkthrough_works_verbatim() {
     };
     let dir = std::env::temp_dir().join(format!("rh-readme-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut dev = Command::new(BIN)
+    let mut dev = Command::new(e2e::bin_dir().join("rh-gateway"))
         .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
@@ -57,4 +56,6 @@ async fn the_readme_walkthrough_works_verbatim() {
     assert!(lines[4].contains("'reason': 'walkthrough done'"), "{stdout}");
     assert_eq!(lines[5], id);
     assert_eq!(lines[6], "walkthrough done");
+    assert_eq!(lines[7], "{'accuracy': 0.97, 'epochs': 3, 'lr': 0.1}", "{stdout}");
+    assert_eq!(&lines[8..11], ["epoch 0: loss 0.100", "epoch 1: loss 0.050", "epoch 2: loss 0.033"], "{stdout}");
 }

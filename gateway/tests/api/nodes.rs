@@ -1,0 +1,130 @@
+//! Node registration, heartbeats, placement's requeue, and node loss, with
+//! node daemons played by plain HTTP calls (the end-to-end suite runs real ones).
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{fresh_database, spawn_app, spawn_app_with, test_settings, TestApp};
+
+fn registration(name: &str, address: &str) -> Value {
+    json!({
+        "name": name, "cluster": "local", "address": address,
+        "api_secret": "s".repeat(40), "max_concurrent": 2,
+        "resources": {"cpus": 2, "memory_bytes": 1024}
+    })
+}
+
+async fn register(app: &TestApp, name: &str, address: &str) -> String {
+    let (status, body) = app.post("/v1/nodes", &app.node_token(), &registration(name, address)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["node_id"].as_str().unwrap().to_owned()
+}
+
+async fn events(app: &TestApp, id: &str) -> Vec<(Value, Value)> {
+    let (_, events) = app.get(&format!("/v1/dispatches/{id}/events"), &app.user_token()).await;
+    events["items"].as_array().unwrap().iter().map(|e| (e["to_state"].clone(), e["reason"].clone())).collect()
+}
+
+#[tokio::test]
+async fn a_bad_registration_names_the_field() {
+    let app = spawn_app().await;
+    for (field, value) in [
+        ("address", json!("ftp://x")),
+        ("api_secret", json!("short")),
+        ("max_concurrent", json!(0)),
+        ("cluster", json!("")),
+    ] {
+        let mut body = registration("n", "http://127.0.0.1:1");
+        body[field] = value;
+        let (status, error) = app.post("/v1/nodes", &app.node_token(), &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert_eq!(error["field"], field);
+    }
+    let (status, _) = app.post("/v1/nodes", &app.user_token(), &registration("n", "http://127.0.0.1:1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_node_that_registers_again_keeps_its_id() {
+    let app = spawn_app().await;
+    let first = register(&app, "n1", "http://127.0.0.1:1").await;
+    let again = register(&app, "n1", "http://127.0.0.1:2").await;
+    assert_eq!(first, again);
+    let (_, nodes) = app.get("/v1/nodes", &app.token("default", &[gateway::auth::Scope::Admin])).await;
+    assert_eq!(nodes["items"].as_array().unwrap().len(), 1);
+    assert_eq!(nodes["items"][0]["address"], "http://127.0.0.1:2");
+}
+
+#[tokio::test]
+async fn a_heartbeat_from_an_unknown_node_asks_it_to_register() {
+    let app = spawn_app().await;
+    let (status, error) = app
+        .post(&format!("/v1/nodes/{}/heartbeat", uuid::Uuid::now_v7()), &app.node_token(), &json!({"running": []}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error["message"].as_str().unwrap().contains("register again"), "{error}");
+}
+
+#[tokio::test]
+async fn a_dispatch_whose_node_refuses_it_goes_back_to_the_queue() {
+    let app = spawn_app().await;
+    // Nothing listens on this port: the forward is refused outright.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    register(&app, "gone", &format!("http://127.0.0.1:{closed}")).await;
+    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states: Vec<Value> = events(&app, &id).await.into_iter().map(|(s, _)| s).collect();
+        if states.len() >= 3 {
+            assert_eq!(&states[..3], [json!("queued"), json!("running"), json!("queued")]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never requeued: {states:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reasons = events(&app, &id).await;
+    assert!(reasons[2].1.as_str().unwrap().contains("refused"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_silent_node_is_lost_and_its_dispatches_fail_with_node_lost() {
+    let mut settings = test_settings(&fresh_database().await);
+    settings.nodes.lost_after_s = 1;
+    let app = spawn_app_with(settings).await;
+    // A fake node that accepts every call and then goes silent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accept_all = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
+    tokio::spawn(async move { axum::serve(listener, accept_all).await });
+    register(&app, "silent", &address).await;
+    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let (_, done) = app.get(&format!("/v1/dispatches/{id}/wait?timeout_s=20"), &app.user_token()).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["failure"]["code"], "node_lost");
+    let (_, nodes) = app.get("/v1/nodes", &app.token("default", &[gateway::auth::Scope::Admin])).await;
+    assert_eq!(nodes["items"][0]["state"], "lost");
+}
+
+#[tokio::test]
+async fn a_restarted_node_that_no_longer_runs_a_dispatch_fails_it_with_node_lost() {
+    let app = spawn_app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(|| async { StatusCode::ACCEPTED })).await
+    });
+    register(&app, "n1", &address).await;
+    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await.1["state"] != "running" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    register(&app, "n1", &address).await; // restarted, running nothing
+    let (_, done) = app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await;
+    assert_eq!(done["state"], "failed");
+    assert_eq!(done["failure"]["code"], "node_lost");
+    assert!(done["failure"]["message"].as_str().unwrap().contains("restarted"));
+}
