@@ -36,17 +36,16 @@ create index dispatch_project_id on dispatch (project, dispatch_id desc);
 create index dispatch_project_state on dispatch (project, state, dispatch_id desc);
 create index dispatch_labels on dispatch using gin (labels jsonb_path_ops);
 
--- Waiters and other gateway replicas learn of every state change through this channel.
-create function dispatch_notify() returns trigger language plpgsql as $$
+-- Gateways publish "this dispatch changed" hints on the `dispatch_state` and
+-- `dispatch_log` channels after their writes commit, in batches. (A NOTIFY
+-- inside the writing transaction would hold a global lock across its commit
+-- flush and serialise every commit.)
+create function notify_many(channel text, payloads text[]) returns integer language plpgsql as $$
 begin
-    perform pg_notify('dispatch_state', new.dispatch_id::text);
-    return null;
+    perform pg_notify(channel, payload) from unnest(payloads) as payload;
+    return cardinality(payloads);
 end;
 $$;
-
-create trigger dispatch_notify
-    after insert or update of state on dispatch
-    for each row execute function dispatch_notify();
 
 create table dispatch_event (
     event_id    bigserial primary key,

@@ -32,6 +32,11 @@ alter table dispatch
     add column log_bytes        bigint not null default 0,
     add column log_truncated    boolean not null default false;
 
+-- How many dispatches occupy a slot on a node now.
+create function node_running(node uuid) returns bigint language sql stable as $$
+    select count(*) from dispatch where node_id = node and state in ('running', 'cancelling')
+$$;
+
 create index dispatch_queued on dispatch (cluster, dispatch_id) where state = 'queued';
 create index dispatch_on_node on dispatch (node_id) where state in ('running', 'cancelling');
 create index dispatch_cancelling on dispatch (updated_at) where state = 'cancelling';
@@ -69,14 +74,3 @@ create table dispatch_log (
     created_at  timestamptz not null default now(),
     primary key (dispatch_id, seq)
 );
-
-create function dispatch_log_notify() returns trigger language plpgsql as $$
-begin
-    perform pg_notify('dispatch_log', new.dispatch_id::text);
-    return null;
-end;
-$$;
-
-create trigger dispatch_log_notify
-    after insert on dispatch_log
-    for each row execute function dispatch_log_notify();

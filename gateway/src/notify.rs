@@ -102,3 +102,77 @@ mod tests {
         assert_eq!(hub.watched(), 0);
     }
 }
+
+/// Which kind of change a hint is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// A dispatch changed state.
+    DispatchState,
+    /// A dispatch got new output.
+    DispatchLog,
+}
+
+impl Channel {
+    /// The Postgres channel name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::DispatchState => "dispatch_state",
+            Channel::DispatchLog => "dispatch_log",
+        }
+    }
+}
+
+/// Sends change hints to the other gateway replicas (through Postgres
+/// `NOTIFY`), after the change has committed, batched by one background task.
+/// Local waiters are woken directly and do not wait for this.
+#[derive(Clone)]
+pub struct Publisher {
+    sender: tokio::sync::mpsc::UnboundedSender<(Channel, Uuid)>,
+}
+
+impl Publisher {
+    /// A publisher and the receiving end its task drains.
+    pub fn new() -> (Publisher, tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (Publisher { sender }, receiver)
+    }
+
+    /// Queues a hint; never blocks.
+    pub fn publish(&self, channel: Channel, id: Uuid) {
+        let _ = self.sender.send((channel, id));
+    }
+}
+
+/// Drains queued hints and publishes each batch with one statement per channel.
+pub async fn run_publisher(
+    db: crate::db::DataStore,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = receiver.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let mut batch: HashMap<Channel, Vec<String>> = HashMap::new();
+        batch.entry(first.0).or_default().push(first.1.to_string());
+        while let Ok((channel, id)) = receiver.try_recv() {
+            let ids = batch.entry(channel).or_default();
+            if ids.len() >= 1000 {
+                break;
+            }
+            ids.push(id.to_string());
+        }
+        for (channel, mut ids) in batch {
+            ids.sort();
+            ids.dedup();
+            if let Err(err) = db.notify_many(channel.name(), &ids).await {
+                // Other replicas' waiters re-read on their next wake or timeout.
+                tracing::warn!(error = %err, "cannot publish change hints");
+            }
+        }
+    }
+}

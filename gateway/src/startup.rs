@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::db::DataStore;
 use crate::metrics::Metrics;
 use crate::node_client::NodeClient;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Publisher};
 
 /// A gateway that has bound its port and is ready to run.
 pub struct Application {
@@ -39,7 +39,9 @@ impl Application {
         let revocations = Revocations::default();
         revocations.replace(db.token_revoked_all().await.context("cannot load revoked tokens")?);
         let shutdown = CancellationToken::new();
+        let (publisher, hints) = Publisher::new();
         let app = App {
+            publisher,
             db,
             notifier: Notifier::default(),
             log_notifier: Notifier::default(),
@@ -51,6 +53,7 @@ impl Application {
         let statuses = Statuses::default();
         let tasks = vec![
             tokio::spawn(crate::listener::run(app.clone(), revocations.clone(), shutdown.clone())),
+            tokio::spawn(crate::notify::run_publisher(app.db.clone(), hints, shutdown.clone())),
             spawn_step("placement", 1, app.placement.clone(), &app, &shutdown, &statuses, |app| async move {
                 app.placement_step().await
             }),

@@ -36,29 +36,51 @@ pub enum CallResponse {
     Failed { code: String, message: String, remote_type: Option<String>, traceback: Option<String> },
 }
 
+/// A frame: the big-endian length, then the JSON body.
+fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// The body length a frame header announces, if acceptable.
+fn body_len(header: [u8; 4]) -> std::io::Result<usize> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("frame of {len} bytes exceeds the limit")));
+    }
+    Ok(len)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> std::io::Result<Option<T>> {
+    serde_json::from_slice(body).map(Some).map_err(std::io::Error::other)
+}
+
+fn end_of_stream<T>(err: std::io::Error) -> std::io::Result<Option<T>> {
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}
+
 /// Writes one frame to a blocking writer.
 pub fn write_frame<W: std::io::Write, T: Serialize>(writer: &mut W, value: &T) -> std::io::Result<()> {
-    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    writer.write_all(&(body.len() as u32).to_be_bytes())?;
-    writer.write_all(&body)?;
+    writer.write_all(&encode(value)?)?;
     writer.flush()
 }
 
 /// Reads one frame from a blocking reader; `None` at a clean end of stream.
 pub fn read_frame<R: std::io::Read, T: for<'de> Deserialize<'de>>(reader: &mut R) -> std::io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(err),
+    let mut header = [0u8; 4];
+    if let Err(err) = reader.read_exact(&mut header) {
+        return end_of_stream(err);
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("frame of {len} bytes exceeds the limit")));
-    }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; body_len(header)?];
     reader.read_exact(&mut body)?;
-    serde_json::from_slice(&body).map(Some).map_err(std::io::Error::other)
+    decode(&body)
 }
 
 /// Writes one frame to an async writer.
@@ -68,11 +90,7 @@ where
     T: Serialize,
 {
     use tokio::io::AsyncWriteExt;
-    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
-    writer.write_all(&frame).await?;
+    writer.write_all(&encode(value)?).await?;
     writer.flush().await
 }
 
@@ -83,19 +101,13 @@ where
     T: for<'de> Deserialize<'de>,
 {
     use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(err),
+    let mut header = [0u8; 4];
+    if let Err(err) = reader.read_exact(&mut header).await {
+        return end_of_stream(err);
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("frame of {len} bytes exceeds the limit")));
-    }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; body_len(header)?];
     reader.read_exact(&mut body).await?;
-    serde_json::from_slice(&body).map(Some).map_err(std::io::Error::other)
+    decode(&body)
 }
 
 #[cfg(test)]

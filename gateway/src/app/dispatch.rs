@@ -68,7 +68,7 @@ impl App {
             .await
             .map_err(|e| Error::Internal(e.into()))??;
         if let Some(row) = inserted {
-            self.notifier.notify(row.dispatch_id);
+            self.dispatch_changed(row.dispatch_id);
             self.placement.notify_one();
             return Ok((row, Created::New));
         }
@@ -229,7 +229,7 @@ impl App {
                 .await
                 .map_err(|e| Error::Internal(e.into()))??;
             if let Some(row) = written {
-                self.notifier.notify(id);
+                self.dispatch_changed(id);
                 if row.state.is_terminal() || row.state == DispatchState::Queued {
                     // A slot freed up, or work went back to the queue.
                     self.placement.notify_one();

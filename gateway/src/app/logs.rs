@@ -57,7 +57,9 @@ impl App {
             truncated = true;
             break;
         }
-        self.db.log_append(id, &entries, bytes, truncated).await
+        self.db.log_append(id, &entries, bytes, truncated).await?;
+        self.logs_changed(id);
+        Ok(())
     }
 
     /// The dispatch (read first) and its entries after `offset`. Nodes ship

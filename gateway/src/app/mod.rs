@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::db::DataStore;
 use crate::node_client::NodeClient;
-use crate::notify::Notifier;
+use crate::notify::{Channel, Notifier, Publisher};
 
 pub mod bundle;
 pub mod dispatch;
@@ -28,10 +28,26 @@ pub struct App {
     pub notifier: Notifier,
     /// Wakes log followers when a dispatch gets new output.
     pub log_notifier: Notifier,
+    /// Tells the other gateway replicas about changes.
+    pub publisher: Publisher,
     pub nodes: NodeClient,
     /// Signals the placement task that there may be work to place.
     pub placement: Arc<Notify>,
     /// Cancelled when the gateway shuts down, so long-polls return at once.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
+}
+
+impl App {
+    /// A dispatch's state changed: wake local waiters now, tell other replicas soon.
+    pub fn dispatch_changed(&self, id: uuid::Uuid) {
+        self.notifier.notify(id);
+        self.publisher.publish(Channel::DispatchState, id);
+    }
+
+    /// A dispatch got new output.
+    pub fn logs_changed(&self, id: uuid::Uuid) {
+        self.log_notifier.notify(id);
+        self.publisher.publish(Channel::DispatchLog, id);
+    }
 }

@@ -14,6 +14,8 @@ use crate::Result;
 
 /// Most placements one activation makes before yielding.
 const MAX_PLACEMENTS_PER_STEP: usize = 512;
+/// Most placements committed together.
+const PLACEMENT_BATCH: usize = 64;
 
 impl App {
     /// Places queued dispatches on ready nodes with free slots and forwards
@@ -23,11 +25,16 @@ impl App {
         let mut placed = 0;
         for cluster in self.db.dispatch_placeable_clusters().await? {
             while placed < MAX_PLACEMENTS_PER_STEP {
-                let Some((row, node)) = self.db.dispatch_place_next(&cluster).await? else { break };
-                placed += 1;
-                self.notifier.notify(row.dispatch_id);
-                let app = self.clone();
-                tokio::spawn(async move { app.forward(row, node).await });
+                let batch = self.db.dispatch_place_batch(&cluster, PLACEMENT_BATCH).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                placed += batch.len();
+                for (row, node) in batch {
+                    self.dispatch_changed(row.dispatch_id);
+                    let app = self.clone();
+                    tokio::spawn(async move { app.forward(row, node).await });
+                }
             }
         }
         Ok(json!({ "placed": placed }))

@@ -303,26 +303,35 @@ impl DataStore {
         Ok(row)
     }
 
-    /// Places the oldest queued dispatch of `cluster` on its least-loaded
-    /// ready node with a free slot, in one statement: the dispatch becomes
-    /// `running` on that node and the event is appended. Rows locked by a
-    /// concurrent placement are skipped, so replicas never place one dispatch
-    /// twice or overfill a node. `None`: nothing to place, or no free slot.
+    /// Places up to `max` queued dispatches of `cluster`, oldest first, each on
+    /// the least-loaded ready node with a free slot, in one transaction (one
+    /// commit for the whole batch). Each dispatch becomes `running` on its
+    /// node with its event appended. Node and dispatch rows are locked with
+    /// `SKIP LOCKED`, so replicas never place one dispatch twice or overfill a
+    /// node; this transaction sees its own placements when counting slots.
     #[tracing::instrument(skip_all, fields(cluster))]
-    pub async fn dispatch_place_next(&self, cluster: &str) -> Result<Option<(DispatchRow, NodeRow)>> {
+    pub async fn dispatch_place_batch(&self, cluster: &str, max: usize) -> Result<Vec<(DispatchRow, NodeRow)>> {
         let mut tx = self.pool().begin().await?;
+        let mut placed = Vec::new();
+        while placed.len() < max {
+            let Some(next) = Self::dispatch_place_one(&mut tx, cluster).await? else { break };
+            placed.push(next);
+        }
+        tx.commit().await?;
+        Ok(placed)
+    }
+
+    async fn dispatch_place_one(tx: &mut sqlx::PgConnection, cluster: &str) -> Result<Option<(DispatchRow, NodeRow)>> {
         let node = sqlx::query_as!(
             NodeRow,
             r#"
             select n.node_id, n.name, n.cluster, n.address, n.api_secret,
                    n.state as "state: NodeState", n.max_concurrent, n.resources, n.labels,
                    n.registered_at, n.last_heartbeat_at,
-                   (select count(*) from dispatch d
-                     where d.node_id = n.node_id and d.state in ('running', 'cancelling')) as "running!"
+                   node_running(n.node_id) as "running!"
             from node n
             where n.cluster = $1 and n.state = 'ready'
-              and (select count(*) from dispatch d
-                    where d.node_id = n.node_id and d.state in ('running', 'cancelling')) < n.max_concurrent
+              and node_running(n.node_id) < n.max_concurrent
             order by 12, random()
             limit 1
             for update of n skip locked
@@ -371,7 +380,6 @@ impl DataStore {
         )
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(row.map(|row| (row, node)))
     }
 
@@ -383,8 +391,7 @@ impl DataStore {
             from node n
             where n.state = 'ready'
               and exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = n.cluster)
-              and (select count(*) from dispatch d
-                    where d.node_id = n.node_id and d.state in ('running', 'cancelling')) < n.max_concurrent
+              and node_running(n.node_id) < n.max_concurrent
             "#
         )
         .fetch_all(self.pool())

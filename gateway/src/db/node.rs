@@ -91,8 +91,7 @@ impl DataStore {
             where node_id = $1 and state = 'ready'
             returning node_id, name, cluster, address, api_secret, state as "state: NodeState",
                       max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                      (select count(*) from dispatch d
-                        where d.node_id = n.node_id and d.state in ('running', 'cancelling')) as "running!"
+                      node_running(n.node_id) as "running!"
             "#,
             node_id
         )
@@ -108,8 +107,7 @@ impl DataStore {
             r#"
             select node_id, name, cluster, address, api_secret, state as "state: NodeState",
                    max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                   (select count(*) from dispatch d
-                     where d.node_id = n.node_id and d.state in ('running', 'cancelling')) as "running!"
+                   node_running(n.node_id) as "running!"
             from node n where node_id = $1
             "#,
             node_id
@@ -126,8 +124,7 @@ impl DataStore {
             r#"
             select node_id, name, cluster, address, api_secret, state as "state: NodeState",
                    max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                   (select count(*) from dispatch d
-                     where d.node_id = n.node_id and d.state in ('running', 'cancelling')) as "running!"
+                   node_running(n.node_id) as "running!"
             from node n
             where $1::text is null or cluster = $1
             order by cluster, name

@@ -24,3 +24,11 @@ impl DataStore {
         Ok(rows.into_iter().collect())
     }
 }
+
+impl DataStore {
+    /// Sends one `NOTIFY` on `channel` per payload, in one statement.
+    pub async fn notify_many(&self, channel: &str, payloads: &[String]) -> Result<()> {
+        sqlx::query_scalar!("select notify_many($1, $2)", channel, payloads).fetch_one(self.pool()).await?;
+        Ok(())
+    }
+}
