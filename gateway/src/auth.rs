@@ -339,3 +339,55 @@ mod tests {
         assert!(parse_ttl("5w").is_err());
     }
 }
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        // Test-only key pairs, generated with `openssl genpkey`; never used elsewhere.
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    fn keys(algorithm: JwtAlgorithm, prefix: &str) -> Keys {
+        Keys::from_settings(&AuthSettings {
+            algorithm,
+            hs256_secret: None,
+            public_key_path: Some(fixture(&format!("{prefix}-public.pem"))),
+            private_key_path: Some(fixture(&format!("{prefix}-private.pem"))),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rs256_and_eddsa_keys_sign_and_verify() {
+        for (algorithm, prefix) in [(JwtAlgorithm::RS256, "rsa"), (JwtAlgorithm::EdDSA, "ed25519")] {
+            let keys = keys(algorithm, prefix);
+            let (token, claims) = keys.mint("ada", "p", &[Scope::DispatchRead], Duration::from_secs(60)).unwrap();
+            assert_eq!(keys.verify(&token).unwrap(), claims, "{prefix}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_pinned_to_eddsa_refuses_an_hs256_token() {
+        let hs = Keys::from_settings(&AuthSettings {
+            hs256_secret: Some(secrecy::SecretString::from("x".repeat(32))),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let (token, _) = hs.mint("mallory", "p", &[Scope::Admin], Duration::from_secs(60)).unwrap();
+        assert_eq!(keys(JwtAlgorithm::EdDSA, "ed25519").verify(&token), Err(TokenError::WrongAlgorithm("EdDSA")));
+    }
+
+    #[test]
+    fn a_verify_only_gateway_cannot_mint() {
+        let keys = Keys::from_settings(&AuthSettings {
+            algorithm: JwtAlgorithm::RS256,
+            hs256_secret: None,
+            public_key_path: Some(fixture("rsa-public.pem")),
+            private_key_path: None,
+        })
+        .unwrap();
+        assert!(matches!(keys.mint("a", "p", &[], Duration::from_secs(1)), Err(KeyError::MissingPrivateKey)));
+    }
+}

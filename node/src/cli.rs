@@ -83,13 +83,15 @@ impl Cli {
     /// Runs the command.
     pub fn run(self) -> ExitCode {
         match self.command {
-            Command::Worker { socket, paths } => match crate::python::worker_main(&socket, &paths) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("rh-node worker: {err:#}");
-                    ExitCode::FAILURE
+            Command::Worker { socket, paths } => {
+                match die_with_parent().and_then(|_| crate::python::worker_main(&socket, &paths)) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(err) => {
+                        eprintln!("rh-node worker: {err:#}");
+                        ExitCode::FAILURE
+                    }
                 }
-            },
+            }
             Command::Run(args) => {
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -148,7 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         address: address.clone(),
         api_secret: secret,
         max_concurrent,
-        resources: wire::NodeResources { cpus, memory_bytes: memory_bytes(), gpus: 0 },
+        resources: wire::NodeResources { cpus, memory_bytes: memory_bytes(), gpus: gpu_count() },
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         running: vec![],
     };
@@ -215,6 +217,27 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// A worker must not outlive its daemon: if the daemon dies (even by
+/// SIGKILL), the kernel kills the worker, and with it the call it was running.
+fn die_with_parent() -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // The daemon may have died before the line above took effect.
+    if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
+        anyhow::bail!("the node daemon exited before the worker started");
+    }
+    Ok(())
+}
+
+/// NVIDIA GPUs visible to this node (0 without `nvidia-smi`).
+fn gpu_count() -> u32 {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count() as u32)
 }
 
 fn hostname() -> String {
