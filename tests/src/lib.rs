@@ -24,7 +24,9 @@ pub fn bin_dir() -> PathBuf {
             // Build the binaries under test, so a test never runs stale ones.
             let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
             let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            build.args(["build", "-q", "-p", "gateway", "-p", "node"]).current_dir(workspace_root());
+            build
+                .args(["build", "-q", "-p", "gateway", "-p", "node", "-p", "runhouse-gateway"])
+                .current_dir(workspace_root());
             if profile == "release" {
                 build.arg("--release");
             }

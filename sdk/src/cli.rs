@@ -1,0 +1,438 @@
+//! The `rh` command line: every command prints a human-friendly table, or
+//! JSON with `--json`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::Value;
+use wire::{CreateDispatch, Dispatch, DispatchId, ListDispatches, RegisterFunction};
+
+use crate::{package, Client, Error};
+
+/// Run Python functions remotely through a Runhouse Gateway.
+#[derive(Debug, Parser)]
+#[command(name = "rh", version)]
+pub struct Cli {
+    /// The gateway's URL.
+    #[arg(long, global = true, env = "RH_GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// A gateway token.
+    #[arg(long, global = true, env = "RH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a function: `module:qualname`, or the name of a deployed function.
+    Dispatch(DispatchArgs),
+    /// Show one dispatch.
+    Status { id: DispatchId },
+    /// List dispatches, newest first.
+    Ls(LsArgs),
+    /// Print a dispatch's output (`-f` to follow it live).
+    Logs {
+        id: DispatchId,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a dispatch.
+    Cancel {
+        id: DispatchId,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Package a function's project and register it under a name: `rh deploy path/to/file.py:func --name N --cluster C`.
+    Deploy(DeployArgs),
+}
+
+#[derive(Debug, Args)]
+struct DispatchArgs {
+    /// `module:qualname`, or a deployed function's name.
+    target: String,
+    /// A positional argument as JSON (repeat; plain words are strings).
+    #[arg(long = "arg")]
+    args: Vec<String>,
+    /// A keyword argument, `name=JSON` (repeat).
+    #[arg(long = "kwarg")]
+    kwargs: Vec<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    /// sha256 of an uploaded bundle.
+    #[arg(long)]
+    bundle: Option<String>,
+    /// `key=value` (repeat).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Seconds before the call is stopped as timed out.
+    #[arg(long)]
+    timeout: Option<u32>,
+    /// Wait for the result, streaming the output.
+    #[arg(long)]
+    wait: bool,
+    /// On Ctrl-C while waiting, cancel the remote run without asking.
+    #[arg(long)]
+    cancel_on_interrupt: bool,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    #[arg(long)]
+    state: Vec<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// `path/to/file.py:function`.
+    target: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    cluster: Option<String>,
+    /// A pip requirement (repeat).
+    #[arg(long = "requirement")]
+    requirements: Vec<String>,
+}
+
+/// What a command failed with.
+enum Failure {
+    Usage(String),
+    Client(Error),
+    /// The remote run ended badly; the exit code says how.
+    Remote(String, u8),
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        Failure::Client(err)
+    }
+}
+
+impl Cli {
+    /// Runs the command; the exit code is 0 on success, 1 on an error, 2 on
+    /// bad usage, 3 if a waited-on run failed, 4 if it was cancelled or timed out.
+    pub fn run(self) -> ExitCode {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        match runtime.block_on(self.execute()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Failure::Usage(message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+            Err(Failure::Client(err)) => {
+                eprintln!("error: {err}");
+                ExitCode::from(1)
+            }
+            Err(Failure::Remote(message, code)) => {
+                eprintln!("{message}");
+                ExitCode::from(code)
+            }
+        }
+    }
+
+    async fn execute(self) -> Result<(), Failure> {
+        let token = self.token.clone().unwrap_or_default();
+        let client = Client::new(&self.gateway, &token)?;
+        let json = self.json;
+        match self.command {
+            Command::Dispatch(args) => dispatch(&client, args, json).await,
+            Command::Status { id } => {
+                let dispatch = client.dispatch_get(id).await?;
+                print_dispatches(&[dispatch], json, true);
+                Ok(())
+            }
+            Command::Ls(args) => {
+                let query = ListDispatches {
+                    state: args.state,
+                    cluster: args.cluster,
+                    label: args.labels,
+                    limit: Some(args.limit),
+                    ..ListDispatches::default()
+                };
+                let page = client.dispatch_list(&query).await?;
+                print_dispatches(&page.items, json, false);
+                Ok(())
+            }
+            Command::Logs { id, follow } => logs(&client, id, follow, json).await,
+            Command::Cancel { id, reason } => {
+                let dispatch = client.dispatch_cancel(id, reason).await?;
+                print_dispatches(&[dispatch], json, true);
+                Ok(())
+            }
+            Command::Deploy(args) => deploy(&client, args, json).await,
+        }
+    }
+}
+
+fn parse_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+async fn dispatch(client: &Client, args: DispatchArgs, json: bool) -> Result<(), Failure> {
+    let mut kwargs = serde_json::Map::new();
+    for pair in &args.kwargs {
+        let (name, value) =
+            pair.split_once('=').ok_or_else(|| Failure::Usage(format!("--kwarg must be name=JSON, got `{pair}`")))?;
+        kwargs.insert(name.to_owned(), parse_value(value));
+    }
+    let mut labels = BTreeMap::new();
+    for pair in &args.labels {
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| Failure::Usage(format!("--label must be key=value, got `{pair}`")))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    let (function, function_name) =
+        if args.target.contains(':') { (Some(args.target.clone()), None) } else { (None, Some(args.target.clone())) };
+    let request = CreateDispatch {
+        function,
+        function_name,
+        bundle: args.bundle,
+        requirements: vec![],
+        args: args.args.iter().map(|a| parse_value(a)).collect(),
+        kwargs,
+        cluster: args.cluster,
+        idempotency_key: None,
+        labels,
+        timeout_s: args.timeout,
+    };
+    let dispatch = client.dispatch_create(request).await?;
+    if !args.wait {
+        print_dispatches(&[dispatch], json, true);
+        return Ok(());
+    }
+    let id = dispatch.id;
+    if !json {
+        eprintln!("dispatch {id} {}", dispatch.state);
+    }
+    let finished = tokio::select! {
+        result = wait_streaming(client, id, json) => result?,
+        _ = tokio::signal::ctrl_c() => {
+            if args.cancel_on_interrupt || ask("\nCancel the remote run? [y/N] ") {
+                let dispatch = client.dispatch_cancel(id, Some("interrupted from rh".into())).await?;
+                eprintln!("cancel requested: {id} is {}", dispatch.state);
+            } else {
+                eprintln!("left running: rh status {id}");
+            }
+            return Err(Failure::Remote("interrupted".into(), 130));
+        }
+    };
+    outcome(&finished, json)
+}
+
+/// Streams the run's output (unless `json`) and waits for its end.
+async fn wait_streaming(client: &Client, id: DispatchId, json: bool) -> Result<Dispatch, Error> {
+    if !json {
+        let mut entries = Box::pin(client.logs_follow(id, 0));
+        while let Some(entry) = entries.next().await {
+            let entry = entry?;
+            match entry.stream {
+                wire::LogStream::Stderr | wire::LogStream::System => eprint!("{}", entry.text),
+                wire::LogStream::Stdout => print!("{}", entry.text),
+            }
+            let _ = std::io::stdout().flush();
+        }
+    }
+    client.dispatch_wait(id, None).await
+}
+
+fn outcome(dispatch: &Dispatch, json: bool) -> Result<(), Failure> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(dispatch).expect("dispatch serializes"));
+    } else if let Some(result) = &dispatch.result {
+        println!("{}", serde_json::to_string_pretty(result).expect("result serializes"));
+    }
+    match dispatch.state {
+        wire::DispatchState::Succeeded => Ok(()),
+        wire::DispatchState::Failed => {
+            let failure = dispatch.failure.clone();
+            let message = failure.map_or_else(
+                || "the run failed".to_owned(),
+                |f| match (f.remote_type, f.traceback) {
+                    (Some(kind), Some(traceback)) => format!("{traceback}remote {kind}: {}", f.message),
+                    _ => format!("{}: {}", f.code, f.message),
+                },
+            );
+            Err(Failure::Remote(message, 3))
+        }
+        wire::DispatchState::Cancelled => {
+            let by = dispatch.cancellation.as_ref().map_or_else(String::new, |c| {
+                format!(" by {}{}", c.by, c.reason.as_ref().map_or_else(String::new, |r| format!(": {r}")))
+            });
+            Err(Failure::Remote(format!("cancelled{by}"), 4))
+        }
+        _ => Err(Failure::Remote(format!("the run ended {}", dispatch.state), 4)),
+    }
+}
+
+fn ask(question: &str) -> bool {
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question}");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+async fn logs(client: &Client, id: DispatchId, follow: bool, json: bool) -> Result<(), Failure> {
+    let mut entries = Vec::new();
+    if follow {
+        let mut stream = Box::pin(client.logs_follow(id, 0));
+        while let Some(entry) = stream.next().await {
+            let entry = entry?;
+            if json {
+                println!("{}", serde_json::to_string(&entry).expect("entry serializes"));
+            } else if entry.stream == wire::LogStream::Stdout {
+                print!("{}", entry.text);
+            } else {
+                eprint!("{}", entry.text);
+            }
+        }
+        return Ok(());
+    }
+    let mut offset = 0;
+    loop {
+        let page = client.logs(id, offset).await?;
+        let more = !page.entries.is_empty() && page.next_offset > offset;
+        offset = page.next_offset;
+        entries.extend(page.entries);
+        if !more {
+            break;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries).expect("entries serialize"));
+    } else {
+        for entry in entries {
+            if entry.stream == wire::LogStream::Stdout {
+                print!("{}", entry.text);
+            } else {
+                eprint!("{}", entry.text);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<(), Failure> {
+    let (path, function) = args
+        .target
+        .rsplit_once(':')
+        .ok_or_else(|| Failure::Usage(format!("deploy needs PATH:FUNCTION, got `{}`", args.target)))?;
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(Failure::Usage(format!("`{}` is not a file", path.display())));
+    }
+    let root = package::project_root(&path).ok_or_else(|| {
+        Failure::Usage(format!(
+            "no project folder above {}: add a pyproject.toml, setup.py, requirements.txt or .git",
+            path.display()
+        ))
+    })?;
+    let module = package::module_name(&root, &path)
+        .ok_or_else(|| Failure::Usage(format!("`{}` is not a .py file under {}", path.display(), root.display())))?;
+    let packed = package::pack(&root).map_err(|e| Failure::Usage(format!("cannot pack {}: {e}", root.display())))?;
+    let uploaded = if client.bundle_exists(&packed.sha256).await? {
+        false
+    } else {
+        client.bundle_upload(packed.data.clone()).await?;
+        true
+    };
+    let registered = client
+        .function_register(&RegisterFunction {
+            name: args.name,
+            function: format!("{module}:{function}"),
+            bundle: Some(packed.sha256.clone()),
+            requirements: args.requirements,
+            cluster: args.cluster,
+        })
+        .await?;
+    if json {
+        let mut value = serde_json::to_value(&registered).expect("function serializes");
+        value["uploaded"] = Value::Bool(uploaded);
+        println!("{}", serde_json::to_string_pretty(&value).expect("value serializes"));
+    } else {
+        println!(
+            "deployed {} = {} (bundle {} from {}, {} files, {})",
+            registered.name,
+            registered.function,
+            &packed.sha256[..12],
+            root.display(),
+            packed.files,
+            if uploaded { "uploaded" } else { "unchanged, not uploaded" }
+        );
+    }
+    Ok(())
+}
+
+fn print_dispatches(dispatches: &[Dispatch], json: bool, single: bool) {
+    if json {
+        let text = if single && dispatches.len() == 1 {
+            serde_json::to_string_pretty(&dispatches[0])
+        } else {
+            serde_json::to_string_pretty(dispatches)
+        };
+        println!("{}", text.expect("dispatches serialize"));
+        return;
+    }
+    let rows: Vec<[String; 5]> = dispatches
+        .iter()
+        .map(|d| {
+            [
+                d.id.to_string(),
+                d.state.to_string(),
+                d.cluster.clone(),
+                d.function_name.clone().unwrap_or_else(|| d.function.clone()),
+                d.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    print_table(["ID", "STATE", "CLUSTER", "FUNCTION", "CREATED"], &rows);
+    if single {
+        if let Some(dispatch) = dispatches.first() {
+            if let Some(result) = &dispatch.result {
+                println!("result: {result}");
+            }
+            if let Some(failure) = &dispatch.failure {
+                println!("failure: {}: {}", failure.code, failure.message);
+            }
+            if let Some(cancellation) = &dispatch.cancellation {
+                println!(
+                    "cancelled by {}{}",
+                    cancellation.by,
+                    cancellation.reason.as_ref().map_or_else(String::new, |r| format!(": {r}"))
+                );
+            }
+        }
+    }
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,375 @@
+//! The HTTP client.
+
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use wire::{
+    Bundle, CancelDispatch, CreateDispatch, Dispatch, DispatchEventList, DispatchId, DispatchPage, ErrorBody, Function,
+    ListDispatches, LogEntry, LogPage, NodeList, RegisterFunction,
+};
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The gateway answered with an error body.
+    #[error("{} ({status}): {}", body.code, body.message)]
+    Api { status: StatusCode, body: ErrorBody },
+    /// The gateway could not be reached, even after retries.
+    #[error("cannot reach the gateway at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    /// The gateway's answer could not be read.
+    #[error("unexpected answer from the gateway: {0}")]
+    Decode(String),
+    /// Missing or invalid client settings.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// When to retry: connection failures and 502/503/504, never other errors.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first.
+    pub attempts: u32,
+    /// First backoff; doubled each retry, with jitter.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 6, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(3) }
+    }
+}
+
+/// A client for one gateway, with one bearer token. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    /// A client for the gateway at `url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(url: &str, token: &str) -> Result<Client, Error> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Config(format!("the gateway URL must start with http:// or https://, got `{url}`")));
+        }
+        if token.trim().is_empty() {
+            return Err(Error::Config("no token: pass one or set RH_TOKEN".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: url.trim_end_matches('/').to_owned(),
+            token: token.trim().to_owned(),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// A client from `RH_GATEWAY_URL` (default `http://127.0.0.1:8080`) and `RH_TOKEN`.
+    pub fn from_env() -> Result<Client, Error> {
+        let url = std::env::var("RH_GATEWAY_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+        let token = std::env::var("RH_TOKEN").map_err(|_| Error::Config("set RH_TOKEN to a gateway token".into()))?;
+        Client::new(&url, &token)
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Client {
+        self.retry = retry;
+        self
+    }
+
+    /// The gateway's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    /// Sends with retries (connection errors and 502/503/504 only) and decodes JSON.
+    async fn send<T: DeserializeOwned>(&self, build: impl Fn() -> RequestBuilder) -> Result<T, Error> {
+        let response = self.send_raw(build).await?;
+        let bytes = response.bytes().await.map_err(|e| Error::Decode(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+    }
+
+    async fn send_raw(&self, build: impl Fn() -> RequestBuilder) -> Result<reqwest::Response, Error> {
+        let mut delay = self.retry.base_delay;
+        let mut attempt = 1;
+        loop {
+            let outcome = build().send().await;
+            let retriable = match &outcome {
+                Ok(response) => matches!(
+                    response.status(),
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                ),
+                Err(err) => err.is_connect() || err.is_timeout() || err.is_request(),
+            };
+            if !retriable || attempt >= self.retry.attempts {
+                return match outcome {
+                    Ok(response) if response.status().is_success() => Ok(response),
+                    Ok(response) => Err(api_error(response).await),
+                    Err(err) => Err(Error::Unreachable { url: self.base.clone(), message: err.to_string() }),
+                };
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1));
+            tokio::time::sleep(delay + jitter).await;
+            delay = (delay * 2).min(self.retry.max_delay);
+            attempt += 1;
+        }
+    }
+
+    /// Creates a dispatch. Without an idempotency key, one is generated, so
+    /// retrying after a lost answer never creates two dispatches.
+    pub async fn dispatch_create(&self, mut request: CreateDispatch) -> Result<Dispatch, Error> {
+        if request.idempotency_key.is_none() {
+            request.idempotency_key = Some(format!("rh-{}", uuid::Uuid::new_v4()));
+        }
+        self.send(|| self.request(Method::POST, "/v1/dispatches").json(&request)).await
+    }
+
+    /// One dispatch.
+    pub async fn dispatch_get(&self, id: DispatchId) -> Result<Dispatch, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/dispatches/{id}"))).await
+    }
+
+    /// A page of dispatches.
+    pub async fn dispatch_list(&self, query: &ListDispatches) -> Result<DispatchPage, Error> {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        pairs.extend(query.state.iter().map(|s| ("state", s.clone())));
+        pairs.extend(query.label.iter().map(|l| ("label", l.clone())));
+        if let Some(cluster) = &query.cluster {
+            pairs.push(("cluster", cluster.clone()));
+        }
+        if let Some(after) = query.created_after {
+            pairs.push(("created_after", after.to_rfc3339()));
+        }
+        if let Some(before) = query.created_before {
+            pairs.push(("created_before", before.to_rfc3339()));
+        }
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        if let Some(cursor) = &query.cursor {
+            pairs.push(("cursor", cursor.clone()));
+        }
+        self.send(|| self.request(Method::GET, "/v1/dispatches").query(&pairs)).await
+    }
+
+    /// Asks for a cancel (idempotent).
+    pub async fn dispatch_cancel(&self, id: DispatchId, reason: Option<String>) -> Result<Dispatch, Error> {
+        let body = CancelDispatch { reason };
+        self.send(|| self.request(Method::POST, &format!("/v1/dispatches/{id}/cancel")).json(&body)).await
+    }
+
+    /// The dispatch's event log.
+    pub async fn dispatch_events(&self, id: DispatchId) -> Result<DispatchEventList, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/dispatches/{id}/events"))).await
+    }
+
+    /// One long-poll: returns when the dispatch is terminal or after `timeout_s`.
+    pub async fn dispatch_wait_once(&self, id: DispatchId, timeout_s: u32) -> Result<Dispatch, Error> {
+        self.send(|| {
+            self.request(Method::GET, &format!("/v1/dispatches/{id}/wait"))
+                .query(&[("timeout_s", timeout_s)])
+                .timeout(Duration::from_secs(u64::from(timeout_s) + 30))
+        })
+        .await
+    }
+
+    /// Long-polls until the dispatch is terminal, or `timeout` passes (then
+    /// returns it as it stands).
+    pub async fn dispatch_wait(&self, id: DispatchId, timeout: Option<Duration>) -> Result<Dispatch, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs() as u32);
+            let dispatch = self.dispatch_wait_once(id, left.unwrap_or(60).min(60)).await?;
+            if dispatch.state.is_terminal() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(dispatch);
+            }
+        }
+    }
+
+    /// Stored output after `offset`.
+    pub async fn logs(&self, id: DispatchId, offset: i64) -> Result<LogPage, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/dispatches/{id}/logs")).query(&[("offset", offset)])).await
+    }
+
+    /// Output after `offset`, live, until the dispatch ends. Reconnects from the
+    /// last entry seen if the stream drops.
+    pub fn logs_follow(&self, id: DispatchId, offset: i64) -> impl Stream<Item = Result<LogEntry, Error>> + '_ {
+        futures::stream::unfold(
+            (offset, false, Vec::<LogEntry>::new().into_iter(), None),
+            move |(mut offset, done, mut pending, mut response): (
+                i64,
+                bool,
+                std::vec::IntoIter<LogEntry>,
+                Option<(reqwest::Response, String)>,
+            )| async move {
+                loop {
+                    if let Some(entry) = pending.next() {
+                        offset = entry.seq;
+                        return Some((Ok(entry), (offset, done, pending, response)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    let (mut stream, mut buffer) = match response.take() {
+                        Some(open) => open,
+                        None => match self
+                            .send_raw(|| {
+                                self.request(Method::GET, &format!("/v1/dispatches/{id}/logs"))
+                                    .query(&[("offset", offset.to_string()), ("follow", "true".into())])
+                            })
+                            .await
+                        {
+                            Ok(stream) => (stream, String::new()),
+                            Err(err) => return Some((Err(err), (offset, true, pending, None))),
+                        },
+                    };
+                    match stream.chunk().await {
+                        Ok(Some(chunk)) => {
+                            buffer.push_str(&String::from_utf8_lossy(&chunk));
+                            let (entries, ended) = parse_events(&mut buffer);
+                            pending = entries.into_iter();
+                            if ended {
+                                return pending.next().map(|e| {
+                                    let seq = e.seq;
+                                    (Ok(e), (seq, true, pending, None))
+                                });
+                            }
+                            response = Some((stream, buffer));
+                        }
+                        // The stream dropped: reconnect from the last entry.
+                        Ok(None) | Err(_) => response = None,
+                    }
+                }
+            },
+        )
+    }
+
+    /// Uploads a code bundle (tar.gz); stored once per sha256.
+    pub async fn bundle_upload(&self, data: Vec<u8>) -> Result<Bundle, Error> {
+        self.send(|| {
+            self.request(Method::POST, "/v1/bundles").header("content-type", "application/gzip").body(data.clone())
+        })
+        .await
+    }
+
+    /// True if the gateway already stores this bundle.
+    pub async fn bundle_exists(&self, sha256: &str) -> Result<bool, Error> {
+        match self.send_raw(|| self.request(Method::HEAD, &format!("/v1/bundles/{sha256}"))).await {
+            Ok(_) => Ok(true),
+            Err(Error::Api { status: StatusCode::NOT_FOUND, .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Registers (or replaces) a named function.
+    pub async fn function_register(&self, request: &RegisterFunction) -> Result<Function, Error> {
+        self.send(|| self.request(Method::POST, "/v1/functions").json(request)).await
+    }
+
+    /// One named function.
+    pub async fn function_get(&self, name: &str) -> Result<Function, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/functions/{name}"))).await
+    }
+
+    /// Every node (admin tokens).
+    pub async fn node_list(&self) -> Result<NodeList, Error> {
+        self.send(|| self.request(Method::GET, "/v1/nodes")).await
+    }
+}
+
+async fn api_error(response: reqwest::Response) -> Error {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str::<ErrorBody>(&text).unwrap_or(ErrorBody {
+        code: status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
+        message: if text.is_empty() { status.to_string() } else { text },
+        request_id: String::new(),
+        field: None,
+    });
+    Error::Api { status, body }
+}
+
+/// Takes complete server-sent events off the front of `buffer`: log entries,
+/// and whether the `end` event arrived.
+fn parse_events(buffer: &mut String) -> (Vec<LogEntry>, bool) {
+    let mut entries = Vec::new();
+    let mut ended = false;
+    while let Some(at) = buffer.find("\n\n") {
+        let event: String = buffer.drain(..at + 2).collect();
+        let mut kind = "message";
+        let mut data = String::new();
+        for line in event.lines() {
+            if let Some(value) = line.strip_prefix("event:") {
+                kind = if value.trim() == "log" {
+                    "log"
+                } else if value.trim() == "end" {
+                    "end"
+                } else {
+                    "other"
+                };
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            }
+        }
+        match kind {
+            "log" => {
+                if let Ok(entry) = serde_json::from_str(&data) {
+                    entries.push(entry);
+                }
+            }
+            "end" => ended = true,
+            _ => {}
+        }
+    }
+    (entries, ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_sent_events_split_across_chunks_parse_whole() {
+        let mut buffer =
+            String::from("event: log\nid: 1\ndata: {\"seq\":1,\"stream\":\"stdout\",\"text\":\"a\\n\"}\n\nevent: lo");
+        let (entries, ended) = parse_events(&mut buffer);
+        assert_eq!(entries.len(), 1);
+        assert!(!ended);
+        buffer.push_str("g\ndata: {\"seq\":2,\"stream\":\"stderr\",\"text\":\"b\"}\n\n: keep-alive\n\nevent: end\ndata: complete\n\n");
+        let (entries, ended) = parse_events(&mut buffer);
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        assert!(ended);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_client_needs_an_http_url_and_a_token() {
+        assert!(matches!(Client::new("localhost:8080", "t"), Err(Error::Config(_))));
+        assert!(matches!(Client::new("http://localhost:8080", " "), Err(Error::Config(_))));
+        assert!(Client::new("http://localhost:8080", "t").is_ok());
+    }
+}

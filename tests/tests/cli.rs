@@ -1,0 +1,159 @@
+//! The `rh` CLI against a real stack.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::Stack;
+use serde_json::Value;
+
+fn rh(stack: &Stack, args: &[&str]) -> Output {
+    Command::new(e2e::bin_dir().join("rh"))
+        .args(args)
+        .env("RH_GATEWAY_URL", &stack.url)
+        .env("RH_TOKEN", stack.admin_token())
+        .output()
+        .expect("run rh")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.status.success(), "rh failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+fn jobs_file() -> String {
+    e2e::workspace_root().join("tests/fixtures/project/pkg/jobs.py").display().to_string()
+}
+
+#[tokio::test]
+async fn deploy_then_dispatch_by_name_streams_output_and_prints_the_result() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 4).await.unwrap();
+    let deployed = json(&rh(
+        &stack,
+        &["deploy", &format!("{}:hello", jobs_file()), "--name", "greet", "--cluster", "local", "--json"],
+    ));
+    assert_eq!(deployed["function"], "pkg.jobs:hello");
+    assert_eq!(deployed["uploaded"], true);
+    let again = json(&rh(
+        &stack,
+        &["deploy", &format!("{}:hello", jobs_file()), "--name", "greet", "--cluster", "local", "--json"],
+    ));
+    assert_eq!(again["uploaded"], false, "unchanged code was uploaded again");
+
+    let output = rh(&stack, &["dispatch", "greet", "--arg", "ada", "--wait"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("hello ada\n"), "{stdout}");
+    assert!(stdout.contains("\"greeting\": \"hi ada\""), "{stdout}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("a warning"));
+}
+
+#[tokio::test]
+async fn status_ls_logs_and_cancel_work_in_tables_and_json() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 4).await.unwrap();
+    let bundle = stack.fixture_bundle().await;
+    let created = json(&rh(
+        &stack,
+        &[
+            "dispatch",
+            "pkg.jobs:sleepy",
+            "--arg",
+            "600",
+            "--bundle",
+            &bundle,
+            "--cluster",
+            "local",
+            "--label",
+            "suite=cli",
+            "--json",
+        ],
+    ));
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(&rh(&stack, &["status", &id, "--json"]))["state"] != "running" {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let table = rh(&stack, &["ls", "--label", "suite=cli"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.starts_with("ID") && table.contains("STATE") && table.contains(&id) && table.contains("running"),
+        "{table}"
+    );
+    let listed = json(&rh(&stack, &["ls", "--state", "running", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    while !String::from_utf8_lossy(&rh(&stack, &["logs", &id]).stdout).contains("pid ") {
+        assert!(Instant::now() < deadline, "no output");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = json(&rh(&stack, &["cancel", &id, "--reason", "done here", "--json"]));
+    assert!(cancelled["state"] == "cancelling" || cancelled["state"] == "cancelled", "{cancelled}");
+    let status = rh(&stack, &["status", &id]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("ID"), "a table by default");
+    let followed = rh(&stack, &["logs", "-f", &id]);
+    assert!(followed.status.success());
+    assert!(String::from_utf8_lossy(&followed.stdout).contains("pid "), "follow ends once the run has ended");
+}
+
+#[tokio::test]
+async fn a_remote_failure_exits_3_with_the_remote_traceback() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 4).await.unwrap();
+    let bundle = stack.fixture_bundle().await;
+    let output = rh(&stack, &["dispatch", "pkg.jobs:boom", "--bundle", &bundle, "--cluster", "local", "--wait"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Traceback") && stderr.contains("remote ValueError: learning rate must be positive"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_while_waiting_cancels_the_remote_run_when_asked_to() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 4).await.unwrap();
+    let bundle = stack.fixture_bundle().await;
+    let mut child = Command::new(e2e::bin_dir().join("rh"))
+        .args(["dispatch", "pkg.jobs:sleepy", "--arg", "600", "--bundle", &bundle, "--cluster", "local"])
+        .args(["--label", "suite=interrupt", "--wait", "--cancel-on-interrupt"])
+        .env("RH_GATEWAY_URL", &stack.url)
+        .env("RH_TOKEN", stack.admin_token())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let (_, page) = stack.get("/v1/dispatches?label=suite=interrupt&state=running").await;
+        if let Some(id) = page["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(done["cancellation"]["reason"], "interrupted from rh");
+}
+
+#[tokio::test]
+async fn a_wrong_token_gets_a_clear_error() {
+    let stack = Stack::start().await.unwrap();
+    let output = Command::new(e2e::bin_dir().join("rh"))
+        .args(["ls"])
+        .env("RH_GATEWAY_URL", &stack.url)
+        .env("RH_TOKEN", "not-a-token")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unauthenticated") && stderr.contains("malformed"), "{stderr}");
+}
