@@ -3,7 +3,7 @@
 export CACHE ?= $(HOME)/.cache/runhouse-gateway
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 
-.PHONY: run test bench openapi sqlx-prepare fmt lint
+.PHONY: run test bench bench-sdk openapi sqlx-prepare fmt lint
 
 ## Run the local stack: private Postgres under ./.rh/, the gateway on 127.0.0.1:8080, one local node.
 run:
@@ -17,6 +17,11 @@ test:
 ## Full-stack latency and throughput baseline (release build; prints a table, writes bench/results/latest.json).
 bench:
 	cargo run --locked --release -p e2e --bin rh-bench
+
+## Python SDK figures (release builds): call latency, calls/s from 8 threads, unchanged-code .to() time.
+bench-sdk:
+	cargo build --locked --release -p gateway -p node
+	RH_SDK_RELEASE=1 RH_BIN_DIR=$(CARGO_TARGET_DIR)/release ./scripts/python-sdk.sh -s tests/python/bench_sdk.py
 
 ## Regenerate the committed OpenAPI document after an API change.
 openapi:

@@ -31,9 +31,16 @@ install_sqlx() {
 with_pg="$CARGO_TARGET_DIR/debug/rh-with-postgres"
 
 phase "install sqlx-cli (cached)" install_sqlx
-phase "cargo fmt --check" cargo fmt --all --check
+fmt_check() {
+    cargo fmt --all --check && cargo fmt --manifest-path sdk/python/Cargo.toml --check
+}
+phase "cargo fmt --check" fmt_check
 phase "cargo build (all targets)" cargo build --workspace --all-targets --locked
-phase "cargo clippy -D warnings" cargo clippy --workspace --all-targets --locked -- -D warnings
+clippy() {
+    cargo clippy --workspace --all-targets --locked -- -D warnings &&
+        cargo clippy --manifest-path sdk/python/Cargo.toml --locked -- -D warnings
+}
+phase "cargo clippy -D warnings" clippy
 phase "sqlx prepare --check" "$with_pg" -- sh -c \
     'sqlx migrate run --source migrations >/dev/null && cargo sqlx prepare --workspace --check -- --all-targets'
 test_log="$(mktemp)"
@@ -42,6 +49,10 @@ run_tests() {
     "$with_pg" -- cargo test --workspace --locked 2>&1 | tee "$test_log"
 }
 phase "cargo test (unit, API, OpenAPI drift, end-to-end, README walkthrough)" run_tests
+run_python_sdk() {
+    ./scripts/python-sdk.sh 2>&1 | tee -a "$test_log"
+}
+phase "python SDK (maturin build, pytest against a local stack)" run_python_sdk
 phase "bench smoke (no speed assertions)" "$with_pg" -- "$CARGO_TARGET_DIR/debug/rh-bench" --smoke
 
 echo

@@ -33,6 +33,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
     dispatches: Family<StateLabels, Gauge>,
+    bundles: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -51,13 +52,17 @@ impl Default for Metrics {
             requests.clone(),
         );
         registry.register("dispatches", "Dispatches by state", dispatches.clone());
-        Metrics { registry: Mutex::new(registry), requests, dispatches }
+        let bundles = Gauge::default();
+        registry.register("bundles", "Stored code bundles", bundles.clone());
+        Metrics { registry: Mutex::new(registry), requests, dispatches, bundles }
     }
 }
 
 impl Metrics {
-    /// Renders the text exposition, with `counts` as the current dispatches by state.
-    pub fn render(&self, counts: &[(DispatchState, i64)]) -> String {
+    /// Renders the text exposition, with `counts` as the current dispatches by
+    /// state and `bundles` as the number of stored bundles.
+    pub fn render(&self, counts: &[(DispatchState, i64)], bundles: i64) -> String {
+        self.bundles.set(bundles);
         for state in DispatchState::ALL {
             let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             self.dispatches.get_or_create(&StateLabels { state: state.to_string() }).set(count);

@@ -217,55 +217,14 @@ impl Client {
 
     /// Output after `offset`, live, until the dispatch ends. Reconnects from the
     /// last entry seen if the stream drops.
-    pub fn logs_follow(&self, id: DispatchId, offset: i64) -> impl Stream<Item = Result<LogEntry, Error>> + '_ {
-        futures::stream::unfold(
-            (offset, false, Vec::<LogEntry>::new().into_iter(), None),
-            move |(mut offset, done, mut pending, mut response): (
-                i64,
-                bool,
-                std::vec::IntoIter<LogEntry>,
-                Option<(reqwest::Response, String)>,
-            )| async move {
-                loop {
-                    if let Some(entry) = pending.next() {
-                        offset = entry.seq;
-                        return Some((Ok(entry), (offset, done, pending, response)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    let (mut stream, mut buffer) = match response.take() {
-                        Some(open) => open,
-                        None => match self
-                            .send_raw(|| {
-                                self.request(Method::GET, &format!("/v1/dispatches/{id}/logs"))
-                                    .query(&[("offset", offset.to_string()), ("follow", "true".into())])
-                            })
-                            .await
-                        {
-                            Ok(stream) => (stream, String::new()),
-                            Err(err) => return Some((Err(err), (offset, true, pending, None))),
-                        },
-                    };
-                    match stream.chunk().await {
-                        Ok(Some(chunk)) => {
-                            buffer.push_str(&String::from_utf8_lossy(&chunk));
-                            let (entries, ended) = parse_events(&mut buffer);
-                            pending = entries.into_iter();
-                            if ended {
-                                return pending.next().map(|e| {
-                                    let seq = e.seq;
-                                    (Ok(e), (seq, true, pending, None))
-                                });
-                            }
-                            response = Some((stream, buffer));
-                        }
-                        // The stream dropped: reconnect from the last entry.
-                        Ok(None) | Err(_) => response = None,
-                    }
-                }
-            },
-        )
+    pub fn logs_follow(
+        &self,
+        id: DispatchId,
+        offset: i64,
+    ) -> impl Stream<Item = Result<LogEntry, Error>> + Send + use<> {
+        let state =
+            Follow { client: self.clone(), id, offset, done: false, pending: Vec::new().into_iter(), open: None };
+        futures::stream::unfold(state, Follow::next)
     }
 
     /// Uploads a code bundle (tar.gz); stored once per sha256.
@@ -298,6 +257,64 @@ impl Client {
     /// Every node (admin tokens).
     pub async fn node_list(&self) -> Result<NodeList, Error> {
         self.send(|| self.request(Method::GET, "/v1/nodes")).await
+    }
+}
+
+/// The state of a log follow.
+struct Follow {
+    client: Client,
+    id: DispatchId,
+    offset: i64,
+    done: bool,
+    pending: std::vec::IntoIter<LogEntry>,
+    /// The open event stream and its unparsed text.
+    open: Option<(reqwest::Response, String)>,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<LogEntry, Error>, Follow)> {
+        loop {
+            if let Some(entry) = self.pending.next() {
+                self.offset = entry.seq;
+                return Some((Ok(entry), self));
+            }
+            if self.done {
+                return None;
+            }
+            let (mut stream, mut buffer) = match self.open.take() {
+                Some(open) => open,
+                None => {
+                    let (client, id, offset) = (&self.client, self.id, self.offset);
+                    let opened = client
+                        .send_raw(|| {
+                            client
+                                .request(Method::GET, &format!("/v1/dispatches/{id}/logs"))
+                                .query(&[("offset", offset.to_string()), ("follow", "true".into())])
+                        })
+                        .await;
+                    match opened {
+                        Ok(stream) => (stream, String::new()),
+                        Err(err) => {
+                            self.done = true;
+                            return Some((Err(err), self));
+                        }
+                    }
+                }
+            };
+            match stream.chunk().await {
+                Ok(Some(chunk)) => {
+                    buffer.push_str(&String::from_utf8_lossy(&chunk));
+                    let (entries, ended) = parse_events(&mut buffer);
+                    self.pending = entries.into_iter();
+                    self.done = ended;
+                    if !ended {
+                        self.open = Some((stream, buffer));
+                    }
+                }
+                // The stream dropped: reconnect from the last entry.
+                Ok(None) | Err(_) => self.open = None,
+            }
+        }
     }
 }
 

@@ -24,13 +24,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     Ok(Json(Health { status: "ok".into() }))
 }
 
-/// Prometheus metrics: dispatches by state and request latency histograms.
+/// Prometheus metrics: dispatches by state, stored bundles, and request latency histograms.
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition format.", content_type = "text/plain",
         body = String, example = "# TYPE rh_dispatches gauge\nrh_dispatches{state=\"queued\"} 3\n")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let counts = state.app.db.dispatch_count_by_state().await?;
-    let text = state.metrics.render(&counts);
+    let bundles = state.app.db.bundle_count().await?;
+    let text = state.metrics.render(&counts, bundles);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 

@@ -1,0 +1,272 @@
+"""Run ordinary Python functions on remote compute through a Runhouse Gateway.
+
+    from runhouse_gateway import Gateway
+    gw = Gateway()                                  # RH_GATEWAY_URL, RH_TOKEN
+    train = gw.function(my_module.train).to("gpu")  # packs and uploads the project if it changed
+    result = train(0.01, epochs=3)                  # runs remotely, streams its output here
+
+Every HTTP call, retry and token is handled by the Rust client underneath
+(``runhouse_gateway._native``); blocking calls release the GIL, so threads
+can drive several remote calls at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+
+from ._native import GatewayError as _NativeGatewayError
+from ._native import NativeClient
+
+__all__ = [
+    "Gateway",
+    "RemoteFunction",
+    "Dispatch",
+    "GatewayError",
+    "RemoteError",
+    "DispatchCancelled",
+    "DispatchTimedOut",
+]
+
+
+class GatewayError(Exception):
+    """The gateway refused a request (bad token, unknown dispatch, invalid input...)."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(f"{code} ({status}): {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class RemoteError(Exception):
+    """The remote function raised. Carries the remote type, message and traceback."""
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str, dispatch_id: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.dispatch_id = dispatch_id
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.message}\n\nRemote traceback:\n{self.remote_traceback}"
+
+
+class DispatchCancelled(Exception):
+    """The dispatch was cancelled; ``by`` and ``reason`` say who and why."""
+
+    def __init__(self, dispatch_id: str, by: str, reason: Optional[str]) -> None:
+        super().__init__(f"dispatch {dispatch_id} was cancelled by {by}" + (f": {reason}" if reason else ""))
+        self.dispatch_id = dispatch_id
+        self.by = by
+        self.reason = reason
+
+
+class DispatchTimedOut(Exception):
+    """The dispatch ran past its timeout and was stopped."""
+
+    def __init__(self, dispatch_id: str, message: str) -> None:
+        super().__init__(f"dispatch {dispatch_id} timed out: {message}")
+        self.dispatch_id = dispatch_id
+
+
+def _call(method: Callable[..., str], *args: Any) -> Any:
+    try:
+        return json.loads(method(*args))
+    except _NativeGatewayError as err:
+        raise GatewayError(*err.args) from None
+
+
+class Dispatch:
+    """A handle on one remote call."""
+
+    def __init__(self, gateway: "Gateway", data: Dict[str, Any]) -> None:
+        self._gateway = gateway
+        self._data = data
+        self.id: str = data["id"]
+
+    def __repr__(self) -> str:
+        return f"<Dispatch {self.id} {self._data['state']}>"
+
+    @property
+    def data(self) -> Dict[str, Any]:
+        """The dispatch as last read from the gateway."""
+        return self._data
+
+    def status(self) -> str:
+        """The current state: queued, running, cancelling, succeeded, failed, cancelled or timed_out."""
+        self._data = _call(self._gateway._native.get, self.id)
+        return self._data["state"]
+
+    def wait(self, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Blocks until the dispatch ends (or ``timeout`` seconds); returns it."""
+        self._data = _call(self._gateway._native.wait, self.id, timeout)
+        return self._data
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """The function's return value; raises RemoteError, DispatchCancelled or DispatchTimedOut."""
+        data = self.wait(timeout)
+        state = data["state"]
+        if state == "succeeded":
+            return data["result"]
+        failure = data.get("failure") or {}
+        if state == "failed":
+            if failure.get("code") == "user_exception":
+                raise RemoteError(failure.get("remote_type") or "Exception", failure.get("message", ""),
+                                  failure.get("traceback") or "", self.id)
+            raise RemoteError(failure.get("code", "failed"), failure.get("message", ""), failure.get("traceback") or "",
+                              self.id)
+        if state == "cancelled":
+            cancellation = data.get("cancellation") or {}
+            raise DispatchCancelled(self.id, cancellation.get("by", "unknown"), cancellation.get("reason"))
+        if state == "timed_out":
+            raise DispatchTimedOut(self.id, failure.get("message", ""))
+        raise TimeoutError(f"dispatch {self.id} is still {state}")
+
+    def cancel(self, reason: Optional[str] = None) -> None:
+        """Asks the gateway to stop the call (idempotent)."""
+        self._data = _call(self._gateway._native.cancel, self.id, reason)
+
+    def logs(self, follow: bool = False) -> Iterator[Dict[str, Any]]:
+        """Output entries (``{"seq", "stream", "text"}``); with ``follow`` they arrive live until the run ends."""
+        if follow:
+            try:
+                for entry in self._gateway._native.follow(self.id, 0):
+                    yield json.loads(entry)
+            except _NativeGatewayError as err:
+                raise GatewayError(*err.args) from None
+            return
+        offset = 0
+        while True:
+            page = _call(self._gateway._native.logs, self.id, offset)
+            yield from page["entries"]
+            if not page["entries"]:
+                return
+            offset = page["next_offset"]
+
+    def events(self) -> List[Dict[str, Any]]:
+        """Every state transition, with actor and reason."""
+        return _call(self._gateway._native.events, self.id)["items"]
+
+    async def await_result(self, timeout: Optional[float] = None) -> Any:
+        """``result()`` without blocking the event loop."""
+        return await asyncio.to_thread(self.result, timeout)
+
+
+class RemoteFunction:
+    """A function bound to a cluster. Call it like the local function."""
+
+    def __init__(self, gateway: "Gateway", spec: Dict[str, Any], cluster: str) -> None:
+        self._gateway = gateway
+        self._spec = spec
+        self.cluster = cluster
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {self._spec.get('function') or self._spec.get('function_name')} on {self.cluster}>"
+
+    def dispatch(self, *args: Any, labels: Optional[Dict[str, str]] = None, timeout: Optional[int] = None,
+                 idempotency_key: Optional[str] = None, **kwargs: Any) -> Dispatch:
+        """Starts a remote call and returns its handle at once."""
+        body = dict(self._spec, args=list(args), kwargs=kwargs, cluster=self.cluster, labels=labels or {})
+        if timeout is not None:
+            body["timeout_s"] = timeout
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return Dispatch(self._gateway, _call(self._gateway._native.create, json.dumps(body)))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs remotely, streaming remote stdout/stderr here, and returns the result.
+
+        Ctrl-C cancels the remote run (unless the Gateway was made with
+        ``cancel_on_interrupt=False``) and re-raises KeyboardInterrupt.
+        """
+        handle = self.dispatch(*args, **kwargs)
+        try:
+            for entry in handle.logs(follow=True):
+                stream = sys.stderr if entry["stream"] != "stdout" else sys.stdout
+                stream.write(entry["text"])
+                stream.flush()
+            return handle.result()
+        except KeyboardInterrupt:
+            if self._gateway.cancel_on_interrupt:
+                handle.cancel(reason="interrupted (KeyboardInterrupt)")
+            raise
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """``__call__`` without blocking the event loop."""
+        return await asyncio.to_thread(self.__call__, *args, **kwargs)
+
+
+class _FunctionSpec:
+    def __init__(self, gateway: "Gateway", target: Union[Callable[..., Any], str], name: Optional[str],
+                 requirements: Optional[List[str]]) -> None:
+        self._gateway = gateway
+        self._target = target
+        self._name = name
+        self._requirements = list(requirements or [])
+
+    def to(self, cluster: str) -> RemoteFunction:
+        """Packs the function's project (uploading it only if the gateway lacks it) and binds it to ``cluster``."""
+        if isinstance(self._target, str):
+            entrypoint, source = self._target, os.getcwd()
+            if ":" not in entrypoint:
+                raise ValueError(f"expected 'module:qualname', got {entrypoint!r}")
+        else:
+            source = inspect.getsourcefile(self._target) or ""
+            if not source:
+                raise ValueError(f"cannot find the source file of {self._target!r}")
+            entrypoint = None
+        sha, uploaded, root, module = self._gateway._native.deploy(os.path.abspath(source))
+        if entrypoint is None:
+            fn = self._target
+            module_name = fn.__module__
+            if module_name == "__main__" or not module_name:
+                if module is None:
+                    raise ValueError(f"{source} is not a module under {root}")
+                module_name = module
+            entrypoint = f"{module_name}:{fn.__qualname__}"
+        self.uploaded = uploaded
+        spec: Dict[str, Any] = {"function": entrypoint, "bundle": sha, "requirements": self._requirements}
+        if self._name:
+            _call(self._gateway._native.register, json.dumps(
+                {"name": self._name, "function": entrypoint, "bundle": sha, "requirements": self._requirements,
+                 "cluster": cluster}))
+            spec = {"function_name": self._name}
+        return RemoteFunction(self._gateway, spec, cluster)
+
+
+class Gateway:
+    """A connection to a Runhouse Gateway."""
+
+    def __init__(self, url: Optional[str] = None, token: Optional[str] = None, cancel_on_interrupt: bool = True) -> None:
+        url = url or os.environ.get("RH_GATEWAY_URL", "http://127.0.0.1:8080")
+        token = token or os.environ.get("RH_TOKEN", "")
+        if not token:
+            raise ValueError("no gateway token: pass token=... or set RH_TOKEN")
+        self.url = url
+        self.cancel_on_interrupt = cancel_on_interrupt
+        self._native = NativeClient(url, token)
+
+    def function(self, fn: Union[Callable[..., Any], str], name: Optional[str] = None,
+                 requirements: Optional[List[str]] = None) -> _FunctionSpec:
+        """A function (or ``"module:qualname"``) to run remotely; follow with ``.to(cluster)``."""
+        return _FunctionSpec(self, fn, name, requirements)
+
+    def dispatches(self, state: Optional[Union[str, List[str]]] = None, labels: Optional[Dict[str, str]] = None,
+                   cluster: Optional[str] = None, limit: int = 50) -> List[Dispatch]:
+        """Dispatches of the token's project, newest first."""
+        states = [state] if isinstance(state, str) else list(state or [])
+        query = {"state": states, "label": [f"{k}={v}" for k, v in (labels or {}).items()], "limit": limit}
+        if cluster:
+            query["cluster"] = cluster
+        return [Dispatch(self, d) for d in _call(self._native.list, json.dumps(query))["items"]]
+
+    def dispatch(self, id: str) -> Dispatch:
+        """Re-attaches to a dispatch by id."""
+        return Dispatch(self, _call(self._native.get, id))

@@ -1,0 +1,214 @@
+"""The Python SDK against a real local stack."""
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import jobs
+from conftest import metric
+from runhouse_gateway import DispatchCancelled, Gateway, GatewayError, RemoteError
+
+
+def test_a_remote_call_returns_the_result(gw):
+    add = gw.function(jobs.add).to("local")
+    assert add(2, 3) == 5
+    assert gw.function(jobs.echo).to("local")({"nested": [1, 2, None]}) == {"nested": [1, 2, None]}
+
+
+def test_a_remote_exception_is_raised_with_its_type_and_traceback(gw):
+    boom = gw.function(jobs.boom).to("local")
+    with pytest.raises(RemoteError) as caught:
+        boom()
+    err = caught.value
+    assert err.remote_type == "KeyError"
+    assert "missing-key" in err.message
+    assert "jobs.py" in err.remote_traceback and "in boom" in err.remote_traceback
+    text = str(err)
+    assert "KeyError" in text and "missing-key" in text and "Traceback" in text
+
+
+def test_output_is_streamed_while_the_call_runs(gw, capsys):
+    ticker = gw.function(jobs.ticker).to("local")
+    handle = ticker.dispatch(4, 0.3)
+    first_seen = None
+    texts = []
+    for entry in handle.logs(follow=True):
+        texts.append(entry["text"])
+        if first_seen is None:
+            first_seen = handle.status()
+    assert first_seen == "running", "the first line arrived only after the call ended"
+    assert "".join(texts) == "".join(f"tick {i}\n" for i in range(4))
+    greet = gw.function(jobs.greet).to("local")
+    assert greet("ada", punctuation="?") == "hi ada?"
+    out = capsys.readouterr()
+    assert "hello ada" in out.out and "warning on stderr" in out.err
+
+
+def test_cancel_from_another_thread_stops_the_call(gw):
+    sleepy = gw.function(jobs.sleepy).to("local")
+    handle = sleepy.dispatch(600)
+    outcome = {}
+
+    def wait():
+        try:
+            handle.result()
+        except DispatchCancelled as err:
+            outcome["err"] = err
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    while handle.status() != "running":
+        time.sleep(0.05)
+    handle.cancel(reason="from another thread")
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert outcome["err"].reason == "from another thread"
+    assert handle.status() == "cancelled"
+
+
+def test_ctrl_c_in_a_blocking_call_cancels_the_remote_run(stack):
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import jobs\n"
+        "from runhouse_gateway import Gateway\n"
+        "gw = Gateway()\n"
+        "f = gw.function(jobs.sleepy).to('local')\n"
+        "try:\n"
+        "    f.dispatch  # warm\n"
+        "    print('calling', flush=True)\n"
+        "    f(600, labels={'suite': 'sigint'})\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(130)\n"
+    ) % os.path.join(os.path.dirname(__file__), "project")
+    env = dict(os.environ, RH_GATEWAY_URL=stack["url"], RH_TOKEN=stack["token"])
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    gw = Gateway(stack["url"], stack["token"])
+    deadline = time.time() + 30
+    while not gw.dispatches(state="running", labels={"suite": "sigint"}):
+        assert time.time() < deadline, "the call never started"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 130 and "interrupted" in out
+    handle = gw.dispatches(labels={"suite": "sigint"})[0]
+    assert handle.wait(timeout=30)["state"] == "cancelled"
+
+
+def test_deploying_unchanged_code_skips_the_upload(gw, stack):
+    gw.function(jobs.add).to("local")
+    before = metric(stack, "rh_bundles")
+    spec = gw.function(jobs.add)
+    started = time.perf_counter()
+    spec.to("local")
+    elapsed = time.perf_counter() - started
+    assert spec.uploaded is False
+    assert metric(stack, "rh_bundles") == before
+    print(f"unchanged-code .to(): {elapsed * 1000:.1f} ms")
+
+
+def test_eight_threads_call_concurrently(gw):
+    add = gw.function(jobs.add).to("local")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: add(i, i), range(32)))
+    assert results == [2 * i for i in range(32)]
+
+
+def test_the_async_api(gw):
+    add = gw.function(jobs.add).to("local")
+
+    async def main():
+        direct = await asyncio.gather(*(add.acall(i, 1) for i in range(4)))
+        handle = add.dispatch(20, 22)
+        return direct, await handle.await_result()
+
+    direct, later = asyncio.run(main())
+    assert direct == [1, 2, 3, 4]
+    assert later == 42
+
+
+def test_a_create_retried_after_a_dropped_connection_yields_one_dispatch(gw, stack):
+    # A proxy that forwards the first request but drops the connection before
+    # the answer, as a flaky network would; the client retries with the same
+    # idempotency key.
+    import socket
+
+    upstream_port = int(stack["url"].rsplit(":", 1)[1])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    dropped = []
+
+    def pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", upstream_port))
+            if not dropped:
+                dropped.append(True)
+                request = client.recv(65536)
+                upstream.sendall(request)
+                upstream.recv(65536)  # the gateway answered; the client never hears it
+                client.close()
+                upstream.close()
+                continue
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert not dropped
+    from runhouse_gateway import RemoteFunction
+
+    flaky = Gateway(f"http://127.0.0.1:{port}", stack["token"])
+    spec = gw.function(jobs.add).to("local")._spec
+    add = RemoteFunction(flaky, spec, "local")  # its first request, the create, is the one dropped
+    handle = add.dispatch(1, 1, labels={"suite": "retry"})
+    listener.close()
+    assert dropped, "the proxy never dropped a request"
+    assert handle.result(timeout=30) == 2
+    assert len(gw.dispatches(labels={"suite": "retry"})) == 1
+
+
+def test_a_wrong_token_gives_a_clear_error(stack):
+    bad = Gateway(stack["url"], "not-a-token")
+    with pytest.raises(GatewayError) as caught:
+        bad.dispatches()
+    assert caught.value.status == 401
+    assert caught.value.code == "unauthenticated"
+    assert "malformed" in caught.value.message
+
+
+def test_reattaching_and_listing(gw):
+    add = gw.function(jobs.add).to("local")
+    handle = add.dispatch(5, 6, labels={"suite": "reattach"})
+    again = gw.dispatch(handle.id)
+    assert again.result(timeout=30) == 11
+    assert [d.id for d in gw.dispatches(labels={"suite": "reattach"})] == [handle.id]
+    assert [e["to_state"] for e in again.events()][-1] == "succeeded"
