@@ -244,6 +244,27 @@ impl Client {
         }
     }
 
+    /// Downloads a bundle's bytes.
+    pub async fn bundle_download(&self, sha256: &str) -> Result<Vec<u8>, Error> {
+        let response = self.send_raw(|| self.request(Method::GET, &format!("/v1/bundles/{sha256}"))).await?;
+        response.bytes().await.map(|b| b.to_vec()).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// The project's named functions.
+    pub async fn function_list(&self) -> Result<wire::FunctionList, Error> {
+        self.send(|| self.request(Method::GET, "/v1/functions")).await
+    }
+
+    /// Liveness of the gateway.
+    pub async fn health(&self) -> Result<wire::Health, Error> {
+        self.send(|| self.http.get(format!("{}/healthz", self.base))).await
+    }
+
+    /// Readiness: the gateway and its database answer.
+    pub async fn ready(&self) -> Result<wire::Health, Error> {
+        self.send(|| self.http.get(format!("{}/readyz", self.base))).await
+    }
+
     /// Registers (or replaces) a named function.
     pub async fn function_register(&self, request: &RegisterFunction) -> Result<Function, Error> {
         self.send(|| self.request(Method::POST, "/v1/functions").json(request)).await

@@ -13,6 +13,7 @@ can drive several remote calls at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -105,9 +106,23 @@ class Dispatch:
         return self._data["state"]
 
     def wait(self, timeout: Optional[float] = None) -> Dict[str, Any]:
-        """Blocks until the dispatch ends (or ``timeout`` seconds); returns it."""
-        self._data = _call(self._gateway._native.wait, self.id, timeout)
+        """Blocks until the dispatch ends (or ``timeout`` seconds); returns it.
+
+        Ctrl-C cancels the remote run (unless the Gateway was made with
+        ``cancel_on_interrupt=False``) and re-raises KeyboardInterrupt.
+        """
+        with self._cancel_on_interrupt():
+            self._data = _call(self._gateway._native.wait, self.id, timeout)
         return self._data
+
+    @contextlib.contextmanager
+    def _cancel_on_interrupt(self) -> Iterator[None]:
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self._gateway.cancel_on_interrupt:
+                self.cancel(reason="interrupted (KeyboardInterrupt)")
+            raise
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """The function's return value; raises RemoteError, DispatchCancelled or DispatchTimedOut."""
@@ -187,16 +202,12 @@ class RemoteFunction:
         ``cancel_on_interrupt=False``) and re-raises KeyboardInterrupt.
         """
         handle = self.dispatch(*args, **kwargs)
-        try:
+        with handle._cancel_on_interrupt():
             for entry in handle.logs(follow=True):
                 stream = sys.stderr if entry["stream"] != "stdout" else sys.stdout
                 stream.write(entry["text"])
                 stream.flush()
-            return handle.result()
-        except KeyboardInterrupt:
-            if self._gateway.cancel_on_interrupt:
-                handle.cancel(reason="interrupted (KeyboardInterrupt)")
-            raise
+        return handle.result()
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """``__call__`` without blocking the event loop."""
