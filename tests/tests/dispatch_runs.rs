@@ -287,3 +287,43 @@ async fn wait_for_pid(stack: &Stack, id: &str) -> u32 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn requirements_are_installed_once_into_a_cached_environment() {
+    let (stack, _node, _bundle) = stack_with_node(4).await;
+    // A tiny wheel built here, so pip installs it without any package index.
+    let wheel = stack.work.join("tinypkg_rh-0.1-py3-none-any.whl");
+    let script = r#"
+import sys, zipfile, hashlib, base64
+path = sys.argv[1]
+files = {
+    "tinypkg_rh.py": "def answer():\n    return 42\n",
+    "tinypkg_rh-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg-rh\nVersion: 0.1\n",
+    "tinypkg_rh-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: e2e\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(path, "w") as z:
+    for name, text in files.items():
+        z.writestr(name, text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text)}")
+    record.append("tinypkg_rh-0.1.dist-info/RECORD,,")
+    z.writestr("tinypkg_rh-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let status = std::process::Command::new("python3").args(["-c", script]).arg(&wheel).status().unwrap();
+    assert!(status.success());
+    let requirement = wheel.display().to_string();
+    for _ in 0..2 {
+        let (status, dispatch) = stack
+            .post(
+                "/v1/dispatches",
+                &json!({"function": "tinypkg_rh:answer", "cluster": "local", "requirements": [requirement]}),
+            )
+            .await;
+        assert!(status.is_success(), "{dispatch}");
+        let done = stack.wait(dispatch["id"].as_str().unwrap(), 120).await;
+        assert_eq!(done["result"], 42, "{done}");
+    }
+    let envs: Vec<_> = std::fs::read_dir(stack.work.join("node-n1/envs")).unwrap().flatten().collect();
+    assert_eq!(envs.len(), 1, "one environment per requirement set");
+}
