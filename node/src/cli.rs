@@ -112,6 +112,7 @@ impl Cli {
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let work_dir = std::path::absolute(&args.work_dir)?;
+    remove_stale_socket_dirs();
     let socket_dir = std::env::temp_dir().join(format!("rh-node-{}", std::process::id()));
     std::fs::create_dir_all(&socket_dir)?;
     std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
@@ -185,6 +186,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     drop(pool);
     let _ = std::fs::remove_dir_all(&socket_dir);
     Ok(())
+}
+
+/// Removes the socket folders of node daemons that died without cleaning up.
+fn remove_stale_socket_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("rh-node-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Registers, retrying while the gateway is unreachable.

@@ -3,6 +3,7 @@ gateway, one node) in a temporary folder."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,7 @@ def stack():
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture()

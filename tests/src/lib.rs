@@ -49,6 +49,26 @@ pub fn workspace_root() -> PathBuf {
 struct Server {
     url_pattern: String,
     _embedded: Option<EmbeddedPostgres>,
+    data_dir: Option<PathBuf>,
+}
+
+/// Stops the embedded server when the test binary (or the bench) exits.
+fn register_stop_at_exit() {
+    extern "C" fn stop() {
+        if let Some(server) = SERVER.get() {
+            if let Some(pg) = &server._embedded {
+                let _ = pg.stop();
+            }
+            if let Some(dir) = &server.data_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    // SAFETY: `stop` is a plain function that neither unwinds nor touches thread-locals.
+    #[allow(unsafe_code)]
+    unsafe {
+        nix::libc::atexit(stop);
+    }
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -57,7 +77,7 @@ fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("RH_TEST_DATABASE_URL") {
         Ok(url) => {
             let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(url);
-            Server { url_pattern: format!("{base}/{{db}}"), _embedded: None }
+            Server { url_pattern: format!("{base}/{{db}}"), _embedded: None, data_dir: None }
         }
         Err(_) => {
             let dir = std::env::temp_dir().join(format!("rh-e2e-pg-{}", std::process::id()));
@@ -65,7 +85,8 @@ fn server() -> &'static Server {
             // Benchmarks measure durable commits; tests need not wait for the disk.
             let durable = std::env::var_os("RH_E2E_DURABLE").is_some();
             let pg = EmbeddedPostgres::start(&dir, Options { durable }).expect("start postgres");
-            Server { url_pattern: pg.url("{db}"), _embedded: Some(pg) }
+            register_stop_at_exit();
+            Server { url_pattern: pg.url("{db}"), _embedded: Some(pg), data_dir: Some(dir) }
         }
     })
 }

@@ -65,6 +65,7 @@ fn dev_without_postgres_binaries_prints_one_line_naming_the_package() {
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("postgresql-15"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -105,6 +106,7 @@ async fn dev_runs_the_local_stack_stops_cleanly_and_keeps_its_data() {
     assert_eq!(again.status(), StatusCode::OK, "the dispatch did not survive a restart");
     interrupt(&mut dev);
     assert!(dev.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn start_dev(dir: &std::path::Path, port: u16) -> std::process::Child {
