@@ -212,3 +212,43 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// One throwaway server per process, for test harnesses and benchmarks:
+/// `RH_TEST_DATABASE_URL` if set (as `make test` does, so all test binaries
+/// share one server), else a private server in a temporary folder, stopped
+/// and deleted when the process exits. Returns a connection URL with `{db}`
+/// in place of the database name. The first caller's `durable` wins.
+pub fn shared_server(durable: bool) -> &'static str {
+    struct Shared {
+        url_pattern: String,
+        embedded: Option<(EmbeddedPostgres, PathBuf)>,
+    }
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+
+    extern "C" fn stop_at_exit() {
+        if let Some((pg, dir)) = SHARED.get().and_then(|s| s.embedded.as_ref()) {
+            let _ = pg.stop();
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    &SHARED
+        .get_or_init(|| match std::env::var("RH_TEST_DATABASE_URL") {
+            Ok(url) => {
+                let base = url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(url);
+                Shared { url_pattern: format!("{base}/{{db}}"), embedded: None }
+            }
+            Err(_) => {
+                let dir = std::env::temp_dir().join(format!("rh-test-pg-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                let pg = EmbeddedPostgres::start(&dir, Options { durable }).expect("start a test postgres");
+                // SAFETY: `stop_at_exit` is a plain function that neither unwinds nor touches thread-locals.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::atexit(stop_at_exit);
+                }
+                Shared { url_pattern: pg.url("{db}"), embedded: Some((pg, dir)) }
+            }
+        })
+        .url_pattern
+}

@@ -56,14 +56,17 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
             return Ok(());
         };
         match notification.channel() {
-            DISPATCH_CHANNEL => match notification.payload().parse() {
-                Ok(id) => app.notifier.notify(id),
-                Err(_) => tracing::warn!(payload = notification.payload(), "bad dispatch notification"),
-            },
-            LOG_CHANNEL => match notification.payload().parse() {
-                Ok(id) => app.log_notifier.notify(id),
-                Err(_) => tracing::warn!(payload = notification.payload(), "bad log notification"),
-            },
+            // Hints this replica sent are skipped: it woke its own waiters already.
+            DISPATCH_CHANNEL => {
+                if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
+                    app.notifier.notify(id);
+                }
+            }
+            LOG_CHANNEL => {
+                if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
+                    app.log_notifier.notify(id);
+                }
+            }
             TOKEN_CHANNEL => revocations.insert(notification.payload().to_owned()),
             _ => {}
         }

@@ -90,6 +90,16 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(20), wait_b.changed()).await.is_err());
     }
 
+    #[test]
+    fn a_replica_skips_its_own_hints() {
+        let (ours, _) = Publisher::new();
+        let (theirs, _) = Publisher::new();
+        let id = Uuid::new_v4();
+        assert_eq!(ours.foreign_hint(&format!("{}:{id}", ours.replica())), None);
+        assert_eq!(ours.foreign_hint(&format!("{}:{id}", theirs.replica())), Some(id));
+        assert_eq!(ours.foreign_hint("garbage"), None);
+    }
+
     #[tokio::test]
     async fn the_last_subscription_dropped_removes_the_entry() {
         let hub = Notifier::default();
@@ -125,16 +135,31 @@ impl Channel {
 /// Sends change hints to the other gateway replicas (through Postgres
 /// `NOTIFY`), after the change has committed, batched by one background task.
 /// Local waiters are woken directly and do not wait for this.
+///
+/// Each hint's payload is `<replica>:<dispatch id>`, so a replica can skip its
+/// own hints: it has already woken its waiters.
 #[derive(Clone)]
 pub struct Publisher {
+    replica: Uuid,
     sender: tokio::sync::mpsc::UnboundedSender<(Channel, Uuid)>,
 }
 
 impl Publisher {
-    /// A publisher and the receiving end its task drains.
+    /// A publisher for a new replica id, and the receiving end its task drains.
     pub fn new() -> (Publisher, tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        (Publisher { sender }, receiver)
+        (Publisher { replica: Uuid::new_v4(), sender }, receiver)
+    }
+
+    /// The dispatch id a hint is about, unless this replica sent it.
+    pub fn foreign_hint(&self, payload: &str) -> Option<Uuid> {
+        let (replica, id) = payload.split_once(':')?;
+        (replica.parse::<Uuid>().ok()? != self.replica).then(|| id.parse().ok()).flatten()
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> Uuid {
+        self.replica
     }
 
     /// Queues a hint; never blocks.
@@ -145,6 +170,7 @@ impl Publisher {
 
 /// Drains queued hints and publishes each batch with one statement per channel.
 pub async fn run_publisher(
+    replica: Uuid,
     db: crate::db::DataStore,
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -158,13 +184,13 @@ pub async fn run_publisher(
             },
         };
         let mut batch: HashMap<Channel, Vec<String>> = HashMap::new();
-        batch.entry(first.0).or_default().push(first.1.to_string());
+        batch.entry(first.0).or_default().push(format!("{replica}:{}", first.1));
         while let Ok((channel, id)) = receiver.try_recv() {
             let ids = batch.entry(channel).or_default();
             if ids.len() >= 1000 {
                 break;
             }
-            ids.push(id.to_string());
+            ids.push(format!("{replica}:{id}"));
         }
         for (channel, mut ids) in batch {
             ids.sort();

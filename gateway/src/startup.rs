@@ -53,7 +53,12 @@ impl Application {
         let statuses = Statuses::default();
         let tasks = vec![
             tokio::spawn(crate::listener::run(app.clone(), revocations.clone(), shutdown.clone())),
-            tokio::spawn(crate::notify::run_publisher(app.db.clone(), hints, shutdown.clone())),
+            tokio::spawn(crate::notify::run_publisher(
+                app.publisher.replica(),
+                app.db.clone(),
+                hints,
+                shutdown.clone(),
+            )),
             spawn_step("placement", 1, app.placement.clone(), &app, &shutdown, &statuses, |app| async move {
                 app.placement_step().await
             }),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use gateway::auth::{Keys, Scope};
 use gateway::config::AuthSettings;
-use gateway::embedded_pg::{EmbeddedPostgres, Options};
+use gateway::embedded_pg::shared_server;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -46,58 +46,14 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-struct Server {
-    url_pattern: String,
-    _embedded: Option<EmbeddedPostgres>,
-    data_dir: Option<PathBuf>,
-}
-
-/// Stops the embedded server when the test binary (or the bench) exits.
-fn register_stop_at_exit() {
-    extern "C" fn stop() {
-        if let Some(server) = SERVER.get() {
-            if let Some(pg) = &server._embedded {
-                let _ = pg.stop();
-            }
-            if let Some(dir) = &server.data_dir {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-    // SAFETY: `stop` is a plain function that neither unwinds nor touches thread-locals.
-    #[allow(unsafe_code)]
-    unsafe {
-        nix::libc::atexit(stop);
-    }
-}
-
-static SERVER: OnceLock<Server> = OnceLock::new();
-
-fn server() -> &'static Server {
-    SERVER.get_or_init(|| match std::env::var("RH_TEST_DATABASE_URL") {
-        Ok(url) => {
-            let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(url);
-            Server { url_pattern: format!("{base}/{{db}}"), _embedded: None, data_dir: None }
-        }
-        Err(_) => {
-            let dir = std::env::temp_dir().join(format!("rh-e2e-pg-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            // Benchmarks measure durable commits; tests need not wait for the disk.
-            let durable = std::env::var_os("RH_E2E_DURABLE").is_some();
-            let pg = EmbeddedPostgres::start(&dir, Options { durable }).expect("start postgres");
-            register_stop_at_exit();
-            Server { url_pattern: pg.url("{db}"), _embedded: Some(pg), data_dir: Some(dir) }
-        }
-    })
-}
-
 /// A fresh, empty database; returns its URL.
 pub async fn fresh_database() -> anyhow::Result<String> {
-    let server = server();
+    // Benchmarks measure durable commits; tests need not wait for the disk.
+    let url_pattern = shared_server(std::env::var_os("RH_E2E_DURABLE").is_some());
     let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&server.url_pattern.replace("{db}", "postgres")).await?;
+    let mut admin = sqlx::PgConnection::connect(&url_pattern.replace("{db}", "postgres")).await?;
     sqlx::raw_sql(&format!("create database {name}")).execute(&mut admin).await?;
-    Ok(server.url_pattern.replace("{db}", &name))
+    Ok(url_pattern.replace("{db}", &name))
 }
 
 /// A child process that is killed when dropped.

@@ -5,7 +5,7 @@ use std::path::{Component, Path};
 
 use sha2::{Digest, Sha256};
 
-use super::dispatch::{is_cluster_name, is_function_ref, validate_requirements};
+use super::dispatch::{is_function_ref, validate_cluster, validate_requirements};
 use super::App;
 use crate::auth::Caller;
 use crate::config::BundleSettings;
@@ -43,9 +43,7 @@ impl App {
             return Err(Error::invalid("function", "`function` must be `module:qualname`, e.g. `pipeline.train:fit`"));
         }
         if let Some(cluster) = &req.cluster {
-            if !is_cluster_name(cluster) {
-                return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
-            }
+            validate_cluster(cluster)?;
         }
         validate_requirements(&req.requirements)?;
         if let Some(sha) = &req.bundle {

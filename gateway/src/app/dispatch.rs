@@ -318,7 +318,7 @@ impl App {
     }
 }
 
-fn not_found(id: Uuid) -> Error {
+pub(crate) fn not_found(id: Uuid) -> Error {
     Error::NotFound { kind: "dispatch", id: id.to_string() }
 }
 
@@ -361,9 +361,7 @@ fn validate_create(req: &wire::CreateDispatch, target: &Target) -> Result<()> {
             format!("`function` must be `module:qualname`, e.g. `pipeline.train:fit`; got `{}`", target.function),
         ));
     }
-    if !is_cluster_name(&target.cluster) {
-        return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
-    }
+    validate_cluster(&target.cluster)?;
     validate_requirements(&target.requirements)?;
     if let Some(key) = &req.idempotency_key {
         if key.is_empty() || key.len() > 255 {
@@ -377,9 +375,12 @@ fn validate_create(req: &wire::CreateDispatch, target: &Target) -> Result<()> {
     Ok(())
 }
 
-/// A cluster name: 1 to 128 characters, no whitespace.
-pub(crate) fn is_cluster_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_whitespace)
+/// A cluster name is 1 to 128 characters with no whitespace.
+pub(crate) fn validate_cluster(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace) {
+        return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_requirements(requirements: &[String]) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 
+use super::dispatch::not_found;
 use super::App;
 use crate::auth::Caller;
 use crate::db::{DispatchRow, LogRow, LogStream};
@@ -15,11 +16,7 @@ impl App {
     /// the dispatch's log reaches its size limit, the rest is dropped and a
     /// `system` entry marks the cut.
     pub async fn dispatch_logs_append(&self, id: Uuid, batch: wire::LogBatch) -> Result<()> {
-        let row = self
-            .db
-            .dispatch_get(None, id)
-            .await?
-            .ok_or_else(|| Error::NotFound { kind: "dispatch", id: id.to_string() })?;
+        let row = self.db.dispatch_get(None, id).await?.ok_or_else(|| not_found(id))?;
         if row.log_truncated || batch.entries.is_empty() {
             return Ok(());
         }

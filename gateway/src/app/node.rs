@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::dispatch::{is_cluster_name, Outcome};
+use super::dispatch::{validate_cluster, Outcome};
 use super::App;
 use crate::auth::Caller;
 use crate::db::{DispatchRow, NewNode, NodeRow};
@@ -20,9 +20,7 @@ impl App {
         if req.name.is_empty() || req.name.len() > 128 {
             return Err(Error::invalid("name", "`name` must be 1 to 128 characters"));
         }
-        if !is_cluster_name(&req.cluster) {
-            return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
-        }
+        validate_cluster(&req.cluster)?;
         if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
             return Err(Error::invalid("address", "`address` must be an http:// or https:// URL"));
         }

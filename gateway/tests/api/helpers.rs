@@ -4,13 +4,12 @@
 //! names an existing one); a template database is migrated once, and each test
 //! gets its own copy of it.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use gateway::auth::{Keys, Scope};
 use gateway::config::Settings;
-use gateway::embedded_pg::{EmbeddedPostgres, Options};
+use gateway::embedded_pg::shared_server;
 use gateway::startup::Application;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
@@ -22,31 +21,17 @@ use uuid::Uuid;
 pub const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 struct Server {
-    /// A URL to the server's `postgres` database, with `{db}` as the database name.
-    url_pattern: String,
+    /// A connection URL with `{db}` as the database name.
+    url_pattern: &'static str,
     template: String,
-    data_dir: Option<PathBuf>,
-    embedded: Option<EmbeddedPostgres>,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
 
+/// The shared test server, with a migrated template database.
 fn server() -> &'static Server {
     SERVER.get_or_init(|| {
-        let (url_pattern, embedded, data_dir) = match std::env::var("RH_TEST_DATABASE_URL") {
-            Ok(url) => {
-                let base = url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(url);
-                (format!("{base}/{{db}}"), None, None)
-            }
-            Err(_) => {
-                let dir = std::env::temp_dir().join(format!("rh-test-pg-{}", std::process::id()));
-                let _ = std::fs::remove_dir_all(&dir);
-                let pg = EmbeddedPostgres::start(&dir, Options { durable: false }).expect("start test postgres");
-                let pattern = pg.url("{db}");
-                register_stop_at_exit();
-                (pattern, Some(pg), Some(dir))
-            }
-        };
+        let url_pattern = shared_server(false);
         let template = format!("rh_template_{}", std::process::id());
         let admin_url = url_pattern.replace("{db}", "postgres");
         let template_url = url_pattern.replace("{db}", &template);
@@ -66,26 +51,8 @@ fn server() -> &'static Server {
         })
         .join()
         .expect("template setup");
-        Server { url_pattern, template, data_dir, embedded }
+        Server { url_pattern, template }
     })
-}
-
-fn register_stop_at_exit() {
-    extern "C" fn stop() {
-        if let Some(server) = SERVER.get() {
-            if let Some(pg) = &server.embedded {
-                let _ = pg.stop();
-            }
-            if let Some(dir) = &server.data_dir {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-    // SAFETY: `stop` is a plain function that neither unwinds nor touches thread-locals.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::atexit(stop);
-    }
 }
 
 /// A fresh database copied from the migrated template; returns its URL.
