@@ -148,16 +148,19 @@ class Dispatch:
         """Asks the gateway to stop the call (idempotent)."""
         self._data = _call(self._gateway._native.cancel, self.id, reason)
 
-    def logs(self, follow: bool = False) -> Iterator[Dict[str, Any]]:
-        """Output entries (``{"seq", "stream", "text"}``); with ``follow`` they arrive live until the run ends."""
+    def logs(self, follow: bool = False, offset: int = 0) -> Iterator[Dict[str, Any]]:
+        """Output entries (``{"seq", "stream", "text"}``); with ``follow`` they arrive live until the run ends.
+
+        ``offset`` skips the entries up to and including that ``seq`` (pass the last ``seq`` you saw
+        to read on from there).
+        """
         if follow:
             try:
-                for entry in self._gateway._native.follow(self.id, 0):
+                for entry in self._gateway._native.follow(self.id, offset):
                     yield json.loads(entry)
             except _NativeGatewayError as err:
                 raise GatewayError(*err.args) from None
             return
-        offset = 0
         while True:
             page = _call(self._gateway._native.logs, self.id, offset)
             yield from page["entries"]
@@ -177,7 +180,7 @@ class Dispatch:
 class RemoteFunction:
     """A function bound to a cluster. Call it like the local function."""
 
-    def __init__(self, gateway: "Gateway", spec: Dict[str, Any], cluster: str) -> None:
+    def __init__(self, gateway: "Gateway", spec: Dict[str, Any], cluster: Optional[str]) -> None:
         self._gateway = gateway
         self._spec = spec
         self.cluster = cluster
@@ -188,7 +191,15 @@ class RemoteFunction:
     def dispatch(self, *args: Any, labels: Optional[Dict[str, str]] = None, timeout: Optional[int] = None,
                  idempotency_key: Optional[str] = None, **kwargs: Any) -> Dispatch:
         """Starts a remote call and returns its handle at once."""
-        body = dict(self._spec, args=list(args), kwargs=kwargs, cluster=self.cluster, labels=labels or {})
+        return self.submit(list(args), kwargs, labels=labels, timeout=timeout, idempotency_key=idempotency_key)
+
+    def submit(self, args: Optional[List[Any]] = None, kwargs: Optional[Dict[str, Any]] = None, *,
+               labels: Optional[Dict[str, str]] = None, timeout: Optional[int] = None,
+               idempotency_key: Optional[str] = None) -> Dispatch:
+        """``dispatch()`` for callers that hold the arguments as data (orchestrators): the function's own
+        keyword arguments travel in ``kwargs``, so one named ``labels`` or ``timeout`` reaches it intact."""
+        body = dict(self._spec, args=list(args or []), kwargs=dict(kwargs or {}), cluster=self.cluster,
+                    labels=labels or {})
         if timeout is not None:
             body["timeout_s"] = timeout
         if idempotency_key is not None:
@@ -234,6 +245,10 @@ class _FunctionSpec:
                 raise ValueError(f"cannot find the source file of {self._target!r}")
             entrypoint = None
         sha, uploaded, root, module = self._gateway._native.deploy(os.path.abspath(source))
+        #: The project folder that was packed, and the file's module name within it
+        #: (``None`` if the file is not importable from there), as of the last ``to()``.
+        self.root: str = root
+        self.module: Optional[str] = module
         if entrypoint is None:
             fn = self._target
             module_name = fn.__module__
@@ -268,6 +283,12 @@ class Gateway:
                  requirements: Optional[List[str]] = None) -> _FunctionSpec:
         """A function (or ``"module:qualname"``) to run remotely; follow with ``.to(cluster)``."""
         return _FunctionSpec(self, fn, name, requirements)
+
+    def registered(self, name: str, cluster: Optional[str] = None) -> RemoteFunction:
+        """A function registered under ``name`` (``rh deploy`` or ``function(..., name=)``), bound to
+        ``cluster``, or to its registered default cluster when ``cluster`` is None. Nothing is packed
+        or uploaded: the registration already names the code."""
+        return RemoteFunction(self, {"function_name": name}, cluster)
 
     def dispatches(self, state: Optional[Union[str, List[str]]] = None, labels: Optional[Dict[str, str]] = None,
                    cluster: Optional[str] = None, limit: int = 50) -> List[Dispatch]:

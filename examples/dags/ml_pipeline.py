@@ -1,0 +1,28 @@
+"""The iris pipeline from the Runhouse/Airflow write-up: preprocess >> split >> train >> predict >> accuracy.
+
+The steps are ordinary functions in iris_steps.py, unchanged; each runs on a
+Runhouse cluster: data work on `cpu`, training on `train`. Results pass as
+small JSON through XCom.
+"""
+
+from datetime import datetime
+
+import iris_steps
+from airflow.sdk import DAG
+
+from runhouse_provider.operators import RunhouseOperator
+
+REQUIREMENTS = ["scikit-learn"]
+
+with DAG("ml_pipeline", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, tags=["runhouse"]):
+    preprocess = RunhouseOperator(task_id="preprocess", python_callable=iris_steps.preprocess, cluster="cpu",
+                                  requirements=REQUIREMENTS)
+    split = RunhouseOperator(task_id="split", python_callable=iris_steps.split, cluster="cpu",
+                             requirements=REQUIREMENTS, op_args=[preprocess.output])
+    train = RunhouseOperator(task_id="train", python_callable=iris_steps.train, cluster="train",
+                             requirements=REQUIREMENTS, op_args=[split.output], op_kwargs={"C": 1.0})
+    predict = RunhouseOperator(task_id="predict", python_callable=iris_steps.predict, cluster="cpu",
+                               requirements=REQUIREMENTS, op_args=[train.output, split.output])
+    accuracy = RunhouseOperator(task_id="accuracy", python_callable=iris_steps.accuracy, cluster="cpu",
+                                requirements=REQUIREMENTS, op_args=[predict.output])
+    preprocess >> split >> train >> predict >> accuracy

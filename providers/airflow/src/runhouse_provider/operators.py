@@ -1,0 +1,281 @@
+"""RunhouseOperator: run one Python function on remote compute as an Airflow task.
+
+The operator is the bridge users meet first, so it carries the lifecycle
+promises: the dispatch is labelled with the task's identity, the remote
+output streams into the task log live, the result becomes the task's XCom,
+a retry re-attaches to the run it lost instead of starting a duplicate, and
+a kill on either side stops the other (Airflow → cancel at the gateway;
+gateway cancel → task fails without retry).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, conf
+from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
+from runhouse_gateway import Dispatch, GatewayError
+
+from runhouse_provider.hooks import RunhouseHook
+from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
+from runhouse_provider.outcomes import ACTIVE_STATES, TERMINAL_STATES, RemoteLogWriter, result_or_raise
+from runhouse_provider.triggers import DEADLINE_PASSED, RunhouseTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: The task-state-store key under which a try records its dispatch, for the next try to find.
+STATE_KEY = "runhouse_dispatch"
+#: XCom key of the dispatch id.
+XCOM_DISPATCH_ID = "dispatch_id"
+#: How long ``on_kill`` waits for the cancel to be accepted (Airflow sends SIGKILL 5 s after SIGTERM).
+CANCEL_BUDGET_S = 3.0
+
+
+def airflow_labels(context: Context) -> dict[str, str]:
+    """The labels every dispatch of a task carries, so it can be found from either side."""
+    ti = context["ti"]
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "map_index": str(ti.map_index if ti.map_index is not None else -1),
+        "try_number": str(ti.try_number),
+    }
+
+
+class RunhouseOperator(BaseOperator):
+    """Runs a Python function on a Runhouse Gateway cluster and returns its JSON result.
+
+    :param function: a registered function name (``rh deploy ... --name``). Give this or ``python_callable``.
+    :param python_callable: a function in an ordinary module of your DAG project. Its project folder (the
+        nearest folder above it with a ``pyproject.toml``, ``setup.py``, ``requirements.txt`` or ``.git``)
+        is packed and uploaded if the gateway lacks it, and the node imports the function from there.
+    :param cluster: where to run (default: the connection's default cluster, or for ``function`` its
+        registered cluster). Templated.
+    :param op_args: positional arguments (JSON values). Templated; may hold XComArgs such as ``other.output``.
+    :param op_kwargs: keyword arguments (JSON values). Templated. (Named as in PythonOperator: Airflow
+        reserves ``kwargs``.)
+    :param requirements: pip requirements the node installs (cached per set) for ``python_callable``.
+    :param labels: extra labels for the dispatch; the Airflow ones (dag_id, task_id, run_id, map_index,
+        try_number) are always added.
+    :param timeout: seconds the remote call may run before the node stops it (``timed_out``).
+    :param wait_for_completion: wait for the result (default). If False, return the dispatch id at once
+        (also the return XCom) for a :class:`~runhouse_provider.sensors.RunhouseSensor` to wait on.
+    :param deferrable: wait in the triggerer instead of holding a worker slot.
+    :param poll_interval: deferred only: the longest single long-poll, and how often output is copied.
+    :param stream_logs: copy the remote stdout/stderr into the task log as it arrives.
+    :param durable: record the dispatch id in the task state store so a retry re-attaches to it.
+    :param runhouse_conn_id: the ``runhouse`` connection.
+    """
+
+    template_fields: Sequence[str] = ("function", "cluster", "op_args", "op_kwargs", "requirements", "labels")
+    template_fields_renderers = {"op_args": "json", "op_kwargs": "json", "labels": "json"}
+    ui_color = "#e8f0fe"
+    operator_extra_links = (RunhouseDispatchLink(),)
+
+    def __init__(
+        self,
+        *,
+        function: str | None = None,
+        python_callable: Callable[..., Any] | None = None,
+        cluster: str | None = None,
+        op_args: Sequence[Any] | None = None,
+        op_kwargs: dict[str, Any] | None = None,
+        requirements: Sequence[str] | None = None,
+        labels: dict[str, str] | None = None,
+        timeout: int | None = None,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 5.0,
+        stream_logs: bool = True,
+        durable: bool = True,
+        runhouse_conn_id: str = RunhouseHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (function is None) == (python_callable is None):
+            raise ValueError("give exactly one of function= (a registered name) and python_callable=")
+        if python_callable is not None and not callable(python_callable):
+            raise ValueError("python_callable must be callable")
+        self.function = function
+        self.python_callable = python_callable
+        self.cluster = cluster
+        self.op_args = list(op_args or []) if not _is_lazy(op_args) else op_args
+        self.op_kwargs = dict(op_kwargs or {}) if not _is_lazy(op_kwargs) else op_kwargs
+        self.requirements = list(requirements or [])
+        self.labels = dict(labels or {})
+        self.timeout = timeout
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.stream_logs = stream_logs
+        self.durable = durable
+        self.runhouse_conn_id = runhouse_conn_id
+        self._handle: Dispatch | None = None
+        self._killed = False
+
+    @property
+    def hook(self) -> RunhouseHook:
+        """The connection (one per task run)."""
+        if not hasattr(self, "_hook"):
+            self._hook = RunhouseHook(self.runhouse_conn_id)
+        return self._hook
+
+    def execute(self, context: Context) -> Any:
+        """Starts (or re-attaches to) the dispatch, then waits for it unless told not to."""
+        handle = self._resume_or_submit(context)
+        self._handle = handle
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_DISPATCH_ID, value=handle.id)
+        ti.xcom_push(key=XCOM_DISPATCH_URL, value=self.hook.dispatch_url(handle.id))
+        if not self.wait_for_completion:
+            self.log.info("Not waiting (wait_for_completion=False); dispatch %s is %s", handle.id,
+                          handle.data["state"])
+            return handle.id
+        if self.deferrable and handle.data["state"] not in TERMINAL_STATES:
+            self.defer(
+                trigger=RunhouseTrigger(
+                    dispatch_id=handle.id,
+                    runhouse_conn_id=self.runhouse_conn_id,
+                    poll_interval=self.poll_interval,
+                    deadline=self._deadline(context),
+                    owns_dispatch=True,
+                    stream_logs=self.stream_logs,
+                ),
+                method_name="execute_complete",
+            )
+        return self._finish(context, self._wait(handle))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Back from the triggerer: turn the dispatch's end into the task's end."""
+        dispatch_id = event["dispatch_id"]
+        if event["status"] == DEADLINE_PASSED:
+            raise AirflowTaskTimeout(f"execution_timeout passed while deferred; dispatch {dispatch_id} was cancelled")
+        handle = self.hook.get_dispatch(dispatch_id)
+        self._handle = handle
+        return self._finish(context, handle.data)
+
+    def on_kill(self) -> None:
+        """Airflow is stopping the task (mark failed/success, execution_timeout, worker SIGTERM): cancel.
+
+        Runs in the SIGTERM handler with SIGKILL 5 s away, so the cancel gets at most
+        ``CANCEL_BUDGET_S``; the wait loop sees the dispatch end and returns by itself.
+        """
+        handle = self._handle
+        if handle is None:
+            return
+        self._killed = True
+        self._cancel_within_budget(handle, f"Airflow stopped task {self._task_ref()}")
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _resume_or_submit(self, context: Context) -> Dispatch:
+        store = context.get("task_state_store") if self.durable else None
+        record = store.get(STATE_KEY) if store is not None else None
+        if isinstance(record, dict) and record.get("dispatch_id"):
+            previous = self._previous(record["dispatch_id"])
+            if previous is not None:
+                state = previous.data["state"]
+                if state in ACTIVE_STATES:
+                    self.log.info("Re-attaching to dispatch %s from try %s (still %s)", previous.id,
+                                  record.get("try_number"), state)
+                    return previous
+                if state == "succeeded":
+                    self.log.info("Dispatch %s from try %s already succeeded; returning its result without "
+                                  "re-running", previous.id, record.get("try_number"))
+                    return previous
+                self.log.info("Dispatch %s from try %s ended %s; starting a new one", previous.id,
+                              record.get("try_number"), state)
+        remote = self.hook.remote_function(function=self.function, python_callable=self.python_callable,
+                                           cluster=self.cluster, requirements=self.requirements)
+        labels = {**self.labels, **airflow_labels(context)}
+        handle = remote.submit(list(self.op_args), dict(self.op_kwargs), labels=labels, timeout=self.timeout,
+                               idempotency_key=self._idempotency_key(context))
+        if store is not None:
+            store.set(STATE_KEY, {"dispatch_id": handle.id, "try_number": context["ti"].try_number})
+        self.log.info("Dispatch %s created on cluster %s: %s", handle.id, handle.data.get("cluster"),
+                      self.hook.dispatch_url(handle.id))
+        return handle
+
+    def _previous(self, dispatch_id: str) -> Dispatch | None:
+        try:
+            return self.hook.get_dispatch(dispatch_id)
+        except GatewayError as err:
+            if err.status == 404:
+                self.log.warning("Recorded dispatch %s is gone from the gateway; starting a new one", dispatch_id)
+                return None
+            raise
+
+    @staticmethod
+    def _idempotency_key(context: Context) -> str:
+        # Unique per try (a retry never gets the previous try's dispatch back) and per task-instance row
+        # (a deleted and re-created DAG run with the same run_id does not either).
+        ti = context["ti"]
+        return f"airflow:{ti.id}:{ti.try_number}"
+
+    def _deadline(self, context: Context) -> float | None:
+        if self.execution_timeout is None:
+            return None
+        start = getattr(context["ti"], "start_date", None)
+        started = start.timestamp() if start is not None else time.time()
+        timeout = self.execution_timeout
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        return started + seconds
+
+    def _wait(self, handle: Dispatch) -> dict[str, Any]:
+        """Streams the output until the dispatch ends; returns it. Cancels if the wait is interrupted."""
+        try:
+            if self.stream_logs:
+                writer = RemoteLogWriter(self.log)
+                try:
+                    for entry in handle.logs(follow=True):
+                        writer.write(entry)
+                except (GatewayError, ConnectionError) as err:
+                    self.log.warning("The log stream of dispatch %s broke (%s); waiting without it", handle.id, err)
+                finally:
+                    writer.flush()
+            return handle.wait()
+        except BaseException as err:
+            # execution_timeout (AirflowTaskTimeout), SIGINT, a lost connection...: do not leave the
+            # remote run going with nobody waiting on it.
+            if handle.data.get("state") not in TERMINAL_STATES and not self._killed:
+                self._cancel_within_budget(handle, f"Airflow task {self._task_ref()} stopped waiting: "
+                                                   f"{type(err).__name__}")
+            raise
+
+    def _finish(self, context: Context, data: dict[str, Any]) -> Any:
+        if self._killed and data["state"] == "cancelled":
+            raise AirflowException(f"dispatch {data['id']} cancelled because Airflow stopped the task")
+        result = result_or_raise(data, self.log)
+        store = context.get("task_state_store") if self.durable else None
+        if store is not None:
+            # The try succeeded in Airflow: a later try of this task (a clear) must start afresh.
+            store.delete(STATE_KEY)
+        return result
+
+    def _cancel_within_budget(self, handle: Dispatch, reason: str) -> None:
+        def cancel() -> None:
+            try:
+                handle.cancel(reason=reason)
+            except Exception as err:  # noqa: BLE001 - logged; the task is going down anyway
+                self.log.error("Could not cancel dispatch %s: %s", handle.id, err)
+
+        self.log.warning("Cancelling dispatch %s: %s", handle.id, reason)
+        worker = threading.Thread(target=cancel, name="runhouse-cancel", daemon=True)
+        worker.start()
+        worker.join(CANCEL_BUDGET_S)
+        if worker.is_alive():
+            self.log.error("The cancel of dispatch %s did not finish within %s s", handle.id, CANCEL_BUDGET_S)
+
+    def _task_ref(self) -> str:
+        return f"{self.dag_id}.{self.task_id}"
+
+
+def _is_lazy(value: Any) -> bool:
+    """XComArgs and templates resolve later; keep them as given."""
+    return value is not None and not isinstance(value, (list, tuple, dict))

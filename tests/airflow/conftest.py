@@ -1,0 +1,236 @@
+"""A real Runhouse stack and a real Airflow home for the provider tests, one of each per session.
+
+The stack is `rh-gateway dev` (private Postgres, gateway, node `local-1` in
+cluster `local`) in a temporary folder, plus nodes for the `cpu` and `train`
+clusters the examples use. The Airflow home is a temporary folder with a
+SQLite database, migrated once; tests run `airflow ...` commands in it as
+subprocesses, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "dags"
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+CACHE = Path(os.environ.get("CACHE", Path.home() / ".cache" / "runhouse-gateway"))
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, token: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read().decode())
+
+
+def _bin(name: str) -> str:
+    """A prebuilt binary; waits a little if another build is replacing it right now."""
+    path = Path(os.environ["RH_BIN_DIR"]) / name
+    deadline = time.time() + 120
+    while not path.exists():
+        if time.time() > deadline:
+            raise RuntimeError(f"{path} is missing: build it first")
+        time.sleep(2)
+    return str(path)
+
+
+def _ready_clusters(url: str, token: str) -> set[str]:
+    return {n["cluster"] for n in _get(f"{url}/v1/nodes", token)["items"] if n["state"] == "ready"}
+
+
+def _wait_for_clusters(url: str, token: str, clusters: set[str], process: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + 90
+    while True:
+        try:
+            if clusters <= _ready_clusters(url, token):
+                return
+        except Exception:
+            pass
+        if time.time() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the local stack did not come up: {log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def start_cpu_and_train_nodes(url: str, token: str, work: Path) -> list[subprocess.Popen]:
+    """Stand-in for `rh-gateway dev` cluster profiles: one node each for `cpu` and `train`.
+
+    Delete this function (and its one call) once `rh-gateway dev` provides those clusters itself.
+    The nodes share one persistent requirements cache (their `envs` folders link to it), so
+    scikit-learn is installed once per machine, not once per test session.
+    """
+    ready = _ready_clusters(url, token)
+    envs = CACHE / "airflow-tests" / "node-envs"
+    envs.mkdir(parents=True, exist_ok=True)
+    nodes = []
+    for cluster in ("cpu", "train"):
+        if cluster in ready:
+            continue
+        name = f"{cluster}-1"
+        node_token = subprocess.run(
+            [_bin("rh-gateway"), "token", "create", "--project", "system", "--scopes", "node", "--sub", name,
+             "--ttl", "1d"], cwd=work, check=True, capture_output=True, text=True).stdout.strip()
+        node_work = work / "nodes" / name
+        node_work.mkdir(parents=True)
+        (node_work / "envs").symlink_to(envs)
+        log = open(work / f"{name}.log", "w")
+        nodes.append(subprocess.Popen(
+            [_bin("rh-node"), "run", "--cluster", cluster, "--name", name, "--gateway", url,
+             "--work-dir", str(node_work), "--max-concurrent", "2"],
+            env={**os.environ, "RH_NODE_TOKEN": node_token}, stdout=log, stderr=log))
+    return nodes
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, Any]]:
+    """`rh-gateway dev` on 127.0.0.1, with ready nodes in `local`, `cpu` and `train`."""
+    work = Path(tempfile.mkdtemp(prefix="rh-airflow-"))
+    os.chmod(work, 0o755)  # as root, the postgres user must reach ./.rh/pg
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    log_path = work / "dev.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen([_bin("rh-gateway"), "dev", "--listen", f"127.0.0.1:{port}"], cwd=work, env=env,
+                               stdout=log, stderr=log)
+    nodes: list[subprocess.Popen] = []
+    try:
+        token_file = work / ".rh" / "admin-token"
+        deadline = time.time() + 90
+        while not token_file.exists():
+            if time.time() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the local stack did not come up: {log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        token = token_file.read_text().strip()
+        _wait_for_clusters(url, token, {"local"}, process, log_path)
+        nodes = start_cpu_and_train_nodes(url, token, work)
+        _wait_for_clusters(url, token, {"local", "cpu", "train"}, process, log_path)
+        yield {"url": url, "token": token, "work": work}
+    finally:
+        for node in nodes:
+            node.send_signal(signal.SIGTERM)
+        for node in nodes:
+            try:
+                node.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.kill()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gw(stack: dict[str, Any]) -> Any:
+    """An SDK client on the stack, for looking at dispatches from the gateway's side."""
+    from runhouse_gateway import Gateway
+
+    return Gateway(stack["url"], stack["token"])
+
+
+class AirflowHome:
+    """An isolated Airflow installation state: config by environment, SQLite, no examples, no network."""
+
+    def __init__(self, root: Path, stack: dict[str, Any]) -> None:
+        self.root = root
+        self.db = root / "airflow.db"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RH_"))},
+            "AIRFLOW_HOME": str(root),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db}",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP": ".*",
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
+                {"name": "examples", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                 "kwargs": {"path": str(EXAMPLES), "refresh_interval": 5}},
+                {"name": "tests", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                 "kwargs": {"path": str(TEST_DAGS), "refresh_interval": 5}},
+            ]),
+            "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(TEST_DAGS)]),
+            "AIRFLOW_CONN_RUNHOUSE_DEFAULT": json.dumps({
+                "conn_type": "runhouse", "host": stack["url"], "password": stack["token"],
+                "extra": {"default_cluster": "local"},
+            }),
+            "NO_PROXY": "*",
+        }
+
+    def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        """Runs an `airflow` command; its combined output is in ``.stdout``."""
+        result = subprocess.run([AIRFLOW, *args], env=self.env, cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"airflow {' '.join(args)} exited {result.returncode}:\n{result.stdout[-6000:]}")
+        return result
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        """Starts an `airflow` command; output goes to a file named after it, returned as ``.log_path``."""
+        log_path = self.root / f"{args[0]}-{args[1] if len(args) > 1 else ''}-{time.time_ns()}.log"
+        process = subprocess.Popen([AIRFLOW, *args], env=self.env, cwd=self.root, stdout=open(log_path, "w"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process.log_path = log_path  # type: ignore[attr-defined]
+        return process
+
+    def dags_test(self, dag_id: str, folder: Path = EXAMPLES, timeout: float = 300,
+                  check: bool = False) -> subprocess.CompletedProcess:
+        """`airflow dags test` of one DAG file (parsed alone, so it starts fast)."""
+        return self.run("dags", "test", dag_id, "-f", str(folder / f"{dag_id}.py"), timeout=timeout, check=check)
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        """Reads Airflow's metadata database (SQLite), to check task states and XComs."""
+        with sqlite3.connect(self.db) as db:
+            return db.execute(sql, params).fetchall()
+
+    def task_states(self, dag_id: str) -> dict[str, tuple[str, int]]:
+        """task_id → (state, try_number) of the DAG's latest run."""
+        rows = self.query(
+            "select task_id, state, try_number from task_instance where run_id = "
+            "(select run_id from dag_run where dag_id = ? order by id desc limit 1) and dag_id = ?", dag_id, dag_id)
+        return {task: (state, tries) for task, state, tries in rows}
+
+    def latest_run_id(self, dag_id: str) -> str:
+        """The run id of the DAG's latest run."""
+        return self.query("select run_id from dag_run where dag_id = ? order by id desc limit 1", dag_id)[0][0]
+
+    def xcom(self, dag_id: str, task_id: str, key: str = "return_value") -> Any:
+        """An XCom of the DAG's latest run, decoded."""
+        rows = self.query("select value from xcom where dag_id = ? and task_id = ? and key = ? and run_id = ?",
+                          dag_id, task_id, key, self.latest_run_id(dag_id))
+        if not rows:
+            return None
+        value = rows[0][0]
+        return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+@pytest.fixture(scope="session")
+def airflow(stack: dict[str, Any]) -> Iterator[AirflowHome]:
+    """A migrated Airflow home for the session."""
+    root = Path(tempfile.mkdtemp(prefix="airflow-home-"))
+    home = AirflowHome(root, stack)
+    home.run("db", "migrate", timeout=180)
+    yield home
+    shutil.rmtree(root, ignore_errors=True)

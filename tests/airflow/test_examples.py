@@ -1,0 +1,28 @@
+"""The example DAGs run under `airflow dags test` against the live local stack."""
+
+from __future__ import annotations
+
+
+def test_the_ml_pipeline_trains_on_two_clusters_and_reports_its_accuracy(airflow, gw):
+    result = airflow.dags_test("ml_pipeline", timeout=400)
+    states = airflow.task_states("ml_pipeline")
+    assert states == {t: ("success", 1) for t in ("preprocess", "split", "train", "predict", "accuracy")}, \
+        result.stdout[-6000:]
+    assert airflow.xcom("ml_pipeline", "accuracy") >= 0.85
+    assert "[remote] trained: train accuracy" in result.stdout
+    run_id = airflow.latest_run_id("ml_pipeline")
+    clusters = {d.data["labels"]["task_id"]: d.data["cluster"]
+                for d in gw.dispatches(labels={"dag_id": "ml_pipeline", "run_id": run_id})}
+    assert clusters == {"preprocess": "cpu", "split": "cpu", "train": "train", "predict": "cpu", "accuracy": "cpu"}
+
+
+def test_fire_and_forget_then_a_deferred_sensor_returns_the_result(airflow, gw):
+    result = airflow.dags_test("trigger_and_sense")
+    assert airflow.task_states("trigger_and_sense") == {"start": ("success", 1), "wait": ("success", 1)}, \
+        result.stdout[-6000:]
+    dispatch_id = airflow.xcom("trigger_and_sense", "start")
+    assert airflow.xcom("trigger_and_sense", "start", key="dispatch_id") == dispatch_id
+    assert gw.dispatch(dispatch_id).status() == "succeeded"
+    best = airflow.xcom("trigger_and_sense", "wait")
+    assert best["C"] in (0.01, 0.1, 1.0, 10.0, 100.0) and best["accuracy"] >= 0.9, result.stdout[-6000:]
+    assert f"[remote] best C={best['C']}" in result.stdout
