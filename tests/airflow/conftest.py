@@ -187,6 +187,13 @@ class AirflowHome:
             raise AssertionError(f"airflow {' '.join(args)} exited {result.returncode}:\n{result.stdout[-6000:]}")
         return result
 
+    def python(self, code: str) -> Any:
+        """Runs ``code`` in a fresh interpreter with this Airflow home; returns what it printed, as JSON."""
+        result = subprocess.run([sys.executable, "-c", code], env=self.env, cwd=self.root, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-5000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def popen(self, *args: str) -> subprocess.Popen:
         """Starts an `airflow` command; output goes to a file named after it, returned as ``.log_path``."""
         log_path = self.root / f"{args[0]}-{args[1] if len(args) > 1 else ''}-{time.time_ns()}.log"
@@ -195,10 +202,16 @@ class AirflowHome:
         process.log_path = log_path  # type: ignore[attr-defined]
         return process
 
-    def dags_test(self, dag_id: str, folder: Path = EXAMPLES, timeout: float = 300,
+    @staticmethod
+    def dags_test_args(dag_id: str, folder: Path = EXAMPLES, *extra: str) -> list[str]:
+        """`airflow dags test` of one DAG file (parsed alone, so it starts fast), from its bundle."""
+        bundle = "examples" if folder == EXAMPLES else "tests"
+        return ["dags", "test", dag_id, "-B", bundle, "-f", str(folder / f"{dag_id}.py"), *extra]
+
+    def dags_test(self, dag_id: str, folder: Path = EXAMPLES, *extra: str, timeout: float = 300,
                   check: bool = False) -> subprocess.CompletedProcess:
-        """`airflow dags test` of one DAG file (parsed alone, so it starts fast)."""
-        return self.run("dags", "test", dag_id, "-f", str(folder / f"{dag_id}.py"), timeout=timeout, check=check)
+        """Runs `airflow dags test` of one DAG to the end."""
+        return self.run(*self.dags_test_args(dag_id, folder, *extra), timeout=timeout, check=check)
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
         """Reads Airflow's metadata database (SQLite), to check task states and XComs."""
