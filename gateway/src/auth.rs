@@ -203,6 +203,19 @@ impl Keys {
         scopes: &[Scope],
         ttl: Duration,
     ) -> Result<(String, Claims), KeyError> {
+        self.mint_with_id(sub, project, scopes, ttl, &Uuid::new_v4().to_string())
+    }
+
+    /// [`Keys::mint`] with a chosen token id (`jti`), for tokens whose id is
+    /// recorded before they are signed.
+    pub fn mint_with_id(
+        &self,
+        sub: &str,
+        project: &str,
+        scopes: &[Scope],
+        ttl: Duration,
+        jti: &str,
+    ) -> Result<(String, Claims), KeyError> {
         let encoding = self.encoding.as_ref().ok_or(KeyError::MissingPrivateKey)?;
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
@@ -211,7 +224,7 @@ impl Keys {
             scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             iat: now,
             exp: now + ttl.as_secs() as i64,
-            jti: Uuid::new_v4().to_string(),
+            jti: jti.to_owned(),
         };
         let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding).map_err(KeyError::Sign)?;
         Ok((token, claims))

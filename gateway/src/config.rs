@@ -2,6 +2,7 @@
 //! file and `RH_GATEWAY_*` environment variables (`__` separates levels, e.g.
 //! `RH_GATEWAY_DATABASE__URL`). `DATABASE_URL` is honoured as well.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,127 @@ pub struct Settings {
     pub nodes: NodeSettings,
     pub bundles: BundleSettings,
     pub call_logs: CallLogSettings,
+    pub compute: ComputeSettings,
+    /// Named cluster specs a dispatch may bring up on demand: a dispatch to a
+    /// cluster that does not exist but has a profile provisions it.
+    pub profiles: BTreeMap<String, wire::ClusterSpec>,
+}
+
+/// How the gateway provisions compute and how new machines reach it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeSettings {
+    /// The URL machines use to reach this gateway (written into their
+    /// bootstrap script). Defaults to `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// Where machines download `rh-node` from. Defaults to this gateway's
+    /// `GET /v1/node-binary` (the `rh-node` built next to `rh-gateway`).
+    pub node_binary_url: Option<String>,
+    /// The `rh-node` this gateway serves and the `local` provider runs.
+    /// Defaults to `rh-node` next to the `rh-gateway` executable.
+    pub node_binary_path: Option<PathBuf>,
+    /// How long a join token is valid; a machine that has not joined by then
+    /// fails its cluster.
+    pub join_timeout_s: u32,
+    /// How often the provisioner reconciles.
+    pub reconcile_interval_s: u32,
+    /// How often machines carrying our tags are checked against live clusters.
+    pub orphan_sweep_interval_s: u32,
+    /// Where `local` nodes keep their work folders (default: a folder in
+    /// the temp dir named by a hash of the database URL).
+    pub local_work_dir: Option<PathBuf>,
+    pub aws: Option<AwsSettings>,
+    pub gcp: Option<GcpSettings>,
+}
+
+/// The `aws` provider (EC2 through aws-sdk-ec2). Credentials come from the
+/// standard AWS chain unless both keys are given here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSettings {
+    /// Default region for clusters that do not name one.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another EC2 endpoint (a VPC endpoint, or a local test server).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Static credentials; with them, neither the credential chain nor IMDS is consulted.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default, serialize_with = "serialize_redacted_opt")]
+    pub secret_access_key: Option<SecretString>,
+    /// AMI used when a cluster names none. It needs Python 3.9+ and curl.
+    #[serde(default)]
+    pub default_image: Option<String>,
+    #[serde(default)]
+    pub default_instance_type: Option<String>,
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Instance profile (IAM role) name for the instances.
+    #[serde(default)]
+    pub instance_profile: Option<String>,
+}
+
+/// The `gcp` provider (Compute Engine through google-cloud-compute-v1).
+/// Credentials are Application Default Credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpSettings {
+    pub project: String,
+    /// Default zone for clusters that do not name one.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Another Compute endpoint, scheme + host + port (a local test server, say).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Skip credentials (only for a local test endpoint).
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Image used when a cluster names none.
+    #[serde(default = "default_gcp_image")]
+    pub default_image: String,
+    #[serde(default = "default_gcp_machine_type")]
+    pub default_machine_type: String,
+    /// VPC network; defaults to `global/networks/default`.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Seconds between zone-operation polls.
+    #[serde(default = "default_gcp_poll_s")]
+    pub operation_poll_s: f64,
+}
+
+fn default_gcp_image() -> String {
+    "projects/debian-cloud/global/images/family/debian-12".into()
+}
+
+fn default_gcp_machine_type() -> String {
+    "e2-standard-4".into()
+}
+
+fn default_gcp_poll_s() -> f64 {
+    1.0
+}
+
+impl Default for ComputeSettings {
+    fn default() -> Self {
+        ComputeSettings {
+            public_url: None,
+            node_binary_url: None,
+            node_binary_path: None,
+            join_timeout_s: 900,
+            reconcile_interval_s: 2,
+            orphan_sweep_interval_s: 60,
+            local_work_dir: None,
+            aws: None,
+            gcp: None,
+        }
+    }
 }
 
 /// How the gateway tracks node daemons.
@@ -155,6 +277,8 @@ impl Default for Settings {
             nodes: NodeSettings::default(),
             bundles: BundleSettings::default(),
             call_logs: CallLogSettings::default(),
+            compute: ComputeSettings::default(),
+            profiles: BTreeMap::new(),
         }
     }
 }

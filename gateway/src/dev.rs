@@ -54,9 +54,25 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
     let token_path = dir.join(ADMIN_TOKEN_FILE);
     std::fs::write(&token_path, format!("{token}\n"))?;
 
+    // Every provider's bootstrap reaches this gateway on loopback.
+    if settings.listen.port() == 0 {
+        anyhow::bail!("`dev` needs a fixed port (the local nodes are told where to find the gateway)");
+    }
+    settings.compute.local_work_dir.get_or_insert_with(|| dir.join("nodes"));
+    for (name, count) in [("cpu", 1), ("train", 1)] {
+        settings.profiles.entry(name.to_owned()).or_insert_with(|| wire::ClusterSpec {
+            provider: "local".into(),
+            count,
+            autostop_idle_minutes: Some(30),
+            ..wire::ClusterSpec::default()
+        });
+    }
     let app = Application::build(&settings).await?;
     let address = app.local_addr();
-    let node = start_local_node(&keys, address, dir)?;
+    let has_node_binary = crate::compute::local::node_binary_path(&settings).is_some();
+    if has_node_binary {
+        app.app().cluster_ensure("local", &wire::ClusterSpec { provider: "local".into(), count: 1, ..Default::default() }, "dev").await?;
+    }
     println!("Runhouse Gateway is up.");
     println!("  API:          http://{address}/v1");
     println!("  Docs:         http://{address}/docs");
@@ -65,52 +81,16 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
     if postgres.is_some() {
         println!("  Postgres:     {} (data in {})", settings.database.url.expose_secret(), dir.join("pg").display());
     }
-    match &node {
-        Some(_) => println!("  Node:         local-1 in cluster `local` (work dir {})", dir.join("node").display()),
-        None => println!("  Node:         none (rh-node is not built next to rh-gateway: `cargo build -p node`)"),
+    if has_node_binary {
+        println!("  Clusters:     `local` (1 node, local-1), and on demand from profiles `cpu` and `train` (1 local node each, stopped after 30 idle minutes)");
+    } else {
+        println!("  Clusters:     none (rh-node is not built next to rh-gateway: `cargo build -p node`)");
     }
     println!("Press Ctrl-C to stop.");
+    // Local nodes die with this process (they are started with a parent-death signal).
     let result = app.run_until(shutdown_signal()).await;
-    if let Some(node) = node {
-        stop_child(node).await;
-    }
     drop(postgres);
     result
-}
-
-/// Starts one `rh-node` in the `local` cluster, if the binary sits next to ours.
-fn start_local_node(
-    keys: &Keys,
-    gateway: std::net::SocketAddr,
-    dir: &Path,
-) -> anyhow::Result<Option<tokio::process::Child>> {
-    let Some(exe) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.join("rh-node"))) else {
-        return Ok(None);
-    };
-    if !exe.is_file() {
-        return Ok(None);
-    }
-    let (token, _) = keys.mint("local-1", "system", &[Scope::Node], Duration::from_secs(365 * 86_400))?;
-    let child = tokio::process::Command::new(&exe)
-        .args(["run", "--cluster", "local", "--name", "local-1", "--gateway"])
-        .arg(format!("http://{gateway}"))
-        .arg("--work-dir")
-        .arg(dir.join("node"))
-        .env("RH_NODE_TOKEN", token)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
-    Ok(Some(child))
-}
-
-/// SIGTERM, then wait (SIGKILL after 10 s).
-async fn stop_child(mut child: tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
 }
 
 /// Stops the embedded server however `run` ends.

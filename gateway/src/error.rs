@@ -31,6 +31,17 @@ pub enum Error {
     #[error("the dispatch is at generation {actual}, not the expected {expected}; re-read it and retry")]
     StaleGeneration { expected: i64, actual: i64 },
 
+    /// A live cluster already has this name (409).
+    #[error("a cluster named `{name}` is already live; delete it first or pick another name")]
+    ClusterExists { name: String },
+
+    /// A join token is unknown, expired, spent, or its cluster is gone (401).
+    #[error(
+        "the join token is unknown, expired, already used, or its cluster is no longer live; \
+         ask the gateway for a new one"
+    )]
+    JoinRefused,
+
     /// The database could not be reached in time (503).
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),

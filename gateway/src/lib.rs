@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod background;
 pub mod cli;
+pub mod compute;
 pub mod config;
 pub mod db;
 pub mod dev;

@@ -15,6 +15,7 @@ use crate::api::{self, AppState};
 use crate::app::App;
 use crate::auth::{Keys, Revocations};
 use crate::background::{self, Statuses};
+use crate::compute::Providers;
 use crate::config::Settings;
 use crate::db::DataStore;
 use crate::metrics::Metrics;
@@ -23,6 +24,7 @@ use crate::notify::{Notifier, Publisher};
 
 /// A gateway that has bound its port and is ready to run.
 pub struct Application {
+    app: App,
     listener: TcpListener,
     router: axum::Router,
     tasks: Vec<JoinHandle<()>>,
@@ -40,7 +42,11 @@ impl Application {
         revocations.replace(db.token_revoked_all().await.context("cannot load revoked tokens")?);
         let shutdown = CancellationToken::new();
         let (publisher, hints) = Publisher::new();
+        let providers = Providers::from_settings(settings).await.context("cannot set up compute providers")?;
         let app = App {
+            provisioner: Arc::new(Notify::new()),
+            orphan_sweep: Arc::new(Notify::new()),
+            providers,
             publisher,
             db,
             notifier: Notifier::default(),
@@ -65,16 +71,39 @@ impl Application {
             spawn_step("node_reaper", 2, Arc::new(Notify::new()), &app, &shutdown, &statuses, |app| async move {
                 app.node_reaper_step().await
             }),
+            spawn_step(
+                "provisioner",
+                settings.compute.reconcile_interval_s.max(1).into(),
+                app.provisioner.clone(),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.provision_step().await },
+            ),
+            spawn_step(
+                "orphan_sweep",
+                settings.compute.orphan_sweep_interval_s.max(1).into(),
+                app.orphan_sweep.clone(),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.orphan_sweep_step().await },
+            ),
             spawn_step("cancel_repair", 2, Arc::new(Notify::new()), &app, &shutdown, &statuses, |app| async move {
                 app.cancel_repair_step().await
             }),
         ];
-        let state = AppState { app, keys, revocations, metrics: Arc::new(Metrics::default()), statuses };
+        let state = AppState { app: app.clone(), keys, revocations, metrics: Arc::new(Metrics::default()), statuses };
         let router = api::router(state, settings.http.body_limit_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        Ok(Application { listener, router, tasks, shutdown })
+        Ok(Application { app, listener, router, tasks, shutdown })
+    }
+
+    /// The application's use cases (for `dev`, which sets up its clusters).
+    pub fn app(&self) -> &App {
+        &self.app
     }
 
     /// The bound address.

@@ -46,9 +46,18 @@ pub struct RunArgs {
     /// The gateway's base URL.
     #[arg(long, env = "RH_GATEWAY_URL")]
     pub gateway: String,
-    /// A node join token (a JWT with the `node` scope).
-    #[arg(long, visible_alias = "join", env = "RH_NODE_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// A node token (a JWT with the `node` scope), e.g. from `rh-gateway token create --scope node`.
+    #[arg(long, env = "RH_NODE_TOKEN", hide_env_values = true, required_unless_present = "join")]
+    pub token: Option<String>,
+    /// A single-use join token from the gateway (a provisioned machine, or
+    /// `POST /v1/clusters/{name}/join-tokens` for an existing host). The node
+    /// trades it for its name, cluster and node token, and keeps those in
+    /// `--work-dir` to register again after a restart.
+    #[arg(long, env = "RH_NODE_JOIN", hide_env_values = true, conflicts_with = "token")]
+    pub join: Option<String>,
+    /// The machine's id at its provider (EC2 instance id, GCE name), sent when joining.
+    #[arg(long, env = "RH_NODE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// The cluster this node belongs to.
     #[arg(long, env = "RH_NODE_CLUSTER", default_value = "local")]
     pub cluster: String,
@@ -93,6 +102,13 @@ impl Cli {
                 }
             }
             Command::Run(args) => {
+                // The gateway's `local` provider asks its nodes to die with it.
+                if std::env::var("RH_NODE_DIE_WITH_PARENT").as_deref() == Ok("1") {
+                    if let Err(err) = die_with_parent() {
+                        eprintln!("error: {err:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
                 let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
@@ -118,9 +134,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let max_concurrent = args.max_concurrent.unwrap_or(cpus * 2).max(1);
-    let name = args.name.clone().unwrap_or_else(hostname);
+    let identity = identity(&args, &work_dir).await?;
+    let name = identity.name.clone();
 
-    let gateway = GatewayClient::new(&args.gateway, &args.token);
+    let gateway = GatewayClient::new(&args.gateway, &identity.token);
     let exe = std::env::current_exe().context("cannot find the rh-node executable")?;
     let pool = Arc::new(Pool::new(exe, socket_dir.clone(), max_concurrent as usize));
     let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
@@ -147,17 +164,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let registration = wire::RegisterNode {
         name: name.clone(),
-        cluster: args.cluster.clone(),
+        cluster: identity.cluster.clone(),
         address: address.clone(),
         api_secret: secret,
         max_concurrent,
         resources: wire::NodeResources { cpus, memory_bytes: memory_bytes(), gpus: gpu_count() },
-        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        labels: identity.labels.clone().into_iter().chain(args.labels.iter().cloned()).collect::<BTreeMap<_, _>>(),
         running: vec![],
     };
     let mut node_id = register(&gateway, &registration, &calls).await?;
     *state.node_id.write().expect("lock poisoned") = Some(node_id.0);
-    tracing::info!(%name, cluster = %args.cluster, %address, node_id = %node_id.0, "node registered");
+    tracing::info!(%name, cluster = %identity.cluster, %address, node_id = %node_id.0, "node registered");
     let _ = prewarm.await;
 
     let mut interval = tokio::time::interval(Duration::from_secs(node_id.1.max(1).into()));
@@ -178,6 +195,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     *state.node_id.write().expect("lock poisoned") = Some(node_id.0);
                 }
             }
+            Err(gateway::Error::Refused { status, body }) if status == reqwest::StatusCode::UNAUTHORIZED => {
+                // The token was revoked (its machine was terminated) or expired.
+                server.abort();
+                anyhow::bail!("the gateway no longer accepts this node's token: {body}");
+            }
             Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
         }
     }
@@ -185,6 +207,58 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     drop(pool);
     let _ = std::fs::remove_dir_all(&socket_dir);
+    Ok(())
+}
+
+/// Who this node is: from `--token`/`--name`/`--cluster`, or from a join
+/// (done once; the result is kept in the work folder for restarts).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Identity {
+    token: String,
+    cluster: String,
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+async fn identity(args: &RunArgs, work_dir: &std::path::Path) -> anyhow::Result<Identity> {
+    let Some(join_token) = &args.join else {
+        return Ok(Identity {
+            token: args.token.clone().unwrap_or_default(),
+            cluster: args.cluster.clone(),
+            name: args.name.clone().unwrap_or_else(hostname),
+            labels: BTreeMap::new(),
+        });
+    };
+    let saved = work_dir.join("identity.json");
+    if let Ok(text) = std::fs::read_to_string(&saved) {
+        if let Ok(identity) = serde_json::from_str::<Identity>(&text) {
+            return Ok(identity);
+        }
+    }
+    let request = wire::JoinNode { join_token: join_token.clone(), instance_id: args.instance_id.clone() };
+    let mut delay = Duration::from_millis(100);
+    let joined = loop {
+        match GatewayClient::join(&args.gateway, &request).await {
+            Ok(joined) => break joined,
+            Err(err @ gateway::Error::Refused { .. }) => return Err(err).context("the gateway refused the join"),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot reach the gateway to join; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let identity = Identity { token: joined.token, cluster: joined.cluster, name: joined.name, labels: joined.labels };
+    write_private(&saved, &serde_json::to_vec(&identity)?)?;
+    Ok(identity)
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
     Ok(())
 }
 

@@ -48,6 +48,23 @@ impl GatewayClient {
         check(response).await
     }
 
+    /// Trades a single-use join token for this node's identity and token
+    /// (no bearer token yet: the join token is the credential).
+    pub async fn join(base: &str, request: &wire::JoinNode) -> Result<wire::NodeJoined, Error> {
+        GatewayClient::new(base, "")
+            .http
+            .post(format!("{}/v1/nodes/join", base.trim_end_matches('/')))
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))
+            .map(check)?
+            .await?
+            .json()
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
     /// Registers this node.
     pub async fn register(&self, node: &wire::RegisterNode) -> Result<wire::NodeRegistered, Error> {
         self.post("/v1/nodes", node).await?.json().await.map_err(|e| Error::Unavailable(e.to_string()))

@@ -201,6 +201,10 @@ pub struct Dispatch {
     pub kwargs: serde_json::Map<String, Value>,
     pub cluster: String,
     pub state: DispatchState,
+    /// Why a `queued` dispatch has not started (e.g. its cluster is being
+    /// provisioned). Filled in by create, get and wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_reason: Option<String>,
     /// Bumped by every state change; writes compare-and-set on it.
     pub generation: i64,
     pub idempotency_key: Option<String>,

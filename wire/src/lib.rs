@@ -5,12 +5,14 @@
 //! nothing else: no database or HTTP framework types live here.
 
 pub mod bundle;
+pub mod cluster;
 pub mod dispatch;
 pub mod error;
 pub mod log;
 pub mod node;
 
 pub use bundle::*;
+pub use cluster::*;
 pub use dispatch::*;
 pub use error::ErrorBody;
 pub use log::*;

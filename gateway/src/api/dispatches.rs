@@ -39,7 +39,7 @@ pub async fn dispatch_create(
     let caller = auth.require(Scope::DispatchWrite)?;
     let (row, created) = state.app.dispatch_create(&caller, body).await?;
     let status = if created == Created::New { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(row.into())))
+    Ok((status, Json(with_queued_reason(&state, row).await?)))
 }
 
 /// List the project's dispatches, newest first, with filters and cursor pagination.
@@ -71,7 +71,8 @@ pub async fn dispatch_get(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Dispatch>, ApiError> {
     let caller = auth.require(Scope::DispatchRead)?;
-    Ok(Json(state.app.dispatch_get(&caller, id).await?.into()))
+    let row = state.app.dispatch_get(&caller, id).await?;
+    Ok(Json(with_queued_reason(&state, row).await?))
 }
 
 /// Cancel a dispatch.
@@ -128,7 +129,8 @@ pub async fn dispatch_wait(
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<Dispatch>, ApiError> {
     let caller = auth.require(Scope::DispatchRead)?;
-    Ok(Json(state.app.dispatch_wait(&caller, id, query.timeout_s).await?.into()))
+    let row = state.app.dispatch_wait(&caller, id, query.timeout_s).await?;
+    Ok(Json(with_queued_reason(&state, row).await?))
 }
 
 /// Report a state change observed on a node.
@@ -150,4 +152,14 @@ pub async fn dispatch_report(
 ) -> Result<Json<Dispatch>, ApiError> {
     let caller = auth.require(Scope::Node)?;
     Ok(Json(state.app.dispatch_report(&caller, id, body).await?.into()))
+}
+
+/// The view of `row`, saying why it waits if it is still queued.
+async fn with_queued_reason(state: &AppState, row: crate::db::DispatchRow) -> Result<Dispatch, ApiError> {
+    let queued = row.state == crate::dispatch::DispatchState::Queued;
+    let mut view: Dispatch = row.into();
+    if queued {
+        view.queued_reason = Some(state.app.queued_reason(&view.cluster).await?);
+    }
+    Ok(view)
 }

@@ -88,6 +88,8 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", err.to_string())
                     .with_field("idempotency_key")
             }
+            Error::ClusterExists { .. } => ApiError::new(StatusCode::CONFLICT, "cluster_exists", err.to_string()),
+            Error::JoinRefused => ApiError::new(StatusCode::UNAUTHORIZED, "join_refused", err.to_string()),
             Error::StaleGeneration { .. } => ApiError::new(StatusCode::CONFLICT, "stale_generation", err.to_string())
                 .with_field("expected_generation"),
             Error::Unavailable(ref source) => {

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 
 pub mod auth;
 pub mod bundles;
+pub mod clusters;
 pub mod dispatches;
 pub mod error;
 pub mod extract;
@@ -54,7 +55,8 @@ pub struct AppState {
         (name = "dispatches", description = "Create, read, list, cancel and wait on dispatches."),
         (name = "bundles", description = "Content-addressed code bundles."),
         (name = "functions", description = "Named functions: an entrypoint, bundle, requirements and default cluster."),
-        (name = "nodes", description = "Routes node daemons call."),
+        (name = "clusters", description = "Compute the gateway provisions: local processes, existing hosts, EC2, Compute Engine."),
+        (name = "nodes", description = "Routes node daemons and new machines call."),
         (name = "health", description = "Liveness, readiness and metrics; no token needed.")
     )
 )]
@@ -91,6 +93,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(bundles::bundle_download))
         .routes(routes!(bundles::function_register, bundles::function_list))
         .routes(routes!(bundles::function_get))
+        .routes(routes!(clusters::cluster_create, clusters::cluster_list))
+        .routes(routes!(clusters::cluster_get, clusters::cluster_delete))
+        .routes(routes!(clusters::cluster_join_token))
+        .routes(routes!(clusters::node_join))
+        .routes(routes!(clusters::node_binary))
         .routes(routes!(nodes::node_register, nodes::node_list))
         .routes(routes!(nodes::node_heartbeat))
         .routes(routes!(health::background_tasks))

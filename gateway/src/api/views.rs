@@ -24,6 +24,7 @@ impl From<DispatchRow> for wire::Dispatch {
             kwargs: serde_json::from_value(row.kwargs).unwrap_or_default(),
             cluster: row.cluster,
             state: row.state.into(),
+            queued_reason: None,
             generation: row.generation,
             idempotency_key: row.idempotency_key,
             labels: serde_json::from_value::<BTreeMap<String, String>>(row.labels).unwrap_or_default(),

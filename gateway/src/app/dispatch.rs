@@ -44,6 +44,7 @@ impl App {
         let request_hash = request_hash(&req);
         let target = self.dispatch_target(caller, &req).await?;
         validate_create(&req, &target)?;
+        self.cluster_ensure_for_dispatch(&target.cluster, &caller.sub).await?;
         let new = NewDispatch {
             dispatch_id: Uuid::now_v7(),
             project: caller.project.clone(),

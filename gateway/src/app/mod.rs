@@ -9,16 +9,19 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::compute::Providers;
 use crate::config::Settings;
 use crate::db::DataStore;
 use crate::node_client::NodeClient;
 use crate::notify::{Channel, Notifier, Publisher};
 
 pub mod bundle;
+pub mod cluster;
 pub mod dispatch;
 pub mod logs;
 pub mod node;
 pub mod placement;
+pub mod provision;
 
 /// The application: the data store, notification hubs, the node client and settings.
 #[derive(Clone)]
@@ -33,6 +36,12 @@ pub struct App {
     pub nodes: NodeClient,
     /// Signals the placement task that there may be work to place.
     pub placement: Arc<Notify>,
+    /// Signals the provisioner that a cluster changed.
+    pub provisioner: Arc<Notify>,
+    /// Signals the orphan sweep.
+    pub orphan_sweep: Arc<Notify>,
+    /// The configured compute providers.
+    pub providers: Providers,
     /// Cancelled when the gateway shuts down, so long-polls return at once.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,

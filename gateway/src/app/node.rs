@@ -51,6 +51,8 @@ impl App {
             }
         }
         self.placement.notify_one();
+        // A cluster waiting for this node can become ready now.
+        self.provisioner.notify_one();
         Ok(node)
     }
 

@@ -420,6 +420,30 @@ impl DataStore {
         Ok(rows)
     }
 
+    /// Dispatches still waiting in `queued` for the cluster called `cluster`.
+    pub async fn dispatch_queued_in_cluster(&self, cluster: &str, limit: i64) -> Result<Vec<DispatchRow>> {
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated
+            from dispatch
+            where cluster = $1 and state = 'queued'
+            order by dispatch_id
+            limit $2
+            "#,
+            cluster,
+            limit
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
     /// Dispatches stuck in `cancelling` since before `older_than_s` seconds ago.
     pub async fn dispatch_cancelling_stale(&self, older_than_s: f64) -> Result<Vec<DispatchRow>> {
         let rows = sqlx::query_as!(

@@ -12,12 +12,14 @@ use sqlx::PgPool;
 use crate::config::DatabaseSettings;
 
 pub mod bundle;
+pub mod cluster;
 pub mod dispatch;
 pub mod log;
 pub mod node;
 pub mod token;
 
 pub use bundle::{BundleRow, FunctionRow};
+pub use cluster::{ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
 pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, StateChange};
 pub use log::{LogRow, LogStream};
 pub use node::{NewNode, NodeRow, NodeState};

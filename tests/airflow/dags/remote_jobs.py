@@ -21,3 +21,14 @@ def fail_on_first_call(marker):
         raise RuntimeError("first call fails on purpose")
     print("second call succeeds")
     return "recovered"
+
+
+def wait_for(path, limit=120):
+    """Runs until ``path`` exists (the test creates it when it is ready to let the call finish)."""
+    print(f"pid {os.getpid()}", flush=True)
+    deadline = time.time() + limit
+    while not os.path.exists(path):
+        if time.time() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.05)
+    return "released"
