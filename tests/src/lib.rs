@@ -2,6 +2,8 @@
 //! from the machine's binaries, `rh-gateway serve` and `rh-node run` as real
 //! processes, and helpers to talk to them over HTTP.
 
+pub mod gce_fake;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -139,6 +141,7 @@ impl Stack {
             .env("RH_GATEWAY_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("DATABASE_URL", &self.database_url)
             .env("RH_GATEWAY_AUTH__HS256_SECRET", SECRET)
+            .env("RH_GATEWAY_COMPUTE__LOCAL_WORK_DIR", self.work.join("local-nodes"))
             .env_remove("RH_GATEWAY_CONFIG")
             .stdout(Stdio::null())
             .stderr(log);
@@ -180,6 +183,34 @@ impl Stack {
         })
         .await?;
         Ok(node)
+    }
+
+    /// Waits until GET /v1/clusters/{name} is in `state`; returns it.
+    pub async fn wait_cluster(&self, name: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, cluster) = self.get(&format!("/v1/clusters/{name}")).await;
+            if cluster["state"] == state {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for cluster {name} to be {state}; it is {cluster}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// DELETEs with the admin token.
+    pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .expect("DELETE");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// Polls `check` every 20 ms until it holds or `timeout` passes.

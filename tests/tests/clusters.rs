@@ -1,0 +1,222 @@
+//! Clusters end to end on the `local` and `static` providers: real gateway,
+//! real `rh-node` processes joining with join tokens, real Python.
+
+use std::time::{Duration, Instant};
+
+use e2e::{bin_dir, Process, Stack};
+use serde_json::{json, Value};
+
+fn pids_of(cluster: &Value) -> Vec<i32> {
+    cluster["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["provider_id"].as_str().and_then(|p| p.parse().ok()))
+        .collect()
+}
+
+/// True once the process is gone (or only a zombie awaiting its parent's wait).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"),
+    }
+}
+
+async fn result_of(stack: &Stack, id: &str) -> Value {
+    let (status, done) = stack.get(&format!("/v1/dispatches/{id}/wait?timeout_s=60")).await;
+    assert!(status.is_success(), "{status} {done}");
+    done
+}
+
+#[tokio::test]
+async fn a_local_cluster_of_two_nodes_runs_work_then_autostops_and_its_processes_are_gone() {
+    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await.unwrap();
+    let started = Instant::now();
+    let (status, cluster) = stack
+        .post(
+            "/v1/clusters",
+            &json!({"name": "cpu", "spec": {"provider": "local", "count": 2, "autostop_idle_minutes": 0.05}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{cluster}");
+    assert_eq!(cluster["state"], "provisioning");
+    let (status, dispatch) =
+        stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [[1, 2]], "cluster": "cpu"})).await;
+    assert_eq!(status, 201, "{dispatch}");
+    let done = result_of(&stack, dispatch["id"].as_str().unwrap()).await;
+    let cold = started.elapsed();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], "[1, 2]");
+    println!("cold start, POST /v1/clusters (local, 2 nodes) to first result: {:.0} ms", cold.as_secs_f64() * 1e3);
+
+    let ready = stack.wait_cluster("cpu", "ready", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(ready["nodes"].as_array().unwrap().len(), 2, "{ready}");
+    let names: Vec<&str> = ready["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"cpu-1") && names.contains(&"cpu-2"), "{names:?}");
+    let pids = pids_of(&ready);
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|pid| !process_gone(*pid)));
+
+    // Idle for 3 s (0.05 min) → stopping → terminated, and the node processes exit.
+    let ended = stack.wait_cluster("cpu", "terminated", Duration::from_secs(30)).await.unwrap();
+    assert!(ended["state_reason"].as_str().unwrap().contains("autostop"), "{ended}");
+    stack
+        .wait_until(Duration::from_secs(10), "the node processes to exit", || async {
+            pids.iter().all(|pid| process_gone(*pid))
+        })
+        .await
+        .unwrap();
+    let (_, nodes) = stack.get("/v1/nodes").await;
+    assert!(nodes["items"].as_array().unwrap().iter().all(|n| n["state"] == "lost"), "{nodes}");
+}
+
+#[tokio::test]
+async fn a_dispatch_to_a_profile_brings_the_cluster_up_later_ones_reuse_it_and_autostop_does_not_lose_the_next() {
+    let stack = Stack::start_with(&[
+        ("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1"),
+        ("RH_GATEWAY_PROFILES__TRAIN__PROVIDER", "local"),
+        ("RH_GATEWAY_PROFILES__TRAIN__AUTOSTOP_IDLE_MINUTES", "0.05"),
+    ])
+    .await
+    .unwrap();
+    let (status, missing) = stack.get("/v1/clusters/train").await;
+    assert_eq!(status, 404, "{missing}");
+
+    let body = json!({"function": "json:dumps", "args": ["first"], "cluster": "train"});
+    let (status, first) = stack.post("/v1/dispatches", &body).await;
+    assert_eq!(status, 201, "{first}");
+    assert!(first["queued_reason"].as_str().unwrap().contains("cluster `train`"), "{first}");
+    assert_eq!(result_of(&stack, first["id"].as_str().unwrap()).await["state"], "succeeded");
+    let (_, cluster) = stack.get("/v1/clusters/train").await;
+    assert_eq!(cluster["profile"], "train");
+
+    let (_, second) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": ["second"], "cluster": "train"})).await;
+    assert_eq!(result_of(&stack, second["id"].as_str().unwrap()).await["state"], "succeeded");
+    let (_, again) = stack.get("/v1/clusters/train").await;
+    assert_eq!(again["id"], cluster["id"], "the second dispatch reused the cluster");
+
+    stack.wait_cluster("train", "terminated", Duration::from_secs(30)).await.unwrap();
+    let (_, third) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": ["third"], "cluster": "train"})).await;
+    assert_eq!(result_of(&stack, third["id"].as_str().unwrap()).await["state"], "succeeded");
+    let (_, revived) = stack.get("/v1/clusters/train").await;
+    assert_ne!(revived["id"], cluster["id"], "a stopped cluster comes back as a new one");
+    let (_, history) = stack.get("/v1/clusters?all=true").await;
+    assert_eq!(history["items"].as_array().unwrap().len(), 2, "{history}");
+}
+
+#[tokio::test]
+async fn an_existing_host_joins_a_static_cluster_once_and_deleting_the_cluster_revokes_it() {
+    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await.unwrap();
+    let (status, cluster) =
+        stack.post("/v1/clusters", &json!({"name": "lab", "spec": {"provider": "static", "labels": {"site": "lab"}}})).await;
+    assert_eq!(status, 201, "{cluster}");
+    let (status, token) = stack.post("/v1/clusters/lab/join-tokens", &json!({})).await;
+    assert_eq!(status, 201, "{token}");
+    let join = token["join_token"].as_str().unwrap().to_owned();
+    assert!(token["command"].as_str().unwrap().contains(&join));
+
+    let work = stack.work.join("static-host");
+    let log = std::fs::File::create(stack.work.join("static-host.log")).unwrap();
+    let mut host = Process(
+        std::process::Command::new(bin_dir().join("rh-node"))
+            .args(["run", "--gateway", &stack.url, "--join", &join])
+            .arg("--work-dir")
+            .arg(&work)
+            .env_remove("RH_NODE_TOKEN")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ready = stack.wait_cluster("lab", "ready", Duration::from_secs(30)).await.unwrap();
+    let node = &ready["nodes"][0];
+    assert_eq!(node["name"], "lab-1");
+    assert_eq!(node["labels"]["site"], "lab", "the spec's labels reach the node");
+
+    let (_, dispatch) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [7], "cluster": "lab"})).await;
+    assert_eq!(result_of(&stack, dispatch["id"].as_str().unwrap()).await["result"], "7");
+
+    // The token is spent: a second machine cannot join with it.
+    let response = stack
+        .client
+        .post(format!("{}/v1/nodes/join", stack.url))
+        .json(&json!({"join_token": join}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("already used"), "{body}");
+
+    let (status, stopping) = stack.delete("/v1/clusters/lab").await;
+    assert_eq!(status, 202, "{stopping}");
+    stack.wait_cluster("lab", "terminated", Duration::from_secs(30)).await.unwrap();
+    // The host's node token is revoked, so its daemon stops on the next heartbeat.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = host.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the static node kept running after its cluster was deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!exit.success());
+}
+
+#[tokio::test]
+async fn bad_cluster_specs_get_a_4xx_naming_the_field_and_store_nothing() {
+    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__GCP__PROJECT", "demo"), ("RH_GATEWAY_COMPUTE__GCP__ANONYMOUS", "true"), ("RH_GATEWAY_COMPUTE__GCP__ENDPOINT", "http://127.0.0.1:9")])
+        .await
+        .unwrap();
+    let cases = [
+        (json!({"name": "x", "spec": {"provider": "kubernetes"}}), 422, "spec.provider", "unknown provider"),
+        (json!({"name": "x", "spec": {"provider": "aws", "region": "us-east-1"}}), 422, "spec.provider", "not configured"),
+        (json!({"name": "x", "spec": {"provider": "gcp"}}), 422, "spec.zone", "`zone` is required"),
+        (json!({"name": "x", "spec": {"provider": "local", "count": 0}}), 422, "spec.count", "between 1 and 64"),
+        (json!({"name": "x", "spec": {"provider": "local", "autostop_idle_minutes": -1}}), 422, "spec.autostop_idle_minutes", "more than 0"),
+        (json!({"name": "bad name", "spec": {"provider": "local"}}), 422, "cluster", "no spaces"),
+        (json!({"name": "x", "spec": {"provider": "local", "colour": "red"}}), 422, "", "unknown field `colour`"),
+    ];
+    for (body, status, field, message) in cases {
+        let (got, error) = stack.post("/v1/clusters", &body).await;
+        assert_eq!(got.as_u16(), status, "{body} → {error}");
+        assert!(error["message"].as_str().unwrap().contains(message), "{body} → {error}");
+        if !field.is_empty() {
+            assert_eq!(error["field"], field, "{body} → {error}");
+        }
+    }
+    let (_, clusters) = stack.get("/v1/clusters?all=true").await;
+    assert_eq!(clusters["items"], json!([]));
+
+    let spec = json!({"name": "dup", "spec": {"provider": "static"}});
+    assert_eq!(stack.post("/v1/clusters", &spec).await.0, 201);
+    let (status, conflict) = stack.post("/v1/clusters", &spec).await;
+    assert_eq!(status, 409);
+    assert!(conflict["message"].as_str().unwrap().contains("already live"), "{conflict}");
+
+    // Only admins create clusters.
+    let (token, _) = stack.keys.mint("user", "default", &[gateway::auth::Scope::DispatchWrite], Duration::from_secs(60)).unwrap();
+    let response = stack.client.post(format!("{}/v1/clusters", stack.url)).bearer_auth(token).json(&spec).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test]
+async fn a_local_node_that_dies_is_replaced_under_its_name() {
+    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await.unwrap();
+    stack.post("/v1/clusters", &json!({"name": "solo", "spec": {"provider": "local"}})).await;
+    let ready = stack.wait_cluster("solo", "ready", Duration::from_secs(30)).await.unwrap();
+    let old = pids_of(&ready)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).unwrap();
+    stack
+        .wait_until(Duration::from_secs(20), "a replacement node", || async {
+            let (_, cluster) = stack.get("/v1/clusters/solo").await;
+            let pids = pids_of(&cluster);
+            cluster["nodes"].as_array().is_some_and(|n| n.len() == 1) && pids.last().is_some_and(|p| *p != old)
+        })
+        .await
+        .unwrap();
+    let (_, dispatch) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [1], "cluster": "solo"})).await;
+    assert_eq!(result_of(&stack, dispatch["id"].as_str().unwrap()).await["state"], "succeeded");
+    let (_, cluster) = stack.get("/v1/clusters/solo").await;
+    assert_eq!(cluster["nodes"][0]["name"], "solo-1");
+}
