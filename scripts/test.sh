@@ -43,6 +43,18 @@ clippy() {
 phase "cargo clippy -D warnings" clippy
 phase "sqlx prepare --check" "$with_pg" -- sh -c \
     'sqlx migrate run --source migrations >/dev/null && cargo sqlx prepare --workspace --check -- --all-targets'
+# moto's EC2 server for the aws provider tests, in a venv keyed by its pin.
+moto_pin="moto[server]==5.2.1"
+moto_venv="$cache/venvs/moto-$(echo "$moto_pin" | sha256sum | cut -c1-12)"
+install_moto() {
+    if [ ! -x "$moto_venv/bin/moto_server" ]; then
+        rm -rf "$moto_venv"
+        python3 -m venv "$moto_venv"
+        "$moto_venv/bin/pip" install --quiet --disable-pip-version-check "$moto_pin"
+    fi
+}
+phase "install moto (cached venv)" install_moto
+export RH_MOTO_SERVER="$moto_venv/bin/moto_server"
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 run_tests() {

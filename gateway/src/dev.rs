@@ -63,7 +63,7 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
         settings.profiles.entry(name.to_owned()).or_insert_with(|| wire::ClusterSpec {
             provider: "local".into(),
             count,
-            autostop_idle_minutes: Some(30),
+            autostop_idle_minutes: Some(30.0),
             ..wire::ClusterSpec::default()
         });
     }
@@ -71,7 +71,13 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
     let address = app.local_addr();
     let has_node_binary = crate::compute::local::node_binary_path(&settings).is_some();
     if has_node_binary {
-        app.app().cluster_ensure("local", &wire::ClusterSpec { provider: "local".into(), count: 1, ..Default::default() }, "dev").await?;
+        app.app()
+            .cluster_ensure(
+                "local",
+                &wire::ClusterSpec { provider: "local".into(), count: 1, ..Default::default() },
+                "dev",
+            )
+            .await?;
     }
     println!("Runhouse Gateway is up.");
     println!("  API:          http://{address}/v1");

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Join a gateway and run calls.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// (Internal) a worker process hosting Python; started by `run`.
     #[command(hide = true)]
     Worker {
@@ -113,7 +113,7 @@ impl Cli {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
                 let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-                match runtime.block_on(run(args)) {
+                match runtime.block_on(run(*args)) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(err) => {
                         eprintln!("error: {err:#}");

@@ -179,7 +179,10 @@ async fn insert(
     Json(op).into_response()
 }
 
-async fn get_instance(State(cloud): State<Shared>, Path((project, zone, name)): Path<(String, String, String)>) -> Response {
+async fn get_instance(
+    State(cloud): State<Shared>,
+    Path((project, zone, name)): Path<(String, String, String)>,
+) -> Response {
     let cloud = cloud.lock().unwrap();
     match cloud.instances.get(&(zone.clone(), name.clone())) {
         Some(instance) => Json(instance.clone()).into_response(),
@@ -206,8 +209,7 @@ async fn delete(State(cloud): State<Shared>, Path((project, zone, name)): Path<(
 
 async fn list(State(cloud): State<Shared>, Path((_project, zone)): Path<(String, String)>) -> Response {
     let cloud = cloud.lock().unwrap();
-    let items: Vec<Value> =
-        cloud.instances.iter().filter(|((z, _), _)| *z == zone).map(|(_, v)| v.clone()).collect();
+    let items: Vec<Value> = cloud.instances.iter().filter(|((z, _), _)| *z == zone).map(|(_, v)| v.clone()).collect();
     Json(json!({"kind": "compute#instanceList", "items": items})).into_response()
 }
 

@@ -91,13 +91,15 @@ async fn a_dispatch_to_a_profile_brings_the_cluster_up_later_ones_reuse_it_and_a
     let (_, cluster) = stack.get("/v1/clusters/train").await;
     assert_eq!(cluster["profile"], "train");
 
-    let (_, second) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": ["second"], "cluster": "train"})).await;
+    let (_, second) =
+        stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": ["second"], "cluster": "train"})).await;
     assert_eq!(result_of(&stack, second["id"].as_str().unwrap()).await["state"], "succeeded");
     let (_, again) = stack.get("/v1/clusters/train").await;
     assert_eq!(again["id"], cluster["id"], "the second dispatch reused the cluster");
 
     stack.wait_cluster("train", "terminated", Duration::from_secs(30)).await.unwrap();
-    let (_, third) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": ["third"], "cluster": "train"})).await;
+    let (_, third) =
+        stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": ["third"], "cluster": "train"})).await;
     assert_eq!(result_of(&stack, third["id"].as_str().unwrap()).await["state"], "succeeded");
     let (_, revived) = stack.get("/v1/clusters/train").await;
     assert_ne!(revived["id"], cluster["id"], "a stopped cluster comes back as a new one");
@@ -108,8 +110,9 @@ async fn a_dispatch_to_a_profile_brings_the_cluster_up_later_ones_reuse_it_and_a
 #[tokio::test]
 async fn an_existing_host_joins_a_static_cluster_once_and_deleting_the_cluster_revokes_it() {
     let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await.unwrap();
-    let (status, cluster) =
-        stack.post("/v1/clusters", &json!({"name": "lab", "spec": {"provider": "static", "labels": {"site": "lab"}}})).await;
+    let (status, cluster) = stack
+        .post("/v1/clusters", &json!({"name": "lab", "spec": {"provider": "static", "labels": {"site": "lab"}}}))
+        .await;
     assert_eq!(status, 201, "{cluster}");
     let (status, token) = stack.post("/v1/clusters/lab/join-tokens", &json!({})).await;
     assert_eq!(status, 201, "{token}");
@@ -133,7 +136,8 @@ async fn an_existing_host_joins_a_static_cluster_once_and_deleting_the_cluster_r
     assert_eq!(node["name"], "lab-1");
     assert_eq!(node["labels"]["site"], "lab", "the spec's labels reach the node");
 
-    let (_, dispatch) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [7], "cluster": "lab"})).await;
+    let (_, dispatch) =
+        stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [7], "cluster": "lab"})).await;
     assert_eq!(result_of(&stack, dispatch["id"].as_str().unwrap()).await["result"], "7");
 
     // The token is spent: a second machine cannot join with it.
@@ -165,15 +169,29 @@ async fn an_existing_host_joins_a_static_cluster_once_and_deleting_the_cluster_r
 
 #[tokio::test]
 async fn bad_cluster_specs_get_a_4xx_naming_the_field_and_store_nothing() {
-    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__GCP__PROJECT", "demo"), ("RH_GATEWAY_COMPUTE__GCP__ANONYMOUS", "true"), ("RH_GATEWAY_COMPUTE__GCP__ENDPOINT", "http://127.0.0.1:9")])
-        .await
-        .unwrap();
+    let stack = Stack::start_with(&[
+        ("RH_GATEWAY_COMPUTE__GCP__PROJECT", "demo"),
+        ("RH_GATEWAY_COMPUTE__GCP__ANONYMOUS", "true"),
+        ("RH_GATEWAY_COMPUTE__GCP__ENDPOINT", "http://127.0.0.1:9"),
+    ])
+    .await
+    .unwrap();
     let cases = [
         (json!({"name": "x", "spec": {"provider": "kubernetes"}}), 422, "spec.provider", "unknown provider"),
-        (json!({"name": "x", "spec": {"provider": "aws", "region": "us-east-1"}}), 422, "spec.provider", "not configured"),
+        (
+            json!({"name": "x", "spec": {"provider": "aws", "region": "us-east-1"}}),
+            422,
+            "spec.provider",
+            "not configured",
+        ),
         (json!({"name": "x", "spec": {"provider": "gcp"}}), 422, "spec.zone", "`zone` is required"),
         (json!({"name": "x", "spec": {"provider": "local", "count": 0}}), 422, "spec.count", "between 1 and 64"),
-        (json!({"name": "x", "spec": {"provider": "local", "autostop_idle_minutes": -1}}), 422, "spec.autostop_idle_minutes", "more than 0"),
+        (
+            json!({"name": "x", "spec": {"provider": "local", "autostop_idle_minutes": -1}}),
+            422,
+            "spec.autostop_idle_minutes",
+            "more than 0",
+        ),
         (json!({"name": "bad name", "spec": {"provider": "local"}}), 422, "cluster", "no spaces"),
         (json!({"name": "x", "spec": {"provider": "local", "colour": "red"}}), 422, "", "unknown field `colour`"),
     ];
@@ -195,8 +213,10 @@ async fn bad_cluster_specs_get_a_4xx_naming_the_field_and_store_nothing() {
     assert!(conflict["message"].as_str().unwrap().contains("already live"), "{conflict}");
 
     // Only admins create clusters.
-    let (token, _) = stack.keys.mint("user", "default", &[gateway::auth::Scope::DispatchWrite], Duration::from_secs(60)).unwrap();
-    let response = stack.client.post(format!("{}/v1/clusters", stack.url)).bearer_auth(token).json(&spec).send().await.unwrap();
+    let (token, _) =
+        stack.keys.mint("user", "default", &[gateway::auth::Scope::DispatchWrite], Duration::from_secs(60)).unwrap();
+    let response =
+        stack.client.post(format!("{}/v1/clusters", stack.url)).bearer_auth(token).json(&spec).send().await.unwrap();
     assert_eq!(response.status(), 403);
 }
 
@@ -215,7 +235,8 @@ async fn a_local_node_that_dies_is_replaced_under_its_name() {
         })
         .await
         .unwrap();
-    let (_, dispatch) = stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [1], "cluster": "solo"})).await;
+    let (_, dispatch) =
+        stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [1], "cluster": "solo"})).await;
     assert_eq!(result_of(&stack, dispatch["id"].as_str().unwrap()).await["state"], "succeeded");
     let (_, cluster) = stack.get("/v1/clusters/solo").await;
     assert_eq!(cluster["nodes"][0]["name"], "solo-1");

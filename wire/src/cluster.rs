@@ -13,7 +13,7 @@ use crate::Node;
 /// What a cluster runs on and how big it is. Which fields apply depends on
 /// the provider: `instance_type` and `region` for `aws`, `instance_type`
 /// (machine type) and `zone` for `gcp`; `local` and `static` use `count`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "provider": "aws", "instance_type": "g5.xlarge", "region": "us-east-1",
@@ -48,9 +48,10 @@ pub struct ClusterSpec {
     /// Labels every node of the cluster carries.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Stop the cluster after this many minutes without a queued or running dispatch.
+    /// Stop the cluster after this many minutes without a queued or running
+    /// dispatch (fractions allowed: 0.5 is 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autostop_idle_minutes: Option<u32>,
+    pub autostop_idle_minutes: Option<f64>,
     /// Shell commands run on each machine before the node daemon starts.
     #[serde(default)]
     pub bootstrap: Vec<String>,
@@ -61,7 +62,7 @@ fn one() -> u32 {
 }
 
 /// `POST /v1/clusters`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "cpu", "spec": {"provider": "local", "count": 2, "autostop_idle_minutes": 10}}))]
 pub struct CreateCluster {
@@ -115,7 +116,7 @@ pub struct ClusterInstance {
 }
 
 /// A cluster, its machines and the nodes that joined from them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Cluster {
     pub id: Uuid,
     pub name: String,
@@ -135,7 +136,7 @@ pub struct Cluster {
 }
 
 /// `GET /v1/clusters`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterList {
     pub items: Vec<Cluster>,
 }

@@ -110,7 +110,10 @@ pub async fn cluster_join_token(
     request_body = JoinNode,
     responses((status = 200, description = "Joined; register with the returned token.", body = NodeJoined),
         BadRequest, Unauthorized, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable))]
-pub async fn node_join(State(state): State<AppState>, Json(body): Json<JoinNode>) -> Result<Json<NodeJoined>, ApiError> {
+pub async fn node_join(
+    State(state): State<AppState>,
+    Json(body): Json<JoinNode>,
+) -> Result<Json<NodeJoined>, ApiError> {
     Ok(Json(state.app.node_join(&state.keys, body).await?))
 }
 

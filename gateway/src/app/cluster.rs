@@ -77,8 +77,10 @@ impl App {
                 return self.cluster_view(row).await;
             }
             let reason = format!("deleted by {}", caller.sub);
-            if let Some(row) =
-                self.db.cluster_transition(row.cluster_id, row.generation, ClusterState::Stopping, Some(&reason)).await?
+            if let Some(row) = self
+                .db
+                .cluster_transition(row.cluster_id, row.generation, ClusterState::Stopping, Some(&reason))
+                .await?
             {
                 tracing::info!(cluster = %name, actor = %caller.sub, "cluster stopping");
                 self.provisioner.notify_one();
@@ -255,8 +257,13 @@ impl App {
         if spec.gpus > 16 {
             return Err(Error::invalid("spec.gpus", "`gpus` must be at most 16"));
         }
-        if spec.autostop_idle_minutes == Some(0) || spec.autostop_idle_minutes > Some(7 * 24 * 60) {
-            return Err(Error::invalid("spec.autostop_idle_minutes", "`autostop_idle_minutes` must be 1 to 10080"));
+        if let Some(minutes) = spec.autostop_idle_minutes {
+            if !(minutes > 0.0 && minutes <= 7.0 * 24.0 * 60.0) {
+                return Err(Error::invalid(
+                    "spec.autostop_idle_minutes",
+                    "`autostop_idle_minutes` must be more than 0 and at most 10080 (a week)",
+                ));
+            }
         }
         if spec.bootstrap.len() > 64 || spec.bootstrap.iter().any(|c| c.len() > 4096 || c.contains('\0')) {
             return Err(Error::invalid("spec.bootstrap", "at most 64 `bootstrap` commands of up to 4096 bytes each"));

@@ -97,16 +97,22 @@ impl App {
         }
         if cluster.state == ClusterState::Provisioning {
             if ready_nodes >= i64::from(spec.count) {
-                if self.db.cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Ready, None).await?.is_some() {
+                if self
+                    .db
+                    .cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Ready, None)
+                    .await?
+                    .is_some()
+                {
                     tracing::info!(cluster = %cluster.name, "cluster ready");
                     self.placement.notify_one();
                 }
                 return Ok("ready");
             }
             let now = Utc::now();
-            if let Some(late) = instances.iter().find(|i| {
-                i.state != InstanceState::Terminated && i.joined_at.is_none() && i.join_expires_at < now
-            }) {
+            if let Some(late) = instances
+                .iter()
+                .find(|i| i.state != InstanceState::Terminated && i.joined_at.is_none() && i.join_expires_at < now)
+            {
                 let reason = format!(
                     "node {} did not join within {}s; check that the machine can reach {} (see the README's network requirements)",
                     late.node_name,
@@ -121,9 +127,15 @@ impl App {
         if let Some(minutes) = spec.autostop_idle_minutes {
             let (busy, last) = self.db.cluster_activity(&cluster.name).await?;
             let since = last.into_iter().chain(cluster.ready_at).max().unwrap_or(cluster.updated_at);
-            if !busy && Utc::now() - since >= chrono::Duration::minutes(minutes.into()) {
+            let idle_for = chrono::Duration::milliseconds((minutes * 60_000.0) as i64);
+            if !busy && Utc::now() - since >= idle_for {
                 let reason = format!("idle for {minutes} min (autostop)");
-                if self.db.cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Stopping, Some(&reason)).await?.is_some() {
+                if self
+                    .db
+                    .cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Stopping, Some(&reason))
+                    .await?
+                    .is_some()
+                {
                     tracing::info!(cluster = %cluster.name, %reason, "cluster stopping");
                     self.provisioner.notify_one();
                 }
@@ -137,13 +149,12 @@ impl App {
     async fn ensure_intents(&self, cluster: &ClusterRow, spec: &wire::ClusterSpec) -> Result<Vec<InstanceRow>> {
         let instances = self.db.instances_of(cluster.cluster_id).await?;
         let open = instances.iter().filter(|i| i.state != InstanceState::Terminated).count();
-        let mut next = instances.iter().map(|i| i.ordinal + 1).max().unwrap_or(0);
+        let next = instances.iter().map(|i| i.ordinal + 1).max().unwrap_or(0);
         if open >= spec.count as usize {
             return Ok(instances);
         }
-        for _ in open..spec.count as usize {
-            self.db.instance_insert(&self.new_instance(cluster, next)).await?;
-            next += 1;
+        for ordinal in next..next + (spec.count as usize - open) as i32 {
+            self.db.instance_insert(&self.new_instance(cluster, ordinal)).await?;
         }
         self.db.instances_of(cluster.cluster_id).await
     }
@@ -213,9 +224,19 @@ impl App {
         }
         if !self.settings.profiles.contains_key(&cluster.name) {
             let reason = cluster.state_reason.clone().unwrap_or_else(|| "stopped".into());
-            self.fail_queued(&cluster.name, "cluster_terminated", &format!("cluster `{}` was stopped: {reason}", cluster.name)).await?;
+            self.fail_queued(
+                &cluster.name,
+                "cluster_terminated",
+                &format!("cluster `{}` was stopped: {reason}", cluster.name),
+            )
+            .await?;
         }
-        if self.db.cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Terminated, None).await?.is_some() {
+        if self
+            .db
+            .cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Terminated, None)
+            .await?
+            .is_some()
+        {
             tracing::info!(cluster = %cluster.name, "cluster terminated");
         }
         Ok("terminated")
@@ -224,12 +245,18 @@ impl App {
     /// Fails a cluster with the provider's message, fails the dispatches
     /// waiting for it, and leaves its machines to the orphan sweep.
     async fn cluster_fail(&self, cluster: &ClusterRow, reason: &str) -> Result<()> {
-        if self.db.cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Failed, Some(reason)).await?.is_none() {
+        if self
+            .db
+            .cluster_transition(cluster.cluster_id, cluster.generation, ClusterState::Failed, Some(reason))
+            .await?
+            .is_none()
+        {
             return Ok(());
         }
         tracing::warn!(cluster = %cluster.name, %reason, "cluster failed");
         self.db.cluster_nodes_gone(&cluster.name).await?;
-        self.fail_queued(&cluster.name, "cluster_failed", &format!("cluster `{}` failed: {reason}", cluster.name)).await?;
+        self.fail_queued(&cluster.name, "cluster_failed", &format!("cluster `{}` failed: {reason}", cluster.name))
+            .await?;
         self.orphan_sweep.notify_one();
         Ok(())
     }
@@ -265,7 +292,12 @@ impl App {
         Ok(())
     }
 
-    fn instance_request(&self, cluster: &ClusterRow, spec: &wire::ClusterSpec, instance: &InstanceRow) -> InstanceRequest {
+    fn instance_request(
+        &self,
+        cluster: &ClusterRow,
+        spec: &wire::ClusterSpec,
+        instance: &InstanceRow,
+    ) -> InstanceRequest {
         let gateway_url = self.public_url();
         InstanceRequest {
             cluster_id: cluster.cluster_id,

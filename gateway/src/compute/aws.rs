@@ -113,13 +113,15 @@ impl Provider for AwsProvider {
     async fn create(&self, request: &InstanceRequest) -> Result<String, ProviderError> {
         let spec = &request.spec;
         let region = self.location(spec);
-        let image = spec.image.clone().or_else(|| self.settings.default_image.clone()).ok_or_else(|| {
-            ProviderError::Rejected("no image: set spec.image or compute.aws.default_image".into())
-        })?;
-        let instance_type =
-            spec.instance_type.clone().or_else(|| self.settings.default_instance_type.clone()).ok_or_else(|| {
-                ProviderError::Rejected("no instance type: set spec.instance_type".into())
+        let image =
+            spec.image.clone().or_else(|| self.settings.default_image.clone()).ok_or_else(|| {
+                ProviderError::Rejected("no image: set spec.image or compute.aws.default_image".into())
             })?;
+        let instance_type = spec
+            .instance_type
+            .clone()
+            .or_else(|| self.settings.default_instance_type.clone())
+            .ok_or_else(|| ProviderError::Rejected("no instance type: set spec.instance_type".into()))?;
         let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
         let mut tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
@@ -130,8 +132,8 @@ impl Provider for AwsProvider {
         for (key, value) in &spec.labels {
             tags = tags.tags(tag(key, value));
         }
-        let user_data = base64::engine::general_purpose::STANDARD
-            .encode(request.bootstrap.script(MetadataService::Aws).as_bytes());
+        let user_data =
+            base64::engine::general_purpose::STANDARD.encode(request.bootstrap.script(MetadataService::Aws).as_bytes());
         let mut run = self
             .client(&region)
             .run_instances()

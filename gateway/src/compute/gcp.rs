@@ -41,8 +41,7 @@ impl GcpProvider {
             .with_maximum_delay(poll * 4)
             .with_scaling(2.0)
             .build()?;
-        let mut builder =
-            Instances::builder().with_retry_policy(NeverRetry).with_polling_backoff_policy(backoff);
+        let mut builder = Instances::builder().with_retry_policy(NeverRetry).with_polling_backoff_policy(backoff);
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.with_endpoint(endpoint);
         }

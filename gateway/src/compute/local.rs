@@ -136,7 +136,12 @@ fn read_instance(dir: &Path, key: &str) -> Option<Instance> {
         return None;
     }
     let cluster_id = std::fs::read_to_string(dir.join("cluster")).ok().and_then(|s| s.trim().parse::<Uuid>().ok());
-    Some(Instance { provider_id: pid.to_string(), cluster_id, instance_key: Some(key.to_owned()), location: String::new() })
+    Some(Instance {
+        provider_id: pid.to_string(),
+        cluster_id,
+        instance_key: Some(key.to_owned()),
+        location: String::new(),
+    })
 }
 
 fn unavailable(what: &str, err: std::io::Error) -> ProviderError {

@@ -149,11 +149,10 @@ impl DataStore {
 
     /// Every cluster (live or ended) with the providers and specs in use, for the orphan sweep.
     pub async fn cluster_specs_in_use(&self) -> Result<Vec<(String, Value)>> {
-        let rows = sqlx::query!(
-            "select distinct provider, spec from cluster where created_at > now() - interval '90 days'"
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let rows =
+            sqlx::query!("select distinct provider, spec from cluster where created_at > now() - interval '90 days'")
+                .fetch_all(self.pool())
+                .await?;
         Ok(rows.into_iter().map(|r| (r.provider, r.spec)).collect())
     }
 
