@@ -1,8 +1,8 @@
 """A real Runhouse stack and a real Airflow home for the provider tests, one of each per session.
 
 The stack is `rh-gateway dev` (private Postgres, gateway, node `local-1` in
-cluster `local`) in a temporary folder, plus nodes for the `cpu` and `train`
-clusters the examples use. The Airflow home is a temporary folder with a
+cluster `local`, and the `cpu` and `train` clusters the examples use, which
+it brings up on demand) in a temporary folder. The Airflow home is a temporary folder with a
 SQLite database, migrated once; tests run `airflow ...` commands in it as
 subprocesses, exactly as a user would.
 """
@@ -28,7 +28,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
-CACHE = Path(os.environ.get("CACHE", Path.home() / ".cache" / "runhouse-gateway"))
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
@@ -72,38 +71,10 @@ def _wait_for_clusters(url: str, token: str, clusters: set[str], process: subpro
         time.sleep(0.1)
 
 
-def start_cpu_and_train_nodes(url: str, token: str, work: Path) -> list[subprocess.Popen]:
-    """Stand-in for `rh-gateway dev` cluster profiles: one node each for `cpu` and `train`.
-
-    Delete this function (and its one call) once `rh-gateway dev` provides those clusters itself.
-    The nodes share one persistent requirements cache (their `envs` folders link to it), so
-    scikit-learn is installed once per machine, not once per test session.
-    """
-    ready = _ready_clusters(url, token)
-    envs = CACHE / "airflow-tests" / "node-envs"
-    envs.mkdir(parents=True, exist_ok=True)
-    nodes = []
-    for cluster in ("cpu", "train"):
-        if cluster in ready:
-            continue
-        name = f"{cluster}-1"
-        node_token = subprocess.run(
-            [_bin("rh-gateway"), "token", "create", "--project", "system", "--scopes", "node", "--sub", name,
-             "--ttl", "1d"], cwd=work, check=True, capture_output=True, text=True).stdout.strip()
-        node_work = work / "nodes" / name
-        node_work.mkdir(parents=True)
-        (node_work / "envs").symlink_to(envs)
-        log = open(work / f"{name}.log", "w")
-        nodes.append(subprocess.Popen(
-            [_bin("rh-node"), "run", "--cluster", cluster, "--name", name, "--gateway", url,
-             "--work-dir", str(node_work), "--max-concurrent", "2"],
-            env={**os.environ, "RH_NODE_TOKEN": node_token}, stdout=log, stderr=log))
-    return nodes
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, Any]]:
-    """`rh-gateway dev` on 127.0.0.1, with ready nodes in `local`, `cpu` and `train`."""
+    """`rh-gateway dev` on 127.0.0.1: node `local-1` ready in cluster `local`; `cpu` and `train` come up
+    on demand from its cluster profiles when the first dispatch asks for them."""
     work = Path(tempfile.mkdtemp(prefix="rh-airflow-"))
     os.chmod(work, 0o755)  # as root, the postgres user must reach ./.rh/pg
     port = _free_port()
@@ -113,7 +84,6 @@ def stack() -> Iterator[dict[str, Any]]:
     log = open(log_path, "w")
     process = subprocess.Popen([_bin("rh-gateway"), "dev", "--listen", f"127.0.0.1:{port}"], cwd=work, env=env,
                                stdout=log, stderr=log)
-    nodes: list[subprocess.Popen] = []
     try:
         token_file = work / ".rh" / "admin-token"
         deadline = time.time() + 90
@@ -123,17 +93,8 @@ def stack() -> Iterator[dict[str, Any]]:
             time.sleep(0.1)
         token = token_file.read_text().strip()
         _wait_for_clusters(url, token, {"local"}, process, log_path)
-        nodes = start_cpu_and_train_nodes(url, token, work)
-        _wait_for_clusters(url, token, {"local", "cpu", "train"}, process, log_path)
         yield {"url": url, "token": token, "work": work}
     finally:
-        for node in nodes:
-            node.send_signal(signal.SIGTERM)
-        for node in nodes:
-            try:
-                node.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.kill()
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=30)
