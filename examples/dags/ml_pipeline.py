@@ -1,8 +1,8 @@
 """The iris pipeline from the Runhouse/Airflow write-up: preprocess >> split >> train >> predict >> accuracy.
 
 The steps are ordinary functions in iris_steps.py, unchanged; each runs on a
-Runhouse cluster: data work on `cpu`, training on `train`. Results pass as
-small JSON through XCom.
+Runhouse cluster: data work on `cpu`, training on `train` (deferred, so no
+worker slot is held while it trains). Results pass as small JSON through XCom.
 """
 
 from datetime import datetime
@@ -19,8 +19,10 @@ with DAG("ml_pipeline", schedule=None, start_date=datetime(2026, 1, 1), catchup=
                                   requirements=REQUIREMENTS)
     split = RunhouseOperator(task_id="split", python_callable=iris_steps.split, cluster="cpu",
                              requirements=REQUIREMENTS, op_args=[preprocess.output])
+    # Training is the long step: wait for it in the triggerer, not in a worker slot.
     train = RunhouseOperator(task_id="train", python_callable=iris_steps.train, cluster="train",
-                             requirements=REQUIREMENTS, op_args=[split.output], op_kwargs={"C": 1.0})
+                             requirements=REQUIREMENTS, op_args=[split.output], op_kwargs={"C": 1.0},
+                             deferrable=True, poll_interval=2)
     predict = RunhouseOperator(task_id="predict", python_callable=iris_steps.predict, cluster="cpu",
                                requirements=REQUIREMENTS, op_args=[train.output, split.output])
     accuracy = RunhouseOperator(task_id="accuracy", python_callable=iris_steps.accuracy, cluster="cpu",

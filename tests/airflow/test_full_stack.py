@@ -123,8 +123,9 @@ def services(airflow: Any) -> Iterator[AirflowServices]:
             try:
                 health = running.api("GET", "/monitor/health")
                 if all(health.get(c, {}).get("status") == "healthy" for c in ("scheduler", "triggerer", "dag_processor")):
-                    running.api("GET", "/dags/rh_reattach")
-                    running.api("GET", "/dags/rh_deferred")
+                    for dag_id in ("rh_reattach", "rh_deferred"):
+                        # `airflow dags test` earlier in the session may have registered them paused.
+                        running.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
                     break
             except Exception:
                 pass
