@@ -52,10 +52,12 @@ async fn the_readme_walkthrough_works_verbatim() {
     let lines: Vec<&str> = stdout.lines().collect();
     let id = lines[0].strip_prefix("created ").expect("first line names the dispatch");
     assert_eq!(lines[1], id, "the idempotent retry returned another dispatch");
-    assert_eq!(&lines[2..4], ["queued", "queued"]);
-    assert!(lines[4].contains("'reason': 'walkthrough done'"), "{stdout}");
-    assert_eq!(lines[5], id);
-    assert_eq!(lines[6], "walkthrough done");
-    assert_eq!(lines[7], "{'accuracy': 0.97, 'epochs': 3, 'lr': 0.1}", "{stdout}");
-    assert_eq!(&lines[8..11], ["epoch 0: loss 0.100", "epoch 1: loss 0.050", "epoch 2: loss 0.033"], "{stdout}");
+    assert_eq!(lines[2], "queued");
+    assert!(lines[3].contains("no cluster `gpu` exists"), "{stdout}");
+    assert_eq!(lines[4], "queued");
+    assert!(lines[5].contains("'reason': 'walkthrough done'"), "{stdout}");
+    assert_eq!(lines[6], id);
+    assert_eq!(lines[7], "walkthrough done");
+    assert_eq!(lines[8], "{'accuracy': 0.97, 'epochs': 3, 'lr': 0.1}", "{stdout}");
+    assert_eq!(&lines[9..12], ["epoch 0: loss 0.100", "epoch 1: loss 0.050", "epoch 2: loss 0.033"], "{stdout}");
 }
