@@ -114,7 +114,7 @@ def gw(stack: dict[str, Any]) -> Any:
 class AirflowHome:
     """An isolated Airflow installation state: config by environment, SQLite, no examples, no network."""
 
-    def __init__(self, root: Path, stack: dict[str, Any]) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
         self.db = root / "airflow.db"
         self.env = {
@@ -133,12 +133,15 @@ class AirflowHome:
                  "kwargs": {"path": str(TEST_DAGS), "refresh_interval": 5}},
             ]),
             "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(TEST_DAGS)]),
-            "AIRFLOW_CONN_RUNHOUSE_DEFAULT": json.dumps({
-                "conn_type": "runhouse", "host": stack["url"], "password": stack["token"],
-                "extra": {"default_cluster": "local"},
-            }),
             "NO_PROXY": "*",
         }
+
+    def connect(self, stack: dict[str, Any]) -> None:
+        """Points the `runhouse_default` connection at the stack."""
+        self.env["AIRFLOW_CONN_RUNHOUSE_DEFAULT"] = json.dumps({
+            "conn_type": "runhouse", "host": stack["url"], "password": stack["token"],
+            "extra": {"default_cluster": "local"},
+        })
 
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         """Runs an `airflow` command; its combined output is in ``.stdout``."""
@@ -201,10 +204,21 @@ class AirflowHome:
 
 
 @pytest.fixture(scope="session")
-def airflow(stack: dict[str, Any]) -> Iterator[AirflowHome]:
-    """A migrated Airflow home for the session."""
+def _migrating() -> Iterator[tuple[AirflowHome, subprocess.Popen]]:
+    """Starts `airflow db migrate` at once, so it runs while the stack comes up."""
     root = Path(tempfile.mkdtemp(prefix="airflow-home-"))
-    home = AirflowHome(root, stack)
-    home.run("db", "migrate", timeout=180)
-    yield home
+    home = AirflowHome(root)
+    migrate = home.popen("db", "migrate")
+    yield home, migrate
+    if migrate.poll() is None:
+        migrate.kill()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow(_migrating: tuple[AirflowHome, subprocess.Popen], stack: dict[str, Any]) -> AirflowHome:
+    """A migrated Airflow home for the session, connected to the stack."""
+    home, migrate = _migrating
+    assert migrate.wait(timeout=180) == 0, migrate.log_path.read_text()[-5000:]
+    home.connect(stack)
+    return home
