@@ -11,7 +11,7 @@ def test_airflow_providers_list_shows_the_runhouse_provider(airflow):
     assert providers["airflow-provider-runhouse"]["version"] == "0.1.0"
 
 
-def test_the_runhouse_connection_form_has_url_token_and_default_cluster(airflow):
+def test_the_runhouse_connection_form_has_url_token_and_default_cluster_and_the_trigger_and_link_register(airflow):
     form = airflow.python(
         "import json\n"
         "from airflow.providers_manager import ProvidersManager\n"
@@ -26,6 +26,7 @@ def test_the_runhouse_connection_form_has_url_token_and_default_cluster(airflow)
     assert form["behaviour"]["relabeling"] == {"host": "Gateway URL", "password": "Token"}
     assert "password" not in form["behaviour"]["hidden_fields"]
     assert form["links"] == ["runhouse_provider.links.RunhouseDispatchLink"]
+    assert form["triggers"] == ["runhouse_provider.triggers"]
 
 
 def test_the_hook_connection_test_reaches_the_gateway_and_rejects_a_bad_token(airflow):
