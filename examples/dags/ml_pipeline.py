@@ -3,6 +3,27 @@
 The steps are ordinary functions in iris_steps.py, unchanged; each runs on a
 Runhouse cluster: data work on `cpu`, training on `train` (deferred, so no
 worker slot is held while it trains). Results pass as small JSON through XCom.
+
+`make run` provides both clusters locally: `cpu` and `train` are built-in
+profiles of `rh-gateway dev` (one local node each), brought up by the first
+dispatch that names them and reused by the steps after it. The same DAG runs
+on AWS with no change here, only profiles in the gateway's config:
+
+    # gateway.toml
+    # [compute.aws]
+    # region = "us-east-1"
+    # default_image = "ami-0abcdef1234567890"   # needs Python 3.11 with libpython and curl
+    # public_url = ...                          # see README, "Network requirements"
+    #
+    # [profiles.cpu]
+    # provider = "aws"
+    # instance_type = "c7i.8xlarge"              # 32 vCPUs for preprocessing
+    # autostop_idle_minutes = 15
+    #
+    # [profiles.train]
+    # provider = "aws"
+    # instance_type = "g5.xlarge"                # one A10G GPU for training
+    # autostop_idle_minutes = 20
 """
 
 from datetime import datetime
