@@ -10,10 +10,12 @@ dispatch that names them and reused by the steps after it. The same DAG runs
 on AWS with no change here, only profiles in the gateway's config:
 
     # gateway.toml
+    # [compute]
+    # public_url = "http://10.0.0.5:8080"       # how the instances reach the gateway (README, "Network requirements")
+    #
     # [compute.aws]
     # region = "us-east-1"
     # default_image = "ami-0abcdef1234567890"   # needs Python 3.11 with libpython and curl
-    # public_url = ...                          # see README, "Network requirements"
     #
     # [profiles.cpu]
     # provider = "aws"
