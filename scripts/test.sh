@@ -65,6 +65,10 @@ run_python_sdk() {
     ./scripts/python-sdk.sh 2>&1 | tee -a "$test_log"
 }
 phase "python SDK (maturin build, pytest against a local stack)" run_python_sdk
+run_airflow() {
+    ./scripts/airflow.sh 2>&1 | tee -a "$test_log"
+}
+phase "airflow provider (real Airflow 3.3 against a local stack)" run_airflow
 phase "bench smoke (no speed assertions)" "$with_pg" -- "$CARGO_TARGET_DIR/debug/rh-bench" --smoke
 
 echo
