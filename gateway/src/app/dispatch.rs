@@ -65,12 +65,24 @@ impl App {
         // the write still completes (or fails) as a whole, never halfway.
         let db = self.db.clone();
         let new_for_insert = new.clone();
-        let inserted = tokio::spawn(async move { db.dispatch_insert(&new_for_insert).await })
+        let inserted = tokio::spawn(async move { db.dispatch_insert_and_place(&new_for_insert).await })
             .await
             .map_err(|e| Error::Internal(e.into()))??;
-        if let Some(row) = inserted {
+        if let Some((row, placed)) = inserted {
             self.dispatch_changed(row.dispatch_id);
-            self.placement.notify_one();
+            match placed {
+                // Placed in the same commit: forward it now, no placement pass needed.
+                Some((placed, node)) => {
+                    if placed.dispatch_id != row.dispatch_id {
+                        // An older dispatch went first; this one still waits its turn.
+                        self.placement.notify_one();
+                    }
+                    self.dispatch_changed(placed.dispatch_id);
+                    let app = self.clone();
+                    tokio::spawn(async move { app.forward(placed, node).await });
+                }
+                None => self.placement.notify_one(),
+            }
             return Ok((row, Created::New));
         }
         let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");

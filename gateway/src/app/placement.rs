@@ -40,7 +40,7 @@ impl App {
         Ok(json!({ "placed": placed }))
     }
 
-    async fn forward(&self, row: DispatchRow, node: NodeRow) {
+    pub(crate) async fn forward(&self, row: DispatchRow, node: NodeRow) {
         let call = wire::StartCall {
             dispatch_id: wire::DispatchId(row.dispatch_id),
             function: row.function_ref.clone(),

@@ -118,6 +118,28 @@ impl DataStore {
     /// idempotency key; concurrent duplicates therefore yield exactly one row.
     #[tracing::instrument(skip_all, fields(dispatch_id = %new.dispatch_id))]
     pub async fn dispatch_insert(&self, new: &NewDispatch) -> Result<Option<DispatchRow>> {
+        let mut conn = self.pool().acquire().await?;
+        Self::dispatch_insert_on(&mut conn, new).await
+    }
+
+    /// Records a new dispatch and, in the same transaction (one commit), places
+    /// the oldest queued dispatch of its cluster (usually this one) if a ready
+    /// node has a free slot. `None` if the idempotency key already exists.
+    pub async fn dispatch_insert_and_place(
+        &self,
+        new: &NewDispatch,
+    ) -> Result<Option<(DispatchRow, Option<(DispatchRow, NodeRow)>)>> {
+        let mut tx = self.pool().begin().await?;
+        let Some(row) = Self::dispatch_insert_on(&mut tx, new).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let placed = Self::dispatch_place_one(&mut tx, &new.cluster).await?;
+        tx.commit().await?;
+        Ok(Some((row, placed)))
+    }
+
+    async fn dispatch_insert_on(conn: &mut sqlx::PgConnection, new: &NewDispatch) -> Result<Option<DispatchRow>> {
         let row = sqlx::query_as!(
             DispatchRow,
             r#"
@@ -161,7 +183,7 @@ impl DataStore {
             new.bundle,
             new.requirements,
         )
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *conn)
         .await?;
         Ok(row)
     }
