@@ -26,7 +26,7 @@ use crate::auth::Scope;
 #[utoipa::path(post, path = "/v1/dispatches", tag = "dispatches", operation_id = "dispatch_create",
     request_body = CreateDispatch,
     responses(
-        (status = 201, description = "Recorded; it starts `queued`.", body = Dispatch),
+        (status = 201, description = "Recorded: `queued`, or already `running` when a node of its cluster had a free slot (placed in the same commit).", body = Dispatch),
         (status = 200, description = "An earlier request with the same idempotency key and body made this dispatch.", body = Dispatch),
         BadRequest, Unauthorized, Forbidden, Conflict, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable
     ),

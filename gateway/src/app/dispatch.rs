@@ -70,19 +70,20 @@ impl App {
             .map_err(|e| Error::Internal(e.into()))??;
         if let Some((row, placed)) = inserted {
             self.dispatch_changed(row.dispatch_id);
-            match placed {
-                // Placed in the same commit: forward it now, no placement pass needed.
-                Some((placed, node)) => {
-                    if placed.dispatch_id != row.dispatch_id {
-                        // An older dispatch went first; this one still waits its turn.
-                        self.placement.notify_one();
-                    }
-                    self.dispatch_changed(placed.dispatch_id);
-                    let app = self.clone();
-                    tokio::spawn(async move { app.forward(placed, node).await });
-                }
-                None => self.placement.notify_one(),
+            let Some((placed, node)) = placed else {
+                self.placement.notify_one();
+                return Ok((row, Created::New));
+            };
+            // Placed in the same commit: forward it now, no placement pass needed.
+            let app = self.clone();
+            let forwarded = placed.clone();
+            tokio::spawn(async move { app.forward(forwarded, node).await });
+            if placed.dispatch_id == row.dispatch_id {
+                return Ok((placed, Created::New));
             }
+            // An older dispatch went first; this one still waits its turn.
+            self.dispatch_changed(placed.dispatch_id);
+            self.placement.notify_one();
             return Ok((row, Created::New));
         }
         let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");
