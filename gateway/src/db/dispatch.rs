@@ -235,6 +235,11 @@ impl DataStore {
     /// A page of the project's dispatches, newest first.
     pub async fn dispatch_list(&self, project: &str, filter: &ListFilter) -> Result<Vec<DispatchRow>> {
         let states: Vec<String> = filter.states.iter().map(|s| s.to_string()).collect();
+        // Plan every execution with its actual filters: a cached generic plan
+        // cannot tell a rare label from no label filter, and walks the whole
+        // project index (measured: 190 ms instead of 14 ms with 1M rows).
+        let mut tx = self.pool().begin().await?;
+        sqlx::query!("set local plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
         let rows = sqlx::query_as!(
             DispatchRow,
             r#"
@@ -264,8 +269,9 @@ impl DataStore {
             filter.before_id,
             filter.limit,
         )
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows)
     }
 
