@@ -14,11 +14,13 @@ run:
 test:
 	./scripts/test.sh
 
-## Full-stack latency and throughput baseline (release build; prints a table, writes bench/results/latest.json).
+## The benchmark suite (release build, durable commits): prints a table, writes bench/results/latest.json.
 bench:
-	cargo run --locked --release -p e2e --bin rh-bench
+	cargo build --locked --release -p gateway -p node -p runhouse-gateway -p e2e --bins
+	$(CARGO_TARGET_DIR)/release/rh-bench
+	RH_SDK_RELEASE=1 RH_BIN_DIR=$(CARGO_TARGET_DIR)/release ./scripts/python-sdk.sh -s tests/python/bench_sdk.py
 
-## Python SDK figures (release builds): call latency, calls/s from 8 threads, unchanged-code .to() time.
+## Only the Python SDK figures (release builds): call latency, calls/s from 8 threads, unchanged-code .to() time.
 bench-sdk:
 	cargo build --locked --release -p gateway -p node
 	RH_SDK_RELEASE=1 RH_BIN_DIR=$(CARGO_TARGET_DIR)/release ./scripts/python-sdk.sh -s tests/python/bench_sdk.py

@@ -1,12 +1,44 @@
-"""SDK figures: sequential call latency with a 1 KiB argument, calls/s from 8
-threads, and the time of `.to()` on unchanged code. Run with `make bench-sdk`;
-it prints numbers and asserts nothing about speed."""
+"""SDK figures for `make bench`: sequential call latency with a 1 KiB
+argument, calls/s from 8 threads, and the time of `.to()` on unchanged code,
+each the median of three runs. Prints them and adds them to
+bench/results/latest.json (next to the figures `rh-bench` wrote). Asserts
+nothing about speed."""
 
+import json
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jobs
+
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results", "latest.json")
+
+
+def run_once(gw, echo, payload):
+    latencies = []
+    for _ in range(300):
+        started = time.perf_counter()
+        echo(payload)
+        latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    calls = 400
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: echo(payload), range(calls)))
+    per_second = calls / (time.perf_counter() - started)
+    spec = gw.function(jobs.echo)
+    to_times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        spec.to("local")
+        to_times.append((time.perf_counter() - started) * 1000)
+    return {
+        "python_sdk_p50_ms": statistics.median(latencies),
+        "python_sdk_p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+        "python_sdk_8_threads_per_s": per_second,
+        "python_deploy_unchanged_ms": statistics.median(to_times),
+    }
 
 
 def test_sdk_figures(gw):
@@ -14,28 +46,25 @@ def test_sdk_figures(gw):
     echo = gw.function(jobs.echo).to("local")
     for _ in range(20):
         echo(payload)
-    latencies = []
-    for _ in range(300):
-        started = time.perf_counter()
-        echo(payload)
-        latencies.append((time.perf_counter() - started) * 1000)
-    latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
-
-    calls = 400
-    started = time.perf_counter()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: echo(payload), range(calls)))
-    per_second = calls / (time.perf_counter() - started)
-
-    spec = gw.function(jobs.echo)
-    to_times = []
-    for _ in range(20):
-        started = time.perf_counter()
-        spec.to("local")
-        to_times.append((time.perf_counter() - started) * 1000)
+    runs = [run_once(gw, echo, payload) for _ in range(3)]
+    targets = {"python_sdk_p50_ms": "<= 1.5", "python_sdk_p99_ms": "<= 5", "python_deploy_unchanged_ms": "<= 100"}
+    try:
+        with open(RESULTS) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        results = {"figures": {}}
+    floor = results.get("floor_ms")
     print()
-    print(f"python SDK, no-op with a 1 KiB argument: p50 {p50:.2f} ms, p99 {p99:.2f} ms (sequential, 300 calls)")
-    print(f"python SDK, 8 threads: {per_second:.0f} calls/s")
-    print(f"python SDK, unchanged-code .to(): median {statistics.median(to_times):.1f} ms")
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        figure = {"median": statistics.median(values), "min": min(values), "max": max(values),
+                  "unit": "/s" if key.endswith("per_s") else "ms", "target": targets.get(key, "")}
+        if floor and key == "python_sdk_p50_ms":
+            figure["ratio_to_floor"] = figure["median"] / floor
+        results["figures"][key] = figure
+        ratio = f"  {figure['ratio_to_floor']:.1f}x floor" if "ratio_to_floor" in figure else ""
+        print(f"{key:<30} median {figure['median']:8.2f} {figure['unit']:<3} (min {figure['min']:.2f}, "
+              f"max {figure['max']:.2f})  target {figure['target'] or '-'}{ratio}")
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump(results, f, indent=2)

@@ -1,53 +1,344 @@
-//! `rh-bench`: the full-stack baseline. Starts Postgres (durable commits),
-//! `rh-gateway` and one `rh-node`, then measures a no-op dispatch from create
-//! to result: sequential latency, and throughput with concurrent clients.
-//! Prints a table and writes `bench/results/latest.json`.
+//! `rh-bench`: the benchmark suite behind `make bench`.
 //!
-//! `rh-bench --smoke` runs a few iterations only, to keep the code from rotting.
+//! Starts Postgres (durable commits), `rh-gateway` and one `rh-node`, then
+//! measures what users compare us on (dispatch latency and throughput, cold
+//! start, cancel, log streaming, memory, waiters, listing) next to the floor
+//! a dispatch cannot go below on this machine (a loopback HTTP round trip,
+//! two durable commits, a round trip to a warm Python over a Unix socket).
+//! Each figure is the median of several runs, with min and max. Prints a
+//! table and writes `bench/results/latest.json`. Nothing here asserts speed.
+//!
+//! `rh-bench --smoke` runs every measure with tiny sizes, so the code cannot rot.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use e2e::Stack;
-use serde_json::json;
+use serde_json::{json, Value};
+
+/// Sizes for one run of the suite.
+struct Plan {
+    smoke: bool,
+    runs: usize,
+    sequential: usize,
+    floor_samples: usize,
+    concurrency: usize,
+    window: Duration,
+    cancels: usize,
+    rss_dispatches: usize,
+    waiters: usize,
+    list_rows: i64,
+}
+
+impl Plan {
+    fn new(smoke: bool) -> Plan {
+        if smoke {
+            Plan {
+                smoke,
+                runs: 1,
+                sequential: 20,
+                floor_samples: 50,
+                concurrency: 8,
+                window: Duration::from_secs(1),
+                cancels: 3,
+                rss_dispatches: 50,
+                waiters: 50,
+                list_rows: 2_000,
+            }
+        } else {
+            Plan {
+                smoke,
+                runs: 3,
+                sequential: 300,
+                floor_samples: 1000,
+                concurrency: 64,
+                window: Duration::from_secs(5),
+                cancels: 50,
+                rss_dispatches: 10_000,
+                waiters: 10_000,
+                list_rows: 1_000_000,
+            }
+        }
+    }
+}
+
+/// One row of the results table: the value of each run, and the target.
+struct Figure {
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    target: &'static str,
+    runs: Vec<f64>,
+    /// Compared with the floor in the table.
+    vs_floor: bool,
+}
+
+impl Figure {
+    fn median(&self) -> f64 {
+        let mut sorted = self.runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke");
-    if !smoke {
+    let plan = Plan::new(std::env::args().any(|a| a == "--smoke"));
+    if !plan.smoke {
         std::env::set_var("RH_E2E_DURABLE", "1");
     }
-    let (sequential_n, concurrency, window) =
-        if smoke { (20, 8, Duration::from_secs(1)) } else { (1000, 64, Duration::from_secs(10)) };
-
-    let stack = Stack::start().await?;
-    let _node = stack.start_node("bench-1", "local", 64).await?;
+    let suite_started = Instant::now();
+    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await?;
+    let node = stack.start_node("bench-1", "local", 64).await?;
     let token = stack.admin_token();
-    let body = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "local"});
+    let bundle = stack.fixture_bundle().await;
+    let mut figures = Vec::new();
 
-    // Warm up: the first calls start workers.
+    // The floor.
+    let http = repeat(plan.runs, || floor_http(plan.floor_samples)).await?;
+    let commits = repeat(plan.runs, || floor_commits(&stack.database_url, plan.floor_samples / 4)).await?;
+    let python = repeat(plan.runs, || async { floor_python(plan.floor_samples) }).await?;
+    let floor_ms = median(&http) + median(&commits) + median(&python);
+    figures.push(fig("floor_http_ms", "floor: loopback HTTP round trip (p50)", "ms", "", http));
+    figures.push(fig("floor_two_commits_ms", "floor: two sequential durable commits (p50)", "ms", "", commits));
+    figures.push(fig("floor_python_ms", "floor: warm Python round trip over a Unix socket (p50)", "ms", "", python));
+
+    // Dispatch latency and throughput over REST.
+    let noop = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "local"});
     for _ in 0..20 {
-        create_and_wait(&stack, &token, &body).await?;
+        create_and_wait(&stack.client, &stack.url, &token, &noop).await?;
     }
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..plan.runs {
+        let latencies = sequential(&stack, &token, &noop, plan.sequential).await?;
+        p50s.push(quantile(&latencies, 0.50));
+        p99s.push(quantile(&latencies, 0.99));
+    }
+    let mut rest_p50 = fig("rest_noop_p50_ms", "no-op dispatch over REST, create -> long-poll -> result (p50)", "ms", "<= 1.2", p50s.clone());
+    rest_p50.vs_floor = true;
+    figures.push(rest_p50);
+    figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
+    let throughput = repeat(plan.runs, || throughput(&stack, &token, &noop, plan.concurrency, plan.window)).await?;
+    figures.push(fig("throughput_per_s", "throughput, 64 concurrent clients, durable", "dispatches/s", ">= 2500", throughput));
 
-    let mut latencies = Vec::with_capacity(sequential_n);
-    for _ in 0..sequential_n {
+    // Live log streaming: a no-op that prints one line vs the same no-op.
+    let quiet = json!({"function": "pkg.jobs:noop", "bundle": bundle, "cluster": "local"});
+    let chatty = json!({"function": "builtins:print", "args": ["one line"], "cluster": "local"});
+    for _ in 0..10 {
+        create_and_wait(&stack.client, &stack.url, &token, &quiet).await?;
+        create_and_wait(&stack.client, &stack.url, &token, &chatty).await?;
+    }
+    let mut overheads = Vec::new();
+    for _ in 0..plan.runs {
+        let q = quantile(&sequential(&stack, &token, &quiet, plan.sequential).await?, 0.5);
+        let c = quantile(&sequential(&stack, &token, &chatty, plan.sequential).await?, 0.5);
+        overheads.push((c / q - 1.0) * 100.0);
+    }
+    figures.push(fig("log_overhead_pct", "printing one line vs a no-op (p50 over p50)", "%", "<= 10", overheads));
+
+    // Cancel: from the cancel request to the worker process being gone.
+    let cancel = cancel_to_gone(&stack, &token, &bundle, plan.cancels).await?;
+    figures.push(fig("cancel_gone_p99_ms", "cancel -> worker process gone (p99)", "ms", "<= 1000", vec![cancel]));
+
+    // Cold start: POST /v1/clusters (local, 1 node) -> first result.
+    let mut colds = Vec::new();
+    for run in 0..plan.runs {
+        colds.push(cold_start(&stack, &token, &format!("cold-{run}")).await?);
+    }
+    figures.push(fig("cold_start_ms", "cold start: POST /v1/clusters (local, 1 node) -> first result", "ms", "<= 1000", colds));
+
+    // Idle memory after many dispatches.
+    let mut done = 0;
+    while done < plan.rss_dispatches {
+        let batch = plan.concurrency.min(plan.rss_dispatches - done);
+        let calls = (0..batch).map(|_| create_and_wait(&stack.client, &stack.url, &token, &noop));
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        done += batch;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
+    let node_rss = rss_mb(node.pid());
+    let workers_rss: f64 = children_of(node.pid()).into_iter().map(rss_mb).sum();
+    figures.push(fig("idle_rss_mb", "idle RSS, gateway + node daemon, after the dispatches above", "MB", "<= 80", vec![gateway_rss + node_rss]));
+    figures.push(fig("idle_rss_workers_mb", "  (and the node's warm Python workers)", "MB", "", vec![workers_rss]));
+
+    // Many concurrent long-poll waiters.
+    let (waiters_rss, wake_p99) = waiters(&stack, &token, plan.waiters).await?;
+    figures.push(fig("waiters_gateway_rss_mb", "gateway RSS with the long-poll waiters parked", "MB", "<= 256", vec![waiters_rss]));
+    figures.push(fig("waiters_wake_p99_ms", "wake-up after each waiter's dispatch ends (p99)", "ms", "<= 200", vec![wake_p99]));
+
+    // Listing with many rows in the table.
+    let list_p99 = list_with_rows(&stack, &token, plan.list_rows).await?;
+    figures.push(fig("list_label_p99_ms", "GET /v1/dispatches?label=… with the rows above (p99)", "ms", "<= 20", vec![list_p99]));
+
+    print_table(&plan, &figures, floor_ms);
+    println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
+    if !plan.smoke {
+        let results = json!({
+            "measured_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+            "machine": machine(),
+            "runs": plan.runs,
+            "floor_ms": floor_ms,
+            "waiters": plan.waiters,
+            "list_rows": plan.list_rows,
+            "figures": figures.iter().map(|f| (f.key.to_owned(), json!({
+                "median": f.median(),
+                "min": f.runs.iter().copied().fold(f64::INFINITY, f64::min),
+                "max": f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                "unit": f.unit,
+                "target": f.target,
+                "ratio_to_floor": f.vs_floor.then(|| f.median() / floor_ms),
+            }))).collect::<serde_json::Map<_, _>>(),
+        });
+        let path = e2e::workspace_root().join("bench/results/latest.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn fig(key: &'static str, label: &'static str, unit: &'static str, target: &'static str, runs: Vec<f64>) -> Figure {
+    Figure { key, label, unit, target, runs, vs_floor: false }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn quantile(latencies_ms: &[f64], q: f64) -> f64 {
+    let mut sorted = latencies_ms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+async fn repeat<F, Fut>(runs: usize, mut measure: F) -> anyhow::Result<Vec<f64>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let mut values = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        values.push(measure().await?);
+    }
+    Ok(values)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// p50 of a GET to a trivial axum server on loopback.
+async fn floor_http(samples: usize) -> anyhow::Result<f64> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let _ = axum::serve(listener, app).await;
+    });
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
         let started = Instant::now();
-        create_and_wait(&stack, &token, &body).await?;
-        latencies.push(started.elapsed());
+        client.get(&url).send().await?.bytes().await?;
+        if i >= 20 {
+            latencies.push(ms(started.elapsed()));
+        }
     }
-    latencies.sort();
-    let quantile = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    let (p50, p99) = (quantile(0.50), quantile(0.99));
+    server.abort();
+    Ok(quantile(&latencies, 0.5))
+}
 
+/// p50 of two sequential single-row inserts, each its own durable commit.
+async fn floor_commits(database_url: &str, samples: usize) -> anyhow::Result<f64> {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::raw_sql("create table if not exists bench_floor (id bigserial primary key, v text)").execute(&mut db).await?;
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples.max(10) {
+        let started = Instant::now();
+        for _ in 0..2 {
+            sqlx::query("insert into bench_floor (v) values ($1)").bind("x").execute(&mut db).await?;
+        }
+        latencies.push(ms(started.elapsed()));
+    }
+    Ok(quantile(&latencies, 0.5))
+}
+
+/// p50 of a length-prefixed JSON round trip to a warm Python process over a Unix socket.
+fn floor_python(samples: usize) -> anyhow::Result<f64> {
+    let dir = std::env::temp_dir().join(format!("rh-bench-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("s");
+    let script = r#"
+import json, socket, struct, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1]); server.listen(1)
+conn, _ = server.accept()
+while True:
+    head = conn.recv(4, socket.MSG_WAITALL)
+    if len(head) < 4: break
+    body = conn.recv(struct.unpack(">I", head)[0], socket.MSG_WAITALL)
+    out = json.dumps({"result": json.loads(body)["args"][0]}).encode()
+    conn.sendall(struct.pack(">I", len(out)) + out)
+"#;
+    let mut child = std::process::Command::new("python3").args(["-c", script]).arg(&socket).spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => return Err(err).context("the Python floor process did not listen"),
+        }
+    };
+    let request = serde_json::to_vec(&json!({"args": ["x".repeat(1024)]}))?;
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let started = Instant::now();
+        stream.write_all(&(request.len() as u32).to_be_bytes())?;
+        stream.write_all(&request)?;
+        let mut head = [0u8; 4];
+        stream.read_exact(&mut head)?;
+        let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+        stream.read_exact(&mut body)?;
+        if i >= 20 {
+            latencies.push(ms(started.elapsed()));
+        }
+    }
+    drop(stream);
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(quantile(&latencies, 0.5))
+}
+
+async fn sequential(stack: &Stack, token: &str, body: &Value, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        create_and_wait(&stack.client, &stack.url, token, body).await?;
+        latencies.push(ms(started.elapsed()));
+    }
+    Ok(latencies)
+}
+
+async fn throughput(stack: &Stack, token: &str, body: &Value, clients: usize, window: Duration) -> anyhow::Result<f64> {
     let deadline = Instant::now() + window;
     let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
+    let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, url, token, body) = (stack.client.clone(), stack.url.clone(), token.clone(), body.clone());
+            let (client, url, token, body) = (stack.client.clone(), stack.url.clone(), token.to_owned(), body.clone());
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    if create_and_wait_with(&client, &url, &token, &body).await.is_ok() {
+                    if create_and_wait(&client, &url, &token, &body).await.is_ok() {
                         done += 1;
                     }
                 }
@@ -59,53 +350,264 @@ async fn main() -> anyhow::Result<()> {
     for worker in workers {
         completed += worker.await?;
     }
-    let throughput = completed as f64 / started.elapsed().as_secs_f64();
-
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("full stack, no-op dispatch with a 1 KiB argument (create -> long-poll wait -> result)");
-    println!("  sequential ({sequential_n} calls):      p50 {:.2} ms   p99 {:.2} ms", ms(p50), ms(p99));
-    println!("  {concurrency} concurrent clients ({:.0} s):  {throughput:.0} dispatches/s", window.as_secs_f64());
-    if !smoke {
-        let results = json!({
-            "measured_at": chrono_now(),
-            "sequential_p50_ms": ms(p50),
-            "sequential_p99_ms": ms(p99),
-            "concurrency": concurrency,
-            "throughput_per_s": throughput,
-            "durable_commits": true,
-        });
-        let path = e2e::workspace_root().join("bench/results/latest.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
-        println!("written to {}", path.display());
-    }
-    Ok(())
+    Ok(completed as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn create_and_wait(stack: &Stack, token: &str, body: &serde_json::Value) -> anyhow::Result<()> {
-    create_and_wait_with(&stack.client, &stack.url, token, body).await
-}
-
-async fn create_and_wait_with(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: &serde_json::Value,
-) -> anyhow::Result<()> {
-    let created: serde_json::Value =
+async fn create(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<String> {
+    let created: Value =
         client.post(format!("{url}/v1/dispatches")).bearer_auth(token).json(body).send().await?.json().await?;
-    let id = created["id"].as_str().ok_or_else(|| anyhow::anyhow!("create failed: {created}"))?;
-    let done: serde_json::Value = client
-        .get(format!("{url}/v1/dispatches/{id}/wait?timeout_s=30"))
+    Ok(created["id"].as_str().ok_or_else(|| anyhow::anyhow!("create failed: {created}"))?.to_owned())
+}
+
+async fn wait(client: &reqwest::Client, url: &str, token: &str, id: &str, timeout_s: u32) -> anyhow::Result<Value> {
+    Ok(client
+        .get(format!("{url}/v1/dispatches/{id}/wait?timeout_s={timeout_s}"))
         .bearer_auth(token)
         .send()
         .await?
         .json()
-        .await?;
+        .await?)
+}
+
+async fn create_and_wait(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<()> {
+    let id = create(client, url, token, body).await?;
+    let done = wait(client, url, token, &id, 30).await?;
     anyhow::ensure!(done["state"] == "succeeded", "dispatch did not succeed: {done}");
     Ok(())
 }
 
-fn chrono_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("unix:{secs}")
+/// p99 of: cancel request sent → the worker's pid no longer runs.
+async fn cancel_to_gone(stack: &Stack, token: &str, bundle: &str, n: usize) -> anyhow::Result<f64> {
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let body = json!({"function": "pkg.jobs:sleepy", "args": [600], "bundle": bundle, "cluster": "local"});
+        let id = create(&stack.client, &stack.url, token, &body).await?;
+        let pid = loop {
+            let page: Value = stack
+                .client
+                .get(format!("{}/v1/dispatches/{id}/logs", stack.url))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let text: String = page["entries"].as_array().into_iter().flatten().filter_map(|e| e["text"].as_str()).collect();
+            if let Some(pid) = text.strip_prefix("pid ").and_then(|t| t.trim().parse::<i32>().ok()) {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let started = Instant::now();
+        stack
+            .client
+            .post(format!("{}/v1/dispatches/{id}/cancel", stack.url))
+            .bearer_auth(token)
+            .json(&json!({"reason": "bench"}))
+            .send()
+            .await?;
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        latencies.push(ms(started.elapsed()));
+    }
+    Ok(quantile(&latencies, 0.99))
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z")))
+        .unwrap_or(true)
+}
+
+/// POST /v1/clusters (local, 1 node), a dispatch to it, its result; then delete the cluster.
+async fn cold_start(stack: &Stack, token: &str, name: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let response = stack
+        .client
+        .post(format!("{}/v1/clusters", stack.url))
+        .bearer_auth(token)
+        .json(&json!({"name": name, "spec": {"provider": "local", "count": 1}}))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 201, "cluster create failed: {}", response.text().await?);
+    let body = json!({"function": "json:dumps", "args": [1], "cluster": name});
+    create_and_wait(&stack.client, &stack.url, token, &body).await?;
+    let took = ms(started.elapsed());
+    stack.client.delete(format!("{}/v1/clusters/{name}", stack.url)).bearer_auth(token).send().await?;
+    Ok(took)
+}
+
+/// Parks `n` long-polls on dispatches of a cluster with no nodes, reads the
+/// gateway's RSS, then cancels them (64 at a time) and measures, for each
+/// waiter, the time from its cancel being acknowledged to its wait returning.
+async fn waiters(stack: &Stack, token: &str, n: usize) -> anyhow::Result<(f64, f64)> {
+    let body = json!({"function": "json:dumps", "args": [1], "cluster": "nowhere"});
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let creates = chunk.iter().map(|_| create(&stack.client, &stack.url, token, &body));
+        for id in futures::future::join_all(creates).await {
+            ids.push(id?);
+        }
+    }
+    // One client per waiter group so each long-poll holds its own connection.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let mut tasks = Vec::with_capacity(n);
+    for id in &ids {
+        let (client, url, token, id, tx) = (client.clone(), stack.url.clone(), token.to_owned(), id.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Ok(done) = wait(&client, &url, &token, &id, 120).await {
+                if done["state"] == "cancelled" {
+                    let _ = tx.send((id, Instant::now()));
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // Let every wait reach the gateway and park.
+    tokio::time::sleep(Duration::from_secs(if n > 1000 { 8 } else { 2 })).await;
+    let rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    for chunk in ids.chunks(64) {
+        let cancels = chunk.iter().map(|id| {
+            let (client, acked) = (stack.client.clone(), acked.clone());
+            async move {
+                let response = client
+                    .post(format!("{}/v1/dispatches/{id}/cancel", stack.url))
+                    .bearer_auth(token)
+                    .json(&json!({}))
+                    .send()
+                    .await;
+                if response.is_ok() {
+                    acked.lock().unwrap().insert(id.clone(), Instant::now());
+                }
+            }
+        });
+        futures::future::join_all(cancels).await;
+    }
+    let mut wakes = Vec::with_capacity(n);
+    while let Some((id, woke)) = rx.recv().await {
+        if let Some(acked) = acked.lock().unwrap().get(&id) {
+            wakes.push(ms(woke.saturating_duration_since(*acked)));
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    anyhow::ensure!(wakes.len() * 10 >= n * 9, "only {} of {n} waiters woke on their cancel", wakes.len());
+    Ok((rss, quantile(&wakes, 0.99)))
+}
+
+/// Fills the dispatch table to `rows` rows (straight SQL), then times
+/// filtered list requests: one label value matches 0.1 % of the rows.
+async fn list_with_rows(stack: &Stack, token: &str, rows: i64) -> anyhow::Result<f64> {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&stack.database_url).await?;
+    let existing: i64 = sqlx::query_scalar("select count(*) from dispatch").fetch_one(&mut db).await?;
+    let missing = (rows - existing).max(0);
+    let started = Instant::now();
+    let mut inserted = 0;
+    while inserted < missing {
+        let batch = (missing - inserted).min(100_000);
+        sqlx::query(
+            "insert into dispatch (dispatch_id, project, request_hash, function_ref, args, kwargs, cluster, requester, labels, state)
+             select gen_random_uuid(), 'default', 'bench', 'json:dumps', '[]', '{}', 'archive', 'bench',
+                    jsonb_build_object('batch', (g % 1000)::text, 'dag_id', 'bench'), 'succeeded'
+             from generate_series(1, $1) g",
+        )
+        .bind(batch)
+        .execute(&mut db)
+        .await?;
+        inserted += batch;
+    }
+    sqlx::raw_sql("analyze dispatch").execute(&mut db).await?;
+    if missing > 0 {
+        println!("(inserted {missing} rows in {:.0} s)", started.elapsed().as_secs_f64());
+    }
+    let mut latencies = Vec::new();
+    for i in 0..220 {
+        let started = Instant::now();
+        let page: Value = stack
+            .client
+            .get(format!("{}/v1/dispatches?label=batch={}&limit=50", stack.url, i % 1000))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(page["items"].is_array(), "list failed: {page}");
+        if i >= 20 {
+            latencies.push(ms(started.elapsed()));
+        }
+    }
+    Ok(quantile(&latencies, 0.99))
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64) {
+    println!();
+    println!(
+        "Runhouse Gateway benchmarks ({}; {}; median of {} run(s), min-max)",
+        machine(),
+        if plan.smoke { "SMOKE: tiny sizes, numbers mean nothing" } else { "release build, durable commits" },
+        plan.runs
+    );
+    println!("{:<72} {:>10} {:>19} {:>9}  {}", "measure", "median", "min-max", "target", "vs floor");
+    for f in figures {
+        let min = f.runs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let ratio = if f.vs_floor { format!("{:.1}x", f.median() / floor_ms) } else { String::new() };
+        println!(
+            "{:<72} {:>7.2} {:<2} {:>8.2}-{:<10.2} {:>9}  {}",
+            f.label,
+            f.median(),
+            short(f.unit),
+            min,
+            max,
+            f.target,
+            ratio
+        );
+    }
+    println!("floor (sum of the three floor parts): {floor_ms:.2} ms");
+}
+
+fn short(unit: &str) -> &str {
+    match unit {
+        "dispatches/s" => "/s",
+        other => other,
+    }
 }
