@@ -643,7 +643,7 @@ fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64) {
         if plan.smoke { "SMOKE: tiny sizes, numbers mean nothing" } else { "release build, durable commits" },
         plan.runs
     );
-    println!("{:<72} {:>10} {:>19} {:>9}  {}", "measure", "median", "min-max", "target", "vs floor");
+    println!("{:<72} {:>10} {:>19} {:>9}  vs floor", "measure", "median", "min-max", "target");
     for f in figures {
         let min = f.runs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
