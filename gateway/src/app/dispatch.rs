@@ -38,6 +38,19 @@ pub struct Outcome {
     pub expected_generation: Option<i64>,
 }
 
+impl Outcome {
+    /// A gateway-side failure (`code`, e.g. `node_lost`) with `message` as the reason.
+    pub fn failed(code: &str, message: &str) -> Outcome {
+        let failure =
+            wire::DispatchFailure { code: code.into(), message: message.into(), remote_type: None, traceback: None };
+        Outcome {
+            reason: Some(message.into()),
+            failure: Some(serde_json::to_value(failure).expect("failure serializes")),
+            ..Outcome::default()
+        }
+    }
+}
+
 impl App {
     /// Records a new dispatch, or returns the one this idempotency key already made.
     pub async fn dispatch_create(&self, caller: &Caller, req: wire::CreateDispatch) -> Result<(DispatchRow, Created)> {

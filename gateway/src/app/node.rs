@@ -120,17 +120,7 @@ impl App {
 
     /// Fails a dispatch whose node is gone.
     pub async fn dispatch_fail_node_lost(&self, row: &DispatchRow, message: &str) {
-        let failure = wire::DispatchFailure {
-            code: "node_lost".into(),
-            message: message.into(),
-            remote_type: None,
-            traceback: None,
-        };
-        let outcome = Outcome {
-            reason: Some(message.into()),
-            failure: Some(serde_json::to_value(failure).expect("failure serializes")),
-            ..Outcome::default()
-        };
+        let outcome = Outcome::failed("node_lost", message);
         if let Err(err) = self.dispatch_apply(None, row.dispatch_id, Event::Fail, "gateway", outcome).await {
             tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "cannot fail a dispatch of a lost node");
         }

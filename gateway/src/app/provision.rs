@@ -268,17 +268,7 @@ impl App {
                 return Ok(());
             }
             for row in rows {
-                let failure = wire::DispatchFailure {
-                    code: code.into(),
-                    message: message.into(),
-                    remote_type: None,
-                    traceback: None,
-                };
-                let outcome = Outcome {
-                    reason: Some(message.into()),
-                    failure: Some(serde_json::to_value(failure).expect("failure serializes")),
-                    ..Outcome::default()
-                };
+                let outcome = Outcome::failed(code, message);
                 // A concurrent cancel wins; either way it leaves `queued`.
                 let _ = self.dispatch_apply(None, row.dispatch_id, Event::Fail, "gateway", outcome).await;
             }

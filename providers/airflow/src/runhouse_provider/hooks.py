@@ -144,3 +144,17 @@ def _check_importable(fn: Callable[..., Any], root: str, module: str | None) -> 
         f"so the node could not import it. Put a pyproject.toml (or requirements.txt) in the folder your "
         f"module is imported from (usually the DAGs folder), so that folder is the one shipped."
     )
+
+
+class UsesRunhouseHook:
+    """For operators and sensors: one hook (one gateway connection) per task run,
+    made on first use from ``self.runhouse_conn_id``."""
+
+    runhouse_conn_id: str
+
+    @property
+    def hook(self) -> RunhouseHook:
+        """The connection (one per task run)."""
+        if not hasattr(self, "_hook"):
+            self._hook = RunhouseHook(self.runhouse_conn_id)
+        return self._hook

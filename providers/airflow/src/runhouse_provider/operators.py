@@ -20,7 +20,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from runhouse_gateway import Dispatch, GatewayError
 
-from runhouse_provider.hooks import RunhouseHook
+from runhouse_provider.hooks import RunhouseHook, UsesRunhouseHook
 from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
 from runhouse_provider.outcomes import ACTIVE_STATES, TERMINAL_STATES, RemoteLogWriter, result_or_raise
 from runhouse_provider.triggers import DEADLINE_PASSED, RunhouseTrigger
@@ -48,7 +48,7 @@ def airflow_labels(context: Context) -> dict[str, str]:
     }
 
 
-class RunhouseOperator(BaseOperator):
+class RunhouseOperator(UsesRunhouseHook, BaseOperator):
     """Runs a Python function on a Runhouse Gateway cluster and returns its JSON result.
 
     :param function: a registered function name (``rh deploy ... --name``). Give this or ``python_callable``.
@@ -118,13 +118,6 @@ class RunhouseOperator(BaseOperator):
         self.runhouse_conn_id = runhouse_conn_id
         self._handle: Dispatch | None = None
         self._killed = False
-
-    @property
-    def hook(self) -> RunhouseHook:
-        """The connection (one per task run)."""
-        if not hasattr(self, "_hook"):
-            self._hook = RunhouseHook(self.runhouse_conn_id)
-        return self._hook
 
     def execute(self, context: Context) -> Any:
         """Starts (or re-attaches to) the dispatch, then waits for it unless told not to."""

@@ -16,7 +16,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 from runhouse_gateway import Dispatch
 
-from runhouse_provider.hooks import RunhouseHook
+from runhouse_provider.hooks import RunhouseHook, UsesRunhouseHook
 from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
 from runhouse_provider.outcomes import TERMINAL_STATES, RemoteLogWriter, result_or_raise
 from runhouse_provider.triggers import DEADLINE_PASSED, RunhouseTrigger
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class RunhouseSensor(BaseSensorOperator):
+class RunhouseSensor(UsesRunhouseHook, BaseSensorOperator):
     """Waits until the dispatch ``dispatch_id`` ends; its JSON result becomes the sensor's return XCom.
 
     A failed dispatch fails the sensor (retries apply); a cancelled one raises ``AirflowFailException``.
@@ -54,13 +54,6 @@ class RunhouseSensor(BaseSensorOperator):
         self.runhouse_conn_id = runhouse_conn_id
         self.deferrable = deferrable
         self.stream_logs = stream_logs
-
-    @property
-    def hook(self) -> RunhouseHook:
-        """The connection (one per task run)."""
-        if not hasattr(self, "_hook"):
-            self._hook = RunhouseHook(self.runhouse_conn_id)
-        return self._hook
 
     def execute(self, context: Context) -> Any:
         """Pokes as usual, or checks once and then defers to the trigger."""
