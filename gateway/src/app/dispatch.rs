@@ -82,22 +82,22 @@ impl App {
             .await
             .map_err(|e| Error::Internal(e.into()))??;
         if let Some((row, placed)) = inserted {
-            self.dispatch_changed(row.dispatch_id);
-            let Some((placed, node)) = placed else {
-                self.placement.notify_one();
-                return Ok((row, Created::New));
+            // Placed in the same commit: forwarded now, no placement pass needed.
+            let own = match placed {
+                Some((placed, node)) if placed.dispatch_id == row.dispatch_id => {
+                    self.dispatch_placed(placed.clone(), node);
+                    return Ok((placed, Created::New));
+                }
+                Some((older, node)) => {
+                    // An older dispatch went first; this one still waits its turn.
+                    self.dispatch_placed(older, node);
+                    row
+                }
+                None => row,
             };
-            // Placed in the same commit: forward it now, no placement pass needed.
-            let app = self.clone();
-            let forwarded = placed.clone();
-            tokio::spawn(async move { app.forward(forwarded, node).await });
-            if placed.dispatch_id == row.dispatch_id {
-                return Ok((placed, Created::New));
-            }
-            // An older dispatch went first; this one still waits its turn.
-            self.dispatch_changed(placed.dispatch_id);
+            self.dispatch_changed(own.dispatch_id);
             self.placement.notify_one();
-            return Ok((row, Created::New));
+            return Ok((own, Created::New));
         }
         let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");
         let existing = self

@@ -31,16 +31,22 @@ impl App {
                 }
                 placed += batch.len();
                 for (row, node) in batch {
-                    self.dispatch_changed(row.dispatch_id);
-                    let app = self.clone();
-                    tokio::spawn(async move { app.forward(row, node).await });
+                    self.dispatch_placed(row, node);
                 }
             }
         }
         Ok(json!({ "placed": placed }))
     }
 
-    pub(crate) async fn forward(&self, row: DispatchRow, node: NodeRow) {
+    /// A dispatch was just placed: wake its waiters and send it to its node.
+    /// Forwarding runs in its own task, so one slow node holds up nothing else.
+    pub(crate) fn dispatch_placed(&self, row: DispatchRow, node: NodeRow) {
+        self.dispatch_changed(row.dispatch_id);
+        let app = self.clone();
+        tokio::spawn(async move { app.forward(row, node).await });
+    }
+
+    async fn forward(&self, row: DispatchRow, node: NodeRow) {
         let call = wire::StartCall {
             dispatch_id: wire::DispatchId(row.dispatch_id),
             function: row.function_ref.clone(),

@@ -111,24 +111,18 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
+/// A dispatch just placed, and the node it was placed on.
+pub type Placed = (DispatchRow, NodeRow);
+
 impl DataStore {
-    /// Inserts a dispatch and its creating event in one statement.
+    /// Records a new dispatch and, in the same transaction (one commit), places
+    /// the oldest queued dispatch of its cluster (usually this one) if a ready
+    /// node has a free slot.
     ///
     /// Returns `None` when the project already has a dispatch with this
     /// idempotency key; concurrent duplicates therefore yield exactly one row.
     #[tracing::instrument(skip_all, fields(dispatch_id = %new.dispatch_id))]
-    pub async fn dispatch_insert(&self, new: &NewDispatch) -> Result<Option<DispatchRow>> {
-        let mut conn = self.pool().acquire().await?;
-        Self::dispatch_insert_on(&mut conn, new).await
-    }
-
-    /// Records a new dispatch and, in the same transaction (one commit), places
-    /// the oldest queued dispatch of its cluster (usually this one) if a ready
-    /// node has a free slot. `None` if the idempotency key already exists.
-    pub async fn dispatch_insert_and_place(
-        &self,
-        new: &NewDispatch,
-    ) -> Result<Option<(DispatchRow, Option<(DispatchRow, NodeRow)>)>> {
+    pub async fn dispatch_insert_and_place(&self, new: &NewDispatch) -> Result<Option<(DispatchRow, Option<Placed>)>> {
         let mut tx = self.pool().begin().await?;
         let Some(row) = Self::dispatch_insert_on(&mut tx, new).await? else {
             tx.commit().await?;
@@ -139,6 +133,7 @@ impl DataStore {
         Ok(Some((row, placed)))
     }
 
+    /// Inserts a dispatch, its creating event and its labels in one statement.
     async fn dispatch_insert_on(conn: &mut sqlx::PgConnection, new: &NewDispatch) -> Result<Option<DispatchRow>> {
         let row = sqlx::query_as!(
             DispatchRow,
@@ -378,7 +373,7 @@ impl DataStore {
     /// `SKIP LOCKED`, so replicas never place one dispatch twice or overfill a
     /// node; this transaction sees its own placements when counting slots.
     #[tracing::instrument(skip_all, fields(cluster))]
-    pub async fn dispatch_place_batch(&self, cluster: &str, max: usize) -> Result<Vec<(DispatchRow, NodeRow)>> {
+    pub async fn dispatch_place_batch(&self, cluster: &str, max: usize) -> Result<Vec<Placed>> {
         let mut tx = self.pool().begin().await?;
         let mut placed = Vec::new();
         while placed.len() < max {
@@ -389,7 +384,7 @@ impl DataStore {
         Ok(placed)
     }
 
-    async fn dispatch_place_one(tx: &mut sqlx::PgConnection, cluster: &str) -> Result<Option<(DispatchRow, NodeRow)>> {
+    async fn dispatch_place_one(tx: &mut sqlx::PgConnection, cluster: &str) -> Result<Option<Placed>> {
         let node = sqlx::query_as!(
             NodeRow,
             r#"
