@@ -59,12 +59,12 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
             // Hints this replica sent are skipped: it woke its own waiters already.
             DISPATCH_CHANNEL => {
                 if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
-                    app.notifier.notify(id);
+                    app.notifier.notify(id, None);
                 }
             }
             LOG_CHANNEL => {
                 if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
-                    app.log_notifier.notify(id);
+                    app.log_notifier.notify(id, None);
                 }
             }
             TOKEN_CHANNEL => revocations.insert(notification.payload().to_owned()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::db::NodeRow;
+use crate::db::NodeEndpoint;
 
 /// Why a call could not be handed to a node.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ impl Default for NodeClient {
 }
 
 impl NodeClient {
-    fn token(node: &NodeRow) -> String {
+    fn token(node: &NodeEndpoint) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = GatewayClaims { sub: "gateway", aud: node.node_id.to_string(), iat: now, exp: now + 60 };
         jsonwebtoken::encode(
@@ -68,7 +68,7 @@ impl NodeClient {
     }
 
     /// Hands a call to the node. A node that already has the call answers 2xx too.
-    pub async fn start(&self, node: &NodeRow, call: &wire::StartCall) -> Result<(), ForwardError> {
+    pub async fn start(&self, node: &NodeEndpoint, call: &wire::StartCall) -> Result<(), ForwardError> {
         let response = self
             .http
             .post(format!("{}/calls", node.address.trim_end_matches('/')))
@@ -98,7 +98,7 @@ impl NodeClient {
     /// Asks the node to stop a call.
     pub async fn cancel(
         &self,
-        node: &NodeRow,
+        node: &NodeEndpoint,
         dispatch_id: uuid::Uuid,
         cancel: &wire::CancelCall,
     ) -> Result<CancelOutcome, String> {

@@ -1,9 +1,11 @@
-//! In-process fan-out of dispatch state changes to long-poll waiters.
+//! In-process fan-out of dispatch changes to long-poll waiters and log followers.
 //!
 //! One Postgres `LISTEN` connection per gateway feeds this hub (see
 //! [`crate::listener`]); each waiter subscribes to one dispatch id and is woken
 //! only by changes to that id. A waiter costs one map entry and one
-//! `watch::Receiver`: no connection, no task, no polling.
+//! `watch::Receiver`: no connection, no task, no polling. A change made by
+//! this replica carries the row it wrote, so its waiters answer without
+//! reading it again; a hint from elsewhere carries nothing, and they re-read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,26 +13,76 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// The hub. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Notifier {
-    senders: Arc<Mutex<HashMap<Uuid, watch::Sender<u64>>>>,
+/// What a change can carry to its waiters: a newer value replaces an older one.
+pub trait Payload: Clone + Send + Sync + 'static {
+    /// True if `self` is at least as new as `other`.
+    fn supersedes(&self, other: &Self) -> bool;
 }
 
-impl Notifier {
+impl Payload for () {
+    fn supersedes(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Payload for Arc<crate::db::DispatchRow> {
+    fn supersedes(&self, other: &Self) -> bool {
+        self.generation >= other.generation
+    }
+}
+
+/// The hub. Cheap to clone.
+pub struct Notifier<T: Payload = ()> {
+    senders: Arc<Mutex<HashMap<Uuid, watch::Sender<Wake<T>>>>>,
+}
+
+/// The last wake-up of one dispatch: a counter, and what the newest change carried.
+#[derive(Clone)]
+struct Wake<T> {
+    count: u64,
+    latest: Option<T>,
+}
+
+impl<T: Payload> Clone for Notifier<T> {
+    fn clone(&self) -> Self {
+        Notifier { senders: self.senders.clone() }
+    }
+}
+
+impl<T: Payload> Default for Notifier<T> {
+    fn default() -> Self {
+        Notifier { senders: Arc::default() }
+    }
+}
+
+impl<T: Payload> Notifier<T> {
     /// Starts watching `id`. Subscribe *before* reading the row, so no change
     /// between the read and the wait is missed.
-    pub fn subscribe(&self, id: Uuid) -> Subscription {
+    pub fn subscribe(&self, id: Uuid) -> Subscription<T> {
         let mut senders = self.senders.lock().expect("notifier lock poisoned");
-        let receiver = senders.entry(id).or_insert_with(|| watch::channel(0).0).subscribe();
+        let receiver =
+            senders.entry(id).or_insert_with(|| watch::channel(Wake { count: 0, latest: None }).0).subscribe();
         Subscription { id, receiver, notifier: self.clone() }
     }
 
-    /// Wakes the waiters of `id`, if any.
-    pub fn notify(&self, id: Uuid) {
+    /// Wakes the waiters of `id`, if any, handing them `value` unless they
+    /// already hold a newer one.
+    pub fn notify(&self, id: Uuid, value: Option<T>) {
+        self.notify_with(id, || value)
+    }
+
+    /// [`Notifier::notify`], building the value only if someone waits.
+    pub fn notify_with(&self, id: Uuid, value: impl FnOnce() -> Option<T>) {
         let senders = self.senders.lock().expect("notifier lock poisoned");
         if let Some(sender) = senders.get(&id) {
-            sender.send_modify(|n| *n += 1);
+            let value = value();
+            sender.send_modify(|wake| {
+                wake.count += 1;
+                match (&value, &wake.latest) {
+                    (Some(new), Some(old)) if !new.supersedes(old) => {}
+                    _ => wake.latest = value,
+                }
+            });
         }
     }
 
@@ -39,7 +91,10 @@ impl Notifier {
     pub fn notify_all(&self) {
         let senders = self.senders.lock().expect("notifier lock poisoned");
         for sender in senders.values() {
-            sender.send_modify(|n| *n += 1);
+            sender.send_modify(|wake| {
+                wake.count += 1;
+                wake.latest = None;
+            });
         }
     }
 
@@ -50,21 +105,23 @@ impl Notifier {
 }
 
 /// A waiter's interest in one dispatch; unsubscribes on drop.
-pub struct Subscription {
+pub struct Subscription<T: Payload = ()> {
     id: Uuid,
-    receiver: watch::Receiver<u64>,
-    notifier: Notifier,
+    receiver: watch::Receiver<Wake<T>>,
+    notifier: Notifier<T>,
 }
 
-impl Subscription {
-    /// Resolves at the next change after the subscription (or the last `changed`).
-    pub async fn changed(&mut self) {
+impl<T: Payload> Subscription<T> {
+    /// Resolves at the next change after the subscription (or the last
+    /// `changed`), with what the newest change carried (`None`: re-read).
+    pub async fn changed(&mut self) -> Option<T> {
         // The sender lives in the map while any subscription does, so this cannot fail.
         let _ = self.receiver.changed().await;
+        self.receiver.borrow_and_update().latest.clone()
     }
 }
 
-impl Drop for Subscription {
+impl<T: Payload> Drop for Subscription<T> {
     fn drop(&mut self) {
         let mut senders = self.notifier.senders.lock().expect("notifier lock poisoned");
         // Our own receiver still counts until this function returns.
@@ -81,11 +138,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_notification_wakes_only_the_waiters_of_that_dispatch() {
-        let hub = Notifier::default();
+        let hub = Notifier::<()>::default();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let mut wait_a = hub.subscribe(a);
         let mut wait_b = hub.subscribe(b);
-        hub.notify(a);
+        hub.notify(a, None);
         tokio::time::timeout(Duration::from_secs(1), wait_a.changed()).await.unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(20), wait_b.changed()).await.is_err());
     }
@@ -100,9 +157,30 @@ mod tests {
         assert_eq!(ours.foreign_hint("garbage"), None);
     }
 
+    #[derive(Clone, Debug, PartialEq)]
+    struct Versioned(u32);
+
+    impl Payload for Versioned {
+        fn supersedes(&self, other: &Self) -> bool {
+            self.0 >= other.0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_newest_value_even_when_an_older_one_arrives_last() {
+        let hub = Notifier::<Versioned>::default();
+        let id = Uuid::new_v4();
+        let mut waiter = hub.subscribe(id);
+        hub.notify(id, Some(Versioned(4)));
+        hub.notify(id, Some(Versioned(3)));
+        assert_eq!(waiter.changed().await, Some(Versioned(4)));
+        hub.notify_all();
+        assert_eq!(waiter.changed().await, None, "a wake from a reconnect carries nothing: re-read");
+    }
+
     #[tokio::test]
     async fn the_last_subscription_dropped_removes_the_entry() {
-        let hub = Notifier::default();
+        let hub = Notifier::<()>::default();
         let id = Uuid::new_v4();
         let first = hub.subscribe(id);
         let second = hub.subscribe(id);

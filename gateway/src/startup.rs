@@ -53,6 +53,7 @@ impl Application {
             log_notifier: Notifier::default(),
             nodes: NodeClient::default(),
             placement: Arc::new(Notify::new()),
+            bundles_seen: Arc::default(),
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
         };

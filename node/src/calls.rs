@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::bundles::BundleCache;
@@ -86,9 +86,8 @@ impl Calls {
         let calls = self.clone();
         tokio::spawn(async move {
             let id = call.dispatch_id;
-            calls.run(call, module, qualname, cancel, pid).await;
+            calls.run(call, module, qualname, cancel, pid, permit).await;
             calls.entries.lock().expect("calls lock poisoned").remove(&id);
-            drop(permit);
         });
         Ok(())
     }
@@ -124,6 +123,7 @@ impl Calls {
         qualname: String,
         cancel: CancellationToken,
         pid: Arc<AtomicU32>,
+        permit: OwnedSemaphorePermit,
     ) {
         let id = call.dispatch_id;
         let (output_tx, output_rx) = mpsc::channel::<Output>(1024);
@@ -143,14 +143,17 @@ impl Calls {
             _ = cancel.cancelled() => Ending::Cancelled,
             _ = timeout => Ending::TimedOut(call.timeout_s.unwrap_or(0)),
         };
+        // The worker is back in the pool (or gone): the slot is free while the report travels.
+        drop(permit);
         let executed = started.elapsed();
         drop(output_tx);
-        // Every byte of output reaches the gateway before the outcome does.
-        let _ = shipper.await;
-        let shipped = started.elapsed();
-        let report = report_for(ending);
+        // Output shipped while the call ran is stored; what is left goes with
+        // the report, in the same commit, so the outcome never overtakes it.
+        let tail = shipper.await.unwrap_or_default();
+        let mut report = report_for(ending);
+        report.logs = tail;
         self.gateway.report_until_acked(id, &report).await;
-        tracing::debug!(dispatch_id = %id, ?executed, ?shipped, reported = ?started.elapsed(), "call done");
+        tracing::debug!(dispatch_id = %id, ?executed, reported = ?started.elapsed(), "call done");
     }
 
     async fn execute(
@@ -199,6 +202,7 @@ fn report_for(ending: Ending) -> wire::Report {
         result: None,
         failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type, traceback }),
         reason: None,
+        logs: Vec::new(),
     };
     match ending {
         Ending::Finished(Ok(CallResponse::Returned { result })) => wire::Report {
@@ -207,6 +211,7 @@ fn report_for(ending: Ending) -> wire::Report {
             result: Some(serde_json::from_str(&result).unwrap_or(serde_json::Value::Null)),
             failure: None,
             reason: None,
+            logs: Vec::new(),
         },
         Ending::Finished(Ok(CallResponse::Failed { code, message, remote_type, traceback })) => {
             failure(&code, message, remote_type, traceback)
@@ -222,6 +227,7 @@ fn report_for(ending: Ending) -> wire::Report {
             result: None,
             failure: None,
             reason: Some("the node stopped the call".into()),
+            logs: Vec::new(),
         },
         Ending::TimedOut(seconds) => wire::Report {
             kind: wire::ReportKind::TimedOut,
@@ -234,17 +240,23 @@ fn report_for(ending: Ending) -> wire::Report {
                 traceback: None,
             }),
             reason: None,
+            logs: Vec::new(),
         },
     }
 }
 
-/// Batches a call's output and ships it, in order, until the channel closes.
-async fn ship_logs(gateway: GatewayClient, id: wire::DispatchId, mut output: mpsc::Receiver<Output>) {
+/// Batches a call's output and ships it, in order, while the call runs.
+/// When the channel closes, returns the entries not shipped yet (they travel
+/// with the report).
+async fn ship_logs(
+    gateway: GatewayClient,
+    id: wire::DispatchId,
+    mut output: mpsc::Receiver<Output>,
+) -> Vec<wire::LogEntry> {
     let mut seq = 0i64;
     let mut batch: Vec<wire::LogEntry> = Vec::new();
     let mut bytes = 0usize;
-    let mut open = true;
-    while open {
+    loop {
         let flush_at = tokio::time::Instant::now() + LOG_FLUSH;
         while bytes < LOG_BATCH_BYTES {
             tokio::select! {
@@ -261,10 +273,7 @@ async fn ship_logs(gateway: GatewayClient, id: wire::DispatchId, mut output: mps
                         }
                         bytes += chunk.text.len();
                     }
-                    None => {
-                        open = false;
-                        break;
-                    }
+                    None => return batch,
                 },
                 _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => break,
             }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use wire::{
@@ -222,8 +222,31 @@ impl Client {
         id: DispatchId,
         offset: i64,
     ) -> impl Stream<Item = Result<LogEntry, Error>> + Send + use<> {
-        let state =
-            Follow { client: self.clone(), id, offset, done: false, pending: Vec::new().into_iter(), open: None };
+        self.logs_follow_to_end(id, offset).filter_map(|event| {
+            std::future::ready(match event {
+                Ok(Followed::Log(entry)) => Some(Ok(entry)),
+                Ok(Followed::End(_)) => None,
+                Err(err) => Some(Err(err)),
+            })
+        })
+    }
+
+    /// [`Client::logs_follow`], ending with the terminal dispatch the stream
+    /// closed with, so a caller needs no further request for the result.
+    pub fn logs_follow_to_end(
+        &self,
+        id: DispatchId,
+        offset: i64,
+    ) -> impl Stream<Item = Result<Followed, Error>> + Send + use<> {
+        let state = Follow {
+            client: self.clone(),
+            id,
+            offset,
+            ended: None,
+            done: false,
+            pending: Vec::new().into_iter(),
+            open: None,
+        };
         futures::stream::unfold(state, Follow::next)
     }
 
@@ -281,11 +304,23 @@ impl Client {
     }
 }
 
+/// What following a dispatch's output yields.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    /// One entry of output.
+    Log(LogEntry),
+    /// The dispatch ended and all its output was sent: the dispatch as it
+    /// ended (`None` from a gateway that does not send it).
+    End(Option<Box<Dispatch>>),
+}
+
 /// The state of a log follow.
 struct Follow {
     client: Client,
     id: DispatchId,
     offset: i64,
+    /// The `end` event arrived, with this dispatch.
+    ended: Option<Option<Box<Dispatch>>>,
     done: bool,
     pending: std::vec::IntoIter<LogEntry>,
     /// The open event stream and its unparsed text.
@@ -293,11 +328,15 @@ struct Follow {
 }
 
 impl Follow {
-    async fn next(mut self) -> Option<(Result<LogEntry, Error>, Follow)> {
+    async fn next(mut self) -> Option<(Result<Followed, Error>, Follow)> {
         loop {
             if let Some(entry) = self.pending.next() {
                 self.offset = entry.seq;
-                return Some((Ok(entry), self));
+                return Some((Ok(Followed::Log(entry)), self));
+            }
+            if let Some(end) = self.ended.take() {
+                self.done = true;
+                return Some((Ok(Followed::End(end)), self));
             }
             if self.done {
                 return None;
@@ -327,9 +366,9 @@ impl Follow {
                     buffer.push_str(&String::from_utf8_lossy(&chunk));
                     let (entries, ended) = parse_events(&mut buffer);
                     self.pending = entries.into_iter();
-                    self.done = ended;
-                    if !ended {
-                        self.open = Some((stream, buffer));
+                    match ended {
+                        Some(end) => self.ended = Some(end),
+                        None => self.open = Some((stream, buffer)),
                     }
                 }
                 // The stream dropped: reconnect from the last entry.
@@ -352,10 +391,10 @@ async fn api_error(response: reqwest::Response) -> Error {
 }
 
 /// Takes complete server-sent events off the front of `buffer`: log entries,
-/// and whether the `end` event arrived.
-fn parse_events(buffer: &mut String) -> (Vec<LogEntry>, bool) {
+/// and, if the `end` event arrived, the dispatch it carried.
+fn parse_events(buffer: &mut String) -> (Vec<LogEntry>, Option<Option<Box<Dispatch>>>) {
     let mut entries = Vec::new();
-    let mut ended = false;
+    let mut ended = None;
     while let Some(at) = buffer.find("\n\n") {
         let event: String = buffer.drain(..at + 2).collect();
         let mut kind = "message";
@@ -379,7 +418,7 @@ fn parse_events(buffer: &mut String) -> (Vec<LogEntry>, bool) {
                     entries.push(entry);
                 }
             }
-            "end" => ended = true,
+            "end" => ended = Some(serde_json::from_str(&data).ok().map(Box::new)),
             _ => {}
         }
     }
@@ -396,11 +435,11 @@ mod tests {
             String::from("event: log\nid: 1\ndata: {\"seq\":1,\"stream\":\"stdout\",\"text\":\"a\\n\"}\n\nevent: lo");
         let (entries, ended) = parse_events(&mut buffer);
         assert_eq!(entries.len(), 1);
-        assert!(!ended);
+        assert!(ended.is_none());
         buffer.push_str("g\ndata: {\"seq\":2,\"stream\":\"stderr\",\"text\":\"b\"}\n\n: keep-alive\n\nevent: end\ndata: complete\n\n");
         let (entries, ended) = parse_events(&mut buffer);
         assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
-        assert!(ended);
+        assert!(matches!(ended, Some(None)), "an `end` without a dispatch still ends the stream");
         assert!(buffer.is_empty());
     }
 

@@ -7,4 +7,4 @@ pub mod cli;
 pub mod client;
 pub mod package;
 
-pub use client::{Client, Error, RetryPolicy};
+pub use client::{Client, Error, Followed, RetryPolicy};

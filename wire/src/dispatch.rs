@@ -327,6 +327,10 @@ pub struct Report {
     /// Free text recorded in the event log.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Output not shipped yet (the call's last lines), stored with the
+    /// report in one commit. Entries follow the `POST .../logs` rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<crate::LogEntry>,
 }
 
 /// `GET /healthz` and `GET /readyz`.

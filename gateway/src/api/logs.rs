@@ -1,6 +1,7 @@
 //! `/v1/dispatches/{id}/logs`: nodes append output, clients read or follow it.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
-use wire::{LogBatch, LogEntry, LogPage, LogQuery};
+use wire::{Dispatch, LogBatch, LogEntry, LogPage, LogQuery};
 
 use super::auth::Authenticated;
 use super::error::{
@@ -18,7 +19,8 @@ use super::error::{
 use super::extract::{Json, Path, Query};
 use super::AppState;
 use crate::auth::{Caller, Scope};
-use crate::db::{LogRow, LogStream};
+use crate::db::{DispatchRow, LogRow, LogStream};
+use crate::notify::Subscription;
 
 /// Append a batch of a call's output (nodes). Re-sending a batch is harmless.
 #[utoipa::path(post, path = "/v1/dispatches/{id}/logs", tag = "nodes", operation_id = "dispatch_logs_append",
@@ -43,7 +45,8 @@ pub async fn dispatch_logs_append(
 /// Without `follow`, returns the entries after `offset` as JSON. With
 /// `follow=true`, streams them as server-sent events (`event: log`, data a
 /// `LogEntry`) as they arrive, and ends with `event: end` once the dispatch
-/// is terminal and everything has been sent.
+/// is terminal and everything has been sent; the `end` event's data is the
+/// terminal dispatch, so a follower needs no further request for the result.
 #[utoipa::path(get, path = "/v1/dispatches/{id}/logs", tag = "dispatches", operation_id = "dispatch_logs",
     params(("id" = Uuid, Path, description = "The dispatch id."), LogQuery),
     responses(
@@ -62,9 +65,12 @@ pub async fn dispatch_logs(
         return Err(crate::Error::invalid("offset", "`offset` must be 0 or more").into());
     }
     if query.follow.unwrap_or(false) {
-        // Fail fast (404) before committing to a stream.
-        state.app.dispatch_get(&caller, id).await?;
-        return Ok(follow(state, caller, id, offset).into_response());
+        // Subscribe before the first read, so nothing written in between is
+        // missed; the read fails fast (404) before committing to a stream.
+        let logs = state.app.log_notifier.subscribe(id);
+        let states = state.app.notifier.subscribe(id);
+        let first = state.app.dispatch_logs_read(&caller, id, offset).await?;
+        return Ok(follow(state, caller, id, offset, first, (logs, states)).into_response());
     }
     let (row, rows, complete) = state.app.dispatch_logs_read(&caller, id, offset).await?;
     let next_offset = rows.last().map_or(offset, |r| r.seq);
@@ -72,15 +78,52 @@ pub async fn dispatch_logs(
     Ok(Json(LogPage { entries, next_offset, complete, truncated: row.log_truncated }).into_response())
 }
 
-fn follow(state: AppState, caller: Caller, id: Uuid, mut offset: i64) -> impl IntoResponse {
+type Subscriptions = (Subscription<()>, Subscription<Arc<DispatchRow>>);
+
+fn follow(
+    state: AppState,
+    caller: Caller,
+    id: Uuid,
+    mut offset: i64,
+    first: (DispatchRow, Vec<LogRow>, bool),
+    (mut logs, mut states): Subscriptions,
+) -> impl IntoResponse {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
         let app = &state.app;
-        // Subscribe before reading, so nothing written in between is missed.
-        let mut logs = app.log_notifier.subscribe(id);
-        let mut states = app.notifier.subscribe(id);
+        let (mut row, mut rows, mut complete) = first;
         loop {
-            let (_, rows, complete) = match app.dispatch_logs_read(&caller, id, offset).await {
+            for log in rows {
+                offset = log.seq;
+                let event = Event::default()
+                    .event("log")
+                    .id(log.seq.to_string())
+                    .json_data(entry(log))
+                    .expect("entry serializes");
+                if sender.send(Ok(event)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            if complete {
+                let end = Event::default().event("end").json_data(Dispatch::from(row)).expect("dispatch serializes");
+                let _ = sender.send(Ok(end)).await;
+                return;
+            }
+            let pushed = tokio::select! {
+                _ = logs.changed() => None,
+                pushed = states.changed() => pushed,
+                _ = sender.closed() => return,
+                _ = app.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => None,
+            };
+            let read = match pushed {
+                // This replica wrote the new state: only the output needs reading.
+                Some(pushed) if pushed.generation >= row.generation => {
+                    app.dispatch_logs_after(Arc::unwrap_or_clone(pushed), offset).await
+                }
+                _ => app.dispatch_logs_read(&caller, id, offset).await,
+            };
+            (row, rows, complete) = match read {
                 Ok(read) => read,
                 Err(err) => {
                     tracing::warn!(dispatch_id = %id, error = %err, "log follow stopped");
@@ -92,28 +135,6 @@ fn follow(state: AppState, caller: Caller, id: Uuid, mut offset: i64) -> impl In
                     return;
                 }
             };
-            for row in rows {
-                offset = row.seq;
-                let event = Event::default()
-                    .event("log")
-                    .id(row.seq.to_string())
-                    .json_data(entry(row))
-                    .expect("entry serializes");
-                if sender.send(Ok(event)).await.is_err() {
-                    return; // the client went away
-                }
-            }
-            if complete {
-                let _ = sender.send(Ok(Event::default().event("end").data("complete"))).await;
-                return;
-            }
-            tokio::select! {
-                _ = logs.changed() => {}
-                _ = states.changed() => {}
-                _ = sender.closed() => return,
-                _ = app.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            }
         }
     });
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())

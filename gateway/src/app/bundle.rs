@@ -12,6 +12,9 @@ use crate::config::BundleSettings;
 use crate::db::{BundleRow, FunctionRow};
 use crate::{Error, Result};
 
+/// How many bundle shas [`App::bundle_exists`] remembers before starting over.
+const BUNDLES_REMEMBERED: usize = 10_000;
+
 impl App {
     /// Validates and stores a bundle. Returns it and whether it was new.
     pub async fn bundle_put(&self, data: Vec<u8>) -> Result<(BundleRow, bool)> {
@@ -27,6 +30,23 @@ impl App {
             return Ok((existing, false));
         }
         self.db.bundle_insert(&sha256, &data, unpacked as i64, files as i32).await
+    }
+
+    /// True if a bundle with this sha256 is stored. Bundles are immutable
+    /// and never deleted, so a sha seen once is remembered and not read again.
+    pub async fn bundle_exists(&self, sha256: &str) -> Result<bool> {
+        if self.bundles_seen.lock().expect("bundle cache lock poisoned").contains(sha256) {
+            return Ok(true);
+        }
+        let exists = self.db.bundle_get(sha256).await?.is_some();
+        if exists {
+            let mut seen = self.bundles_seen.lock().expect("bundle cache lock poisoned");
+            if seen.len() >= BUNDLES_REMEMBERED {
+                seen.clear();
+            }
+            seen.insert(sha256.to_owned());
+        }
+        Ok(exists)
     }
 
     /// A bundle's bytes.

@@ -2,6 +2,7 @@
 //! the state reports that nodes send.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 use super::App;
 use crate::auth::{Caller, Scope};
-use crate::db::{DispatchRow, EventRow, ListFilter, NewDispatch, StateChange};
+use crate::db::{DispatchRow, EventRow, ListFilter, LogStream, NewDispatch, Transition};
 use crate::dispatch::{DispatchState, Event, Next};
 use crate::{Error, Result};
 
@@ -81,23 +82,14 @@ impl App {
         let inserted = tokio::spawn(async move { db.dispatch_insert_and_place(&new_for_insert).await })
             .await
             .map_err(|e| Error::Internal(e.into()))??;
-        if let Some((row, placed)) = inserted {
-            // Placed in the same commit: forwarded now, no placement pass needed.
-            let own = match placed {
-                Some((placed, node)) if placed.dispatch_id == row.dispatch_id => {
-                    self.dispatch_placed(placed.clone(), node);
-                    return Ok((placed, Created::New));
-                }
-                Some((older, node)) => {
-                    // An older dispatch went first; this one still waits its turn.
-                    self.dispatch_placed(older, node);
-                    row
-                }
-                None => row,
-            };
-            self.dispatch_changed(own.dispatch_id);
-            self.placement.notify_one();
-            return Ok((own, Created::New));
+        // Nobody can wait on a dispatch before its create returns: no one to wake.
+        if let Some((row, node)) = inserted {
+            match node {
+                // Placed in the same commit: forwarded now, no placement pass needed.
+                Some(node) => self.dispatch_forward(row.clone(), node),
+                None => self.placement.notify_one(),
+            }
+            return Ok((row, Created::New));
         }
         let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");
         let existing = self
@@ -180,8 +172,9 @@ impl App {
         Ok(row)
     }
 
-    /// Applies a node's report. A `node` token may report on any project's
-    /// dispatch; an `admin` token only on its own project's.
+    /// Applies a node's report, and the output shipped with it. A `node`
+    /// token may report on any project's dispatch; an `admin` token only on
+    /// its own project's.
     pub async fn dispatch_report(&self, caller: &Caller, id: Uuid, report: wire::Report) -> Result<DispatchRow> {
         let project =
             if caller.has(Scope::Node) && !caller.has(Scope::Admin) { None } else { Some(caller.project.as_str()) };
@@ -209,17 +202,19 @@ impl App {
         if report.result.is_some() && event != Event::Succeed {
             return Err(Error::invalid("result", "`result` is only accepted with a `succeeded` report"));
         }
+        let logs = super::logs::entries_checked(report.logs, "logs.seq")?;
         let outcome = Outcome {
             reason: report.reason,
             result: (event == Event::Succeed).then(|| report.result.unwrap_or(Value::Null)),
             failure: failure.map(|f| serde_json::to_value(f).expect("failure serializes")),
             expected_generation: report.expected_generation,
         };
-        self.dispatch_apply(project, id, event, &caller.sub, outcome).await
+        self.dispatch_apply_with_logs(project, id, event, &caller.sub, outcome, logs).await
     }
 
-    /// Applies `event` through the state machine with a compare-and-set write,
-    /// re-reading and retrying when another writer changed the row first.
+    /// Applies `event` through the state machine: one statement that moves
+    /// the row only from a state the event allows, retried after a re-read
+    /// when the row was not where the write expected it.
     pub async fn dispatch_apply(
         &self,
         project: Option<&str>,
@@ -228,42 +223,69 @@ impl App {
         actor: &str,
         outcome: Outcome,
     ) -> Result<DispatchRow> {
+        self.dispatch_apply_with_logs(project, id, event, actor, outcome, Vec::new()).await
+    }
+
+    async fn dispatch_apply_with_logs(
+        &self,
+        project: Option<&str>,
+        id: Uuid,
+        event: Event,
+        actor: &str,
+        outcome: Outcome,
+        logs: Vec<(i64, LogStream, String)>,
+    ) -> Result<DispatchRow> {
+        let mut change = Transition {
+            dispatch_id: id,
+            project: project.map(str::to_owned),
+            moves: event.moves(),
+            expected_generation: outcome.expected_generation,
+            actor: actor.to_owned(),
+            reason: outcome.reason.clone(),
+            result: outcome.result.clone(),
+            failure: outcome.failure.clone(),
+            cancelled_by: (event == Event::Cancel).then(|| actor.to_owned()),
+            logs,
+            log_limit: self.settings.call_logs.max_bytes_per_dispatch as i64,
+        };
         loop {
-            let row = self.db.dispatch_get(project, id).await?.ok_or_else(|| not_found(id))?;
-            if let Some(expected) = outcome.expected_generation {
-                if expected != row.generation {
-                    return Err(Error::StaleGeneration { expected, actual: row.generation });
-                }
-            }
-            let to = match row.state.next(event)? {
-                Next::Stay => return Ok(row),
-                Next::Move(to) => to,
-            };
-            let change = StateChange {
-                dispatch_id: id,
-                from: row.state,
-                generation: row.generation,
-                to,
-                actor: actor.to_owned(),
-                reason: outcome.reason.clone(),
-                result: outcome.result.clone(),
-                failure: outcome.failure.clone(),
-                cancelled_by: (event == Event::Cancel).then(|| actor.to_owned()),
-                clear_node: event == Event::Requeue && to == DispatchState::Queued,
-            };
+            // In its own task, so a client going away cannot interrupt the write.
             let db = self.db.clone();
-            let written = tokio::spawn(async move { db.dispatch_set_state(&change).await })
+            let attempt = change.clone();
+            let written = tokio::spawn(async move { db.dispatch_transition(&attempt).await })
                 .await
                 .map_err(|e| Error::Internal(e.into()))??;
             if let Some(row) = written {
-                self.dispatch_changed(id);
+                if !change.logs.is_empty() {
+                    self.logs_changed(id);
+                }
+                self.dispatch_changed(&row);
                 if row.state.is_terminal() || row.state == DispatchState::Queued {
                     // A slot freed up, or work went back to the queue.
                     self.placement.notify_one();
                 }
                 return Ok(row);
             }
-            // Lost the compare-and-set race: re-read and decide again.
+            // Nothing was written: find out why from the row as it is now.
+            let row = self.db.dispatch_get(project, id).await?.ok_or_else(|| not_found(id))?;
+            if let Some(expected) = outcome.expected_generation {
+                if expected != row.generation {
+                    return Err(Error::StaleGeneration { expected, actual: row.generation });
+                }
+            }
+            if let Next::Stay = row.state.next(event)? {
+                // Already applied (a re-sent report, a repeated cancel); output
+                // shipped with it is stored as any other batch.
+                self.logs_store(id, std::mem::take(&mut change.logs)).await?;
+                return Ok(row);
+            }
+            if !change.logs.is_empty() {
+                // The output may not fit the log limit: store it the slow way,
+                // which truncates, then apply the change alone.
+                self.logs_store(id, std::mem::take(&mut change.logs)).await?;
+            }
+            // Otherwise another writer moved the row between our write and
+            // our read: decide again.
         }
     }
 
@@ -276,14 +298,22 @@ impl App {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.into());
         let mut subscription = self.notifier.subscribe(id);
+        let mut row = self.dispatch_get(caller, id).await?;
         loop {
-            let row = self.dispatch_get(caller, id).await?;
             if row.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(row);
             }
             tokio::select! {
-                _ = subscription.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                pushed = subscription.changed() => {
+                    row = match pushed {
+                        // This replica wrote it: the row is in hand.
+                        Some(pushed) if pushed.generation > row.generation => Arc::unwrap_or_clone(pushed),
+                        Some(_) => row,
+                        // A hint from elsewhere, or a reconnect: read it.
+                        None => self.dispatch_get(caller, id).await?,
+                    };
+                }
+                _ = tokio::time::sleep_until(deadline) => return self.dispatch_get(caller, id).await,
                 _ = self.shutdown.cancelled() => return Ok(row),
             }
         }
@@ -329,7 +359,7 @@ impl App {
             .ok_or_else(|| Error::invalid("cluster", "missing field `cluster`: name the cluster to run on"))?;
         let bundle = req.bundle.clone().or_else(|| registered.as_ref().and_then(|r| r.bundle.clone()));
         if let Some(sha) = &bundle {
-            if self.db.bundle_get(sha).await?.is_none() {
+            if !self.bundle_exists(sha).await? {
                 return Err(Error::invalid(
                     "bundle",
                     format!("no bundle with sha256 `{sha}`; upload it first with POST /v1/bundles"),

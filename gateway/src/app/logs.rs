@@ -16,41 +16,42 @@ impl App {
     /// the dispatch's log reaches its size limit, the rest is dropped and a
     /// `system` entry marks the cut.
     pub async fn dispatch_logs_append(&self, id: Uuid, batch: wire::LogBatch) -> Result<()> {
+        let entries = entries_checked(batch.entries, "entries.seq")?;
+        self.logs_store(id, entries).await
+    }
+
+    /// [`App::dispatch_logs_append`] for entries already checked.
+    pub(crate) async fn logs_store(&self, id: Uuid, batch: Vec<(i64, LogStream, String)>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let row = self.db.dispatch_get(None, id).await?.ok_or_else(|| not_found(id))?;
-        if row.log_truncated || batch.entries.is_empty() {
+        if row.log_truncated {
             return Ok(());
         }
         let limit = self.settings.call_logs.max_bytes_per_dispatch as i64;
         let mut budget = limit - row.log_bytes;
-        let mut entries = Vec::with_capacity(batch.entries.len());
+        let mut entries = Vec::with_capacity(batch.len());
         let mut bytes = 0i64;
         let mut truncated = false;
-        for entry in batch.entries {
-            if entry.seq < 1 {
-                return Err(Error::invalid("entries.seq", "log `seq` numbers start at 1"));
-            }
-            let stream = match entry.stream {
-                wire::LogStream::Stdout => LogStream::Stdout,
-                wire::LogStream::Stderr => LogStream::Stderr,
-                wire::LogStream::System => LogStream::System,
-            };
-            let len = entry.text.len() as i64;
+        for (seq, stream, text) in batch {
+            let len = text.len() as i64;
             if len <= budget {
                 budget -= len;
                 bytes += len;
-                entries.push((entry.seq, stream, entry.text));
+                entries.push((seq, stream, text));
                 continue;
             }
             let mut cut = budget.max(0) as usize;
-            while !entry.text.is_char_boundary(cut) {
+            while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
             if cut > 0 {
                 bytes += cut as i64;
-                entries.push((entry.seq, stream, entry.text[..cut].to_owned()));
+                entries.push((seq, stream, text[..cut].to_owned()));
             }
             let marker = format!("\n[log truncated: this dispatch's output passed the {limit}-byte limit]\n");
-            entries.push((entry.seq + 1, LogStream::System, marker));
+            entries.push((seq + 1, LogStream::System, marker));
             truncated = true;
             break;
         }
@@ -69,8 +70,34 @@ impl App {
         offset: i64,
     ) -> Result<(DispatchRow, Vec<LogRow>, bool)> {
         let row = self.dispatch_get(caller, id).await?;
-        let entries = self.db.log_read(id, offset, LOG_PAGE).await?;
+        self.dispatch_logs_after(row, offset).await
+    }
+
+    /// [`App::dispatch_logs_read`] for a dispatch row already in hand.
+    pub async fn dispatch_logs_after(&self, row: DispatchRow, offset: i64) -> Result<(DispatchRow, Vec<LogRow>, bool)> {
+        let entries = self.db.log_read(row.dispatch_id, offset, LOG_PAGE).await?;
         let complete = row.state.is_terminal() && (entries.len() as i64) < LOG_PAGE;
         Ok((row, entries, complete))
     }
+}
+
+/// A node's entries as stored: `seq` numbers start at 1.
+pub(crate) fn entries_checked(
+    entries: Vec<wire::LogEntry>,
+    field: &'static str,
+) -> Result<Vec<(i64, LogStream, String)>> {
+    entries
+        .into_iter()
+        .map(|entry| {
+            if entry.seq < 1 {
+                return Err(Error::invalid(field, "log `seq` numbers start at 1"));
+            }
+            let stream = match entry.stream {
+                wire::LogStream::Stdout => LogStream::Stdout,
+                wire::LogStream::Stderr => LogStream::Stderr,
+                wire::LogStream::System => LogStream::System,
+            };
+            Ok((entry.seq, stream, entry.text))
+        })
+        .collect()
 }

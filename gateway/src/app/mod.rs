@@ -4,14 +4,15 @@
 //! enforce project isolation and the state machine, and return domain rows.
 //! They know nothing of HTTP.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::compute::Providers;
 use crate::config::Settings;
-use crate::db::DataStore;
+use crate::db::{DataStore, DispatchRow};
 use crate::node_client::NodeClient;
 use crate::notify::{Channel, Notifier, Publisher};
 
@@ -27,8 +28,8 @@ pub mod provision;
 #[derive(Clone)]
 pub struct App {
     pub db: DataStore,
-    /// Wakes long-polls when a dispatch changes state.
-    pub notifier: Notifier,
+    /// Wakes long-polls when a dispatch changes state, handing them the row.
+    pub notifier: Notifier<Arc<DispatchRow>>,
     /// Wakes log followers when a dispatch gets new output.
     pub log_notifier: Notifier,
     /// Tells the other gateway replicas about changes.
@@ -42,21 +43,24 @@ pub struct App {
     pub orphan_sweep: Arc<Notify>,
     /// The configured compute providers.
     pub providers: Providers,
+    /// Bundle shas known to be stored (see [`App::bundle_exists`]).
+    pub bundles_seen: Arc<Mutex<HashSet<String>>>,
     /// Cancelled when the gateway shuts down, so long-polls return at once.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
 }
 
 impl App {
-    /// A dispatch's state changed: wake local waiters now, tell other replicas soon.
-    pub fn dispatch_changed(&self, id: uuid::Uuid) {
-        self.notifier.notify(id);
-        self.publisher.publish(Channel::DispatchState, id);
+    /// A dispatch's state changed to `row`: wake local waiters now (with the
+    /// row, so they need not read it), tell other replicas soon.
+    pub fn dispatch_changed(&self, row: &DispatchRow) {
+        self.notifier.notify_with(row.dispatch_id, || Some(Arc::new(row.clone())));
+        self.publisher.publish(Channel::DispatchState, row.dispatch_id);
     }
 
     /// A dispatch got new output.
     pub fn logs_changed(&self, id: uuid::Uuid) {
-        self.log_notifier.notify(id);
+        self.log_notifier.notify(id, None);
         self.publisher.publish(Channel::DispatchLog, id);
     }
 }

@@ -106,7 +106,7 @@ impl App {
         };
         let cancel =
             wire::CancelCall { by: row.cancelled_by.clone().unwrap_or_default(), reason: row.cancel_reason.clone() };
-        match self.nodes.cancel(&node, row.dispatch_id, &cancel).await {
+        match self.nodes.cancel(&(&node).into(), row.dispatch_id, &cancel).await {
             Ok(CancelOutcome::Accepted) => {}
             Ok(CancelOutcome::UnknownCall) => {
                 let outcome = Outcome { reason: Some("the node no longer runs it".into()), ..Outcome::default() };

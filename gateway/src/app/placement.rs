@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::dispatch::Outcome;
 use super::App;
-use crate::db::{DispatchRow, NodeRow};
+use crate::db::{DispatchRow, NodeEndpoint};
 use crate::dispatch::Event;
 use crate::node_client::ForwardError;
 use crate::Result;
@@ -38,15 +38,20 @@ impl App {
         Ok(json!({ "placed": placed }))
     }
 
-    /// A dispatch was just placed: wake its waiters and send it to its node.
-    /// Forwarding runs in its own task, so one slow node holds up nothing else.
-    pub(crate) fn dispatch_placed(&self, row: DispatchRow, node: NodeRow) {
-        self.dispatch_changed(row.dispatch_id);
+    /// A queued dispatch was just placed: wake its waiters and send it to its node.
+    pub(crate) fn dispatch_placed(&self, row: DispatchRow, node: NodeEndpoint) {
+        self.dispatch_changed(&row);
+        self.dispatch_forward(row, node);
+    }
+
+    /// Sends a placed dispatch to its node. Forwarding runs in its own task,
+    /// so one slow node holds up nothing else.
+    pub(crate) fn dispatch_forward(&self, row: DispatchRow, node: NodeEndpoint) {
         let app = self.clone();
         tokio::spawn(async move { app.forward(row, node).await });
     }
 
-    async fn forward(&self, row: DispatchRow, node: NodeRow) {
+    async fn forward(&self, row: DispatchRow, node: NodeEndpoint) {
         let call = wire::StartCall {
             dispatch_id: wire::DispatchId(row.dispatch_id),
             function: row.function_ref.clone(),

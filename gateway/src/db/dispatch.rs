@@ -1,50 +1,80 @@
 //! Dispatch rows: create, read, list, state changes and the event log.
 //!
-//! Each write is a single statement, so it is atomic on its own: a create
-//! inserts the row and its first event together, and a state change is a
-//! compare-and-set on (state, generation) that appends its event in the same
-//! statement. A dropped client connection can never leave half a write.
+//! Each write is a single statement, so it is atomic on its own and costs one
+//! round trip and one commit: a create inserts the row, its events and labels
+//! and takes a node slot together, and a state change is a compare-and-set on
+//! the state that appends its event (and any output shipped with it) in the
+//! same statement. A dropped client connection can never leave half a write.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::node::NodeState;
-use super::{DataStore, NodeRow};
+use super::{DataStore, LogStream, NodeEndpoint};
 use crate::dispatch::DispatchState;
 use crate::Result;
 
-/// One row of `dispatch`.
-#[derive(Debug, Clone)]
-pub struct DispatchRow {
-    pub dispatch_id: Uuid,
-    pub project: String,
-    pub function_ref: String,
-    pub function_name: Option<String>,
-    pub bundle: Option<String>,
-    pub requirements: Value,
-    pub args: Value,
-    pub kwargs: Value,
-    pub cluster: String,
-    pub node_id: Option<Uuid>,
-    pub state: DispatchState,
-    pub generation: i64,
-    pub idempotency_key: Option<String>,
-    pub request_hash: String,
-    pub requester: String,
-    pub labels: Value,
-    pub timeout_s: Option<i32>,
-    pub result: Option<Value>,
-    pub failure: Option<Value>,
-    pub cancelled_by: Option<String>,
-    pub cancel_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub cancel_requested_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-    pub log_bytes: i64,
-    pub log_truncated: bool,
+/// Declares [`DispatchRow`] and the row a create returns (the same columns
+/// plus the node it was placed on) from one list of columns.
+macro_rules! dispatch_rows {
+    ($($field:ident: $ty:ty,)*) => {
+        /// One row of `dispatch`.
+        #[derive(Debug, Clone)]
+        pub struct DispatchRow {
+            $(pub $field: $ty,)*
+        }
+
+        /// A dispatch row and, when it was placed, its node's endpoint.
+        struct PlacedRow {
+            $($field: $ty,)*
+            node_name: Option<String>,
+            node_address: Option<String>,
+            node_api_secret: Option<String>,
+        }
+
+        impl PlacedRow {
+            fn split(self) -> (DispatchRow, Option<NodeEndpoint>) {
+                let node = match (self.node_id, self.node_name, self.node_address, self.node_api_secret) {
+                    (Some(node_id), Some(name), Some(address), Some(api_secret)) => {
+                        Some(NodeEndpoint { node_id, name, address, api_secret })
+                    }
+                    _ => None,
+                };
+                (DispatchRow { $($field: self.$field,)* }, node)
+            }
+        }
+    };
+}
+
+dispatch_rows! {
+    dispatch_id: Uuid,
+    project: String,
+    function_ref: String,
+    function_name: Option<String>,
+    bundle: Option<String>,
+    requirements: Value,
+    args: Value,
+    kwargs: Value,
+    cluster: String,
+    node_id: Option<Uuid>,
+    state: DispatchState,
+    generation: i64,
+    idempotency_key: Option<String>,
+    request_hash: String,
+    requester: String,
+    labels: Value,
+    timeout_s: Option<i32>,
+    result: Option<Value>,
+    failure: Option<Value>,
+    cancelled_by: Option<String>,
+    cancel_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    cancel_requested_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    log_bytes: i64,
+    log_truncated: bool,
 }
 
 /// One row of `dispatch_event`.
@@ -79,22 +109,30 @@ pub struct NewDispatch {
     pub timeout_s: Option<i32>,
 }
 
-/// A compare-and-set state change.
+/// A state change, applied in one statement: the row moves along the entry
+/// of `moves` whose `from` is its current state, and is left alone if none is
+/// (or if `expected_generation` or `project` do not hold). The moves come
+/// from the pure state machine, so the write is a compare-and-set on the
+/// state that needs no read first.
 #[derive(Debug, Clone)]
-pub struct StateChange {
+pub struct Transition {
     pub dispatch_id: Uuid,
-    /// The state and generation the writer read; the write applies only if both still hold.
-    pub from: DispatchState,
-    pub generation: i64,
-    pub to: DispatchState,
+    /// With a project, another project's dispatch is left alone.
+    pub project: Option<String>,
+    /// Every (from, to) pair the event allows.
+    pub moves: Vec<(DispatchState, DispatchState)>,
+    /// If set, applies only at this generation.
+    pub expected_generation: Option<i64>,
     pub actor: String,
     pub reason: Option<String>,
     pub result: Option<Value>,
     pub failure: Option<Value>,
     /// Set on a cancel request: who asked.
     pub cancelled_by: Option<String>,
-    /// Clears the node assignment (a requeue).
-    pub clear_node: bool,
+    /// Output shipped with the change (a node's last lines), stored in the
+    /// same statement. The change applies only if they fit in `log_limit`.
+    pub logs: Vec<(i64, LogStream, String)>,
+    pub log_limit: i64,
 }
 
 /// Filters for listing, already validated.
@@ -112,60 +150,79 @@ pub struct ListFilter {
 }
 
 /// A dispatch just placed, and the node it was placed on.
-pub type Placed = (DispatchRow, NodeRow);
+pub type Placed = (DispatchRow, NodeEndpoint);
 
 impl DataStore {
-    /// Records a new dispatch and, in the same transaction (one commit), places
-    /// the oldest queued dispatch of its cluster (usually this one) if a ready
-    /// node has a free slot.
+    /// Records a new dispatch and, in the same statement (one commit), places
+    /// it on a free slot of a ready node of its cluster, unless older
+    /// dispatches of that cluster are still queued (they go first, through
+    /// the placement task). Returns the row and, if placed, its node.
     ///
     /// Returns `None` when the project already has a dispatch with this
     /// idempotency key; concurrent duplicates therefore yield exactly one row.
     #[tracing::instrument(skip_all, fields(dispatch_id = %new.dispatch_id))]
-    pub async fn dispatch_insert_and_place(&self, new: &NewDispatch) -> Result<Option<(DispatchRow, Option<Placed>)>> {
-        let mut tx = self.pool().begin().await?;
-        let Some(row) = Self::dispatch_insert_on(&mut tx, new).await? else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let placed = Self::dispatch_place_one(&mut tx, &new.cluster).await?;
-        tx.commit().await?;
-        Ok(Some((row, placed)))
-    }
-
-    /// Inserts a dispatch, its creating event and its labels in one statement.
-    async fn dispatch_insert_on(conn: &mut sqlx::PgConnection, new: &NewDispatch) -> Result<Option<DispatchRow>> {
+    pub async fn dispatch_insert_and_place(
+        &self,
+        new: &NewDispatch,
+    ) -> Result<Option<(DispatchRow, Option<NodeEndpoint>)>> {
         let row = sqlx::query_as!(
-            DispatchRow,
+            PlacedRow,
             r#"
-            with inserted as (
+            with slot as (
+                select s.node_id, s.slot
+                from node_slot s
+                join node n on n.node_id = s.node_id
+                where n.cluster = $6 and n.state = 'ready' and s.dispatch_id is null and s.slot < n.max_concurrent
+                  and not exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = $6)
+                order by s.slot
+                limit 1
+                for update of s skip locked
+            ),
+            inserted as (
                 insert into dispatch (
                     dispatch_id, project, function_ref, args, kwargs, cluster,
                     idempotency_key, request_hash, requester, labels, timeout_s,
-                    function_name, bundle, requirements
+                    function_name, bundle, requirements, state, generation, node_id, started_at
                 )
-                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                       case when slot.node_id is null then 'queued' else 'running' end::dispatch_state,
+                       case when slot.node_id is null then 1 else 2 end,
+                       slot.node_id,
+                       case when slot.node_id is null then null else now() end
+                from (select 1) as one left join slot on true
                 on conflict (project, idempotency_key) do nothing
                 returning *
             ),
+            occupied as (
+                update node_slot s set dispatch_id = i.dispatch_id
+                from inserted i, slot
+                where s.node_id = slot.node_id and s.slot = slot.slot
+            ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
-                select dispatch_id, null, state, generation, requester, 'created' from inserted
+                select dispatch_id, null::dispatch_state, 'queued'::dispatch_state, 1::bigint, requester, 'created'
+                from inserted
+                union all
+                select i.dispatch_id, 'queued'::dispatch_state, 'running'::dispatch_state, 2::bigint, 'gateway',
+                       'placed on node ' || n.name
+                from inserted i join node n on n.node_id = i.node_id
             ),
             labelled as (
                 insert into dispatch_label (project, key, value, dispatch_id)
                 select i.project, l.key, l.value, i.dispatch_id from inserted i, jsonb_each_text(i.labels) l
             )
             select
-                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
-                function_name, bundle, requirements as "requirements!",
-                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
-                state as "state!: DispatchState", generation as "generation!",
-                idempotency_key, request_hash as "request_hash!", requester as "requester!",
-                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
-                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
-                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!"
-            from inserted
+                i.dispatch_id as "dispatch_id!", i.project as "project!", i.function_ref as "function_ref!",
+                i.function_name, i.bundle, i.requirements as "requirements!",
+                i.args as "args!", i.kwargs as "kwargs!", i.cluster as "cluster!", i.node_id,
+                i.state as "state!: DispatchState", i.generation as "generation!",
+                i.idempotency_key, i.request_hash as "request_hash!", i.requester as "requester!",
+                i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
+                i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
+                i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
+                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
+            from inserted i
+            left join node n on n.node_id = i.node_id
             "#,
             new.dispatch_id,
             new.project,
@@ -182,9 +239,9 @@ impl DataStore {
             new.bundle,
             new.requirements,
         )
-        .fetch_optional(&mut *conn)
+        .fetch_optional(self.pool())
         .await?;
-        Ok(row)
+        Ok(row.map(PlacedRow::split))
     }
 
     /// The project's dispatch with this idempotency key.
@@ -310,34 +367,57 @@ impl DataStore {
         Ok(rows)
     }
 
-    /// Applies a state change if the row is still at (`from`, `generation`),
-    /// appending its event in the same statement. `None` means another writer
-    /// got there first (or the dispatch does not exist).
-    #[tracing::instrument(skip_all, fields(dispatch_id = %change.dispatch_id, to = %change.to))]
-    pub async fn dispatch_set_state(&self, change: &StateChange) -> Result<Option<DispatchRow>> {
+    /// Applies a [`Transition`] if one of its moves starts at the row's
+    /// current state, appending its event and any shipped output in the same
+    /// statement. `None` means nothing was written: no move applies (the
+    /// event is a no-op or illegal here), a condition did not hold, the
+    /// output does not fit, or the dispatch does not exist.
+    #[tracing::instrument(skip_all, fields(dispatch_id = %change.dispatch_id))]
+    pub async fn dispatch_transition(&self, change: &Transition) -> Result<Option<DispatchRow>> {
+        let from: Vec<String> = change.moves.iter().map(|(from, _)| from.to_string()).collect();
+        let to: Vec<String> = change.moves.iter().map(|(_, to)| to.to_string()).collect();
+        let seqs: Vec<i64> = change.logs.iter().map(|e| e.0).collect();
+        let streams: Vec<String> = change.logs.iter().map(|e| e.1.as_str().to_owned()).collect();
+        let texts: Vec<String> = change.logs.iter().map(|e| e.2.clone()).collect();
+        let log_bytes: i64 = change.logs.iter().map(|e| e.2.len() as i64).sum();
         let row = sqlx::query_as!(
             DispatchRow,
             r#"
-            with updated as (
-                update dispatch set
-                    state = $4::text::dispatch_state,
-                    generation = generation + 1,
+            with moves as (
+                select * from unnest($2::text[], $3::text[]) as m (from_state, to_state)
+            ),
+            updated as (
+                update dispatch d set
+                    state = m.to_state::dispatch_state,
+                    generation = d.generation + 1,
                     updated_at = now(),
-                    started_at = case when $4 = 'running' then now() else started_at end,
-                    cancel_requested_at = case when $7::text is not null then now() else cancel_requested_at end,
-                    finished_at = case when $4 in ('succeeded', 'failed', 'cancelled', 'timed_out')
-                                       then now() else finished_at end,
-                    result = coalesce($8, result),
-                    failure = coalesce($9, failure),
-                    cancelled_by = coalesce($7, cancelled_by),
-                    cancel_reason = case when $7::text is not null then $6 else cancel_reason end,
-                    node_id = case when $10 then null else node_id end
-                where dispatch_id = $1 and state = $2::text::dispatch_state and generation = $3
-                returning *
+                    started_at = case when m.to_state = 'running' then now() else d.started_at end,
+                    cancel_requested_at = case when $7::text is not null then now() else d.cancel_requested_at end,
+                    finished_at = case when m.to_state in ('succeeded', 'failed', 'cancelled', 'timed_out')
+                                       then now() else d.finished_at end,
+                    result = coalesce($8, d.result),
+                    failure = coalesce($9, d.failure),
+                    cancelled_by = coalesce($7, d.cancelled_by),
+                    cancel_reason = case when $7::text is not null then $6 else d.cancel_reason end,
+                    -- Back in the queue means on no node.
+                    node_id = case when m.to_state = 'queued' then null else d.node_id end,
+                    log_bytes = d.log_bytes + $13
+                from moves m
+                where d.dispatch_id = $1 and d.state = m.from_state::dispatch_state
+                  and ($4::bigint is null or d.generation = $4)
+                  and ($10::text is null or d.project = $10)
+                  and (cardinality($11::bigint[]) = 0 or (not d.log_truncated and d.log_bytes + $13 <= $14))
+                returning d.*, m.from_state
             ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
-                select dispatch_id, $2::text::dispatch_state, state, generation, $5, $6 from updated
+                select dispatch_id, from_state::dispatch_state, state, generation, $5, $6 from updated
+            ),
+            logged as (
+                insert into dispatch_log (dispatch_id, seq, stream, text)
+                select u.dispatch_id, l.seq, l.stream::log_stream, l.text
+                from updated u, unnest($11::bigint[], $12::text[], $15::text[]) as l (seq, stream, text)
+                on conflict (dispatch_id, seq) do nothing
             )
             select
                 dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
@@ -351,99 +431,96 @@ impl DataStore {
             from updated
             "#,
             change.dispatch_id,
-            change.from.to_string(),
-            change.generation,
-            change.to.to_string(),
+            &from,
+            &to,
+            change.expected_generation,
             change.actor,
             change.reason,
             change.cancelled_by,
             change.result,
             change.failure,
-            change.clear_node,
+            change.project,
+            &seqs,
+            &streams,
+            log_bytes,
+            change.log_limit,
+            &texts,
         )
         .fetch_optional(self.pool())
         .await?;
         Ok(row)
     }
 
-    /// Places up to `max` queued dispatches of `cluster`, oldest first, each on
-    /// the least-loaded ready node with a free slot, in one transaction (one
-    /// commit for the whole batch). Each dispatch becomes `running` on its
-    /// node with its event appended. Node and dispatch rows are locked with
-    /// `SKIP LOCKED`, so replicas never place one dispatch twice or overfill a
-    /// node; this transaction sees its own placements when counting slots.
+    /// Places up to `max` queued dispatches of `cluster`, oldest first, each
+    /// on a free slot of a ready node, filling every node's first slot before
+    /// any node's second. Each placement is one statement (its own commit):
+    /// slots and dispatches are claimed with `SKIP LOCKED`, so replicas never
+    /// place one dispatch twice or overfill a node, and never wait on each other.
     #[tracing::instrument(skip_all, fields(cluster))]
     pub async fn dispatch_place_batch(&self, cluster: &str, max: usize) -> Result<Vec<Placed>> {
-        let mut tx = self.pool().begin().await?;
         let mut placed = Vec::new();
         while placed.len() < max {
-            let Some(next) = Self::dispatch_place_one(&mut tx, cluster).await? else { break };
+            let Some(next) = self.dispatch_place_one(cluster).await? else { break };
             placed.push(next);
         }
-        tx.commit().await?;
         Ok(placed)
     }
 
-    async fn dispatch_place_one(tx: &mut sqlx::PgConnection, cluster: &str) -> Result<Option<Placed>> {
-        let node = sqlx::query_as!(
-            NodeRow,
-            r#"
-            select n.node_id, n.name, n.cluster, n.address, n.api_secret,
-                   n.state as "state: NodeState", n.max_concurrent, n.resources, n.labels,
-                   n.registered_at, n.last_heartbeat_at,
-                   node_running(n.node_id) as "running!"
-            from node n
-            where n.cluster = $1 and n.state = 'ready'
-              and node_running(n.node_id) < n.max_concurrent
-            order by 12, random()
-            limit 1
-            for update of n skip locked
-            "#,
-            cluster
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(node) = node else {
-            return Ok(None);
-        };
+    async fn dispatch_place_one(&self, cluster: &str) -> Result<Option<Placed>> {
         let row = sqlx::query_as!(
-            DispatchRow,
+            PlacedRow,
             r#"
-            with next as (
+            with slot as (
+                select s.node_id, s.slot
+                from node_slot s
+                join node n on n.node_id = s.node_id
+                where n.cluster = $1 and n.state = 'ready' and s.dispatch_id is null and s.slot < n.max_concurrent
+                order by s.slot
+                limit 1
+                for update of s skip locked
+            ),
+            next as (
                 select dispatch_id from dispatch
-                where state = 'queued' and cluster = $1
+                where state = 'queued' and cluster = $1 and exists (select 1 from slot)
                 order by dispatch_id
                 limit 1
                 for update skip locked
             ),
             updated as (
-                update dispatch set state = 'running', generation = generation + 1, node_id = $2,
-                                    started_at = now(), updated_at = now()
-                where dispatch_id = (select dispatch_id from next)
-                returning *
+                update dispatch d set state = 'running', generation = d.generation + 1, node_id = slot.node_id,
+                                      started_at = now(), updated_at = now()
+                from slot
+                where d.dispatch_id = (select dispatch_id from next)
+                returning d.*
+            ),
+            occupied as (
+                update node_slot s set dispatch_id = u.dispatch_id
+                from updated u, slot
+                where s.node_id = slot.node_id and s.slot = slot.slot
             ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
-                select dispatch_id, 'queued', state, generation, 'gateway', $3 from updated
+                select u.dispatch_id, 'queued', u.state, u.generation, 'gateway', 'placed on node ' || n.name
+                from updated u join node n on n.node_id = u.node_id
             )
             select
-                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
-                function_name, bundle, requirements as "requirements!",
-                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
-                state as "state!: DispatchState", generation as "generation!",
-                idempotency_key, request_hash as "request_hash!", requester as "requester!",
-                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
-                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
-                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!"
-            from updated
+                u.dispatch_id as "dispatch_id!", u.project as "project!", u.function_ref as "function_ref!",
+                u.function_name, u.bundle, u.requirements as "requirements!",
+                u.args as "args!", u.kwargs as "kwargs!", u.cluster as "cluster!", u.node_id,
+                u.state as "state!: DispatchState", u.generation as "generation!",
+                u.idempotency_key, u.request_hash as "request_hash!", u.requester as "requester!",
+                u.labels as "labels!", u.timeout_s, u.result, u.failure, u.cancelled_by, u.cancel_reason,
+                u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
+                u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
+                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
+            from updated u
+            join node n on n.node_id = u.node_id
             "#,
             cluster,
-            node.node_id,
-            format!("placed on node {}", node.name),
         )
-        .fetch_optional(&mut *tx)
+        .fetch_optional(self.pool())
         .await?;
-        Ok(row.map(|row| (row, node)))
+        Ok(row.map(PlacedRow::split).and_then(|(row, node)| node.map(|node| (row, node))))
     }
 
     /// Clusters that have queued dispatches and a ready node with a free slot.
@@ -454,7 +531,10 @@ impl DataStore {
             from node n
             where n.state = 'ready'
               and exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = n.cluster)
-              and node_running(n.node_id) < n.max_concurrent
+              and exists (
+                  select 1 from node_slot s
+                  where s.node_id = n.node_id and s.dispatch_id is null and s.slot < n.max_concurrent
+              )
             "#
         )
         .fetch_all(self.pool())

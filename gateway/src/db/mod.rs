@@ -20,9 +20,9 @@ pub mod token;
 
 pub use bundle::{BundleRow, FunctionRow};
 pub use cluster::{ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
-pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, StateChange};
+pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, Transition};
 pub use log::{LogRow, LogStream};
-pub use node::{NewNode, NodeRow, NodeState};
+pub use node::{NewNode, NodeEndpoint, NodeRow, NodeState};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -39,6 +39,10 @@ impl DataStore {
         let options: PgConnectOptions = settings.url.expose_secret().parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
+            // A broken connection fails its query, which callers see as
+            // `Unavailable`; pinging before every use would add a round trip
+            // to every statement.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(settings.acquire_timeout_s))
             .connect_lazy_with(options.application_name("rh-gateway"));
         Ok(DataStore { pool })

@@ -32,6 +32,27 @@ pub struct NodeRow {
     pub running: i64,
 }
 
+/// Where and how the gateway reaches a node: what forwarding a call needs.
+#[derive(Debug, Clone)]
+pub struct NodeEndpoint {
+    pub node_id: Uuid,
+    pub name: String,
+    pub address: String,
+    /// The key the gateway signs its requests to this node with.
+    pub api_secret: String,
+}
+
+impl From<&NodeRow> for NodeEndpoint {
+    fn from(row: &NodeRow) -> Self {
+        NodeEndpoint {
+            node_id: row.node_id,
+            name: row.name.clone(),
+            address: row.address.clone(),
+            api_secret: row.api_secret.clone(),
+        }
+    }
+}
+
 /// What a registration writes.
 #[derive(Debug, Clone)]
 pub struct NewNode {

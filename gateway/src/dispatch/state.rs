@@ -150,6 +150,22 @@ impl DispatchState {
     }
 }
 
+impl Event {
+    /// Every (from, to) pair this event moves a dispatch along, read off
+    /// [`DispatchState::next`]. The database applies a change as "take the
+    /// pair that starts at the current state", so one statement does the
+    /// compare-and-set without reading the row first.
+    pub fn moves(self) -> Vec<(DispatchState, DispatchState)> {
+        DispatchState::ALL
+            .into_iter()
+            .filter_map(|from| match from.next(self) {
+                Ok(Next::Move(to)) => Some((from, to)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for DispatchState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(wire::DispatchState::from(*self).as_str())
@@ -235,6 +251,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_events_moves_are_exactly_the_table_rows_that_move() {
+        for event in Event::ALL.into_iter().chain([Requeue]) {
+            for state in DispatchState::ALL {
+                let listed = event.moves().into_iter().find(|(from, _)| *from == state).map(|(_, to)| to);
+                let moves = match state.next(event) {
+                    Ok(Next::Move(to)) => Some(to),
+                    _ => None,
+                };
+                assert_eq!(listed, moves, "{state} + {event:?}");
+            }
+        }
+        assert_eq!(Succeed.moves(), vec![(Running, Succeeded), (Cancelling, Succeeded)]);
     }
 
     #[test]

@@ -126,7 +126,23 @@ class Dispatch:
 
     def result(self, timeout: Optional[float] = None) -> Any:
         """The function's return value; raises RemoteError, DispatchCancelled or DispatchTimedOut."""
-        data = self.wait(timeout)
+        return self._outcome(self.wait(timeout))
+
+    def _echo_output(self) -> Optional[Dict[str, Any]]:
+        """Writes the remote output here as it arrives; returns the dispatch as it ended, if the gateway said."""
+        follower = self._gateway._native.follow(self.id, 0)
+        try:
+            for entry in follower:
+                entry = json.loads(entry)
+                stream = sys.stderr if entry["stream"] != "stdout" else sys.stdout
+                stream.write(entry["text"])
+                stream.flush()
+        except _NativeGatewayError as err:
+            raise GatewayError(*err.args) from None
+        ended = follower.ended()
+        return json.loads(ended) if ended is not None else None
+
+    def _outcome(self, data: Dict[str, Any]) -> Any:
         state = data["state"]
         if state == "succeeded":
             return data["result"]
@@ -214,11 +230,11 @@ class RemoteFunction:
         """
         handle = self.dispatch(*args, **kwargs)
         with handle._cancel_on_interrupt():
-            for entry in handle.logs(follow=True):
-                stream = sys.stderr if entry["stream"] != "stdout" else sys.stdout
-                stream.write(entry["text"])
-                stream.flush()
-        return handle.result()
+            ended = handle._echo_output()
+        if ended is None:
+            return handle.result()
+        handle._data = ended
+        return handle._outcome(ended)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """``__call__`` without blocking the event loop."""

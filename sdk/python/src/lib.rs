@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
-use runhouse_gateway::{package, Client, Error};
+use runhouse_gateway::{package, Client, Error, Followed};
 use wire::DispatchId;
 
 pyo3::create_exception!(_native, GatewayError, pyo3::exceptions::PyException, "The gateway refused a request.");
@@ -111,9 +111,11 @@ impl NativeClient {
         to_json(&block_on(py, self.client.logs(dispatch_id(id)?, offset))?)
     }
 
-    /// An iterator of log entries (JSON) that follows the output live until the dispatch ends.
+    /// An iterator of log entries (JSON) that follows the output live until
+    /// the dispatch ends; then `ended()` holds the dispatch JSON it ended as.
     fn follow(&self, id: &str, offset: i64) -> PyResult<LogFollower> {
-        Ok(LogFollower { stream: tokio::sync::Mutex::new(Box::pin(self.client.logs_follow(dispatch_id(id)?, offset))) })
+        let stream = Box::pin(self.client.logs_follow_to_end(dispatch_id(id)?, offset));
+        Ok(LogFollower { stream: tokio::sync::Mutex::new(stream), ended: std::sync::Mutex::new(None) })
     }
 
     /// Packs the project folder holding `path` and uploads it unless the
@@ -146,12 +148,14 @@ impl NativeClient {
     }
 }
 
-type LogStream = Pin<Box<dyn Stream<Item = Result<wire::LogEntry, Error>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<Followed, Error>> + Send>>;
 
 /// Log entries as they arrive.
 #[pyclass(module = "runhouse_gateway._native")]
 struct LogFollower {
     stream: tokio::sync::Mutex<LogStream>,
+    /// The dispatch JSON the stream ended with.
+    ended: std::sync::Mutex<Option<String>>,
 }
 
 #[pymethods]
@@ -163,10 +167,21 @@ impl LogFollower {
     fn __next__(&self, py: Python<'_>) -> PyResult<String> {
         let next = block_on(py, async { Ok(self.stream.lock().await.next().await) })?;
         match next {
-            Some(Ok(entry)) => to_json(&entry),
+            Some(Ok(Followed::Log(entry))) => to_json(&entry),
+            Some(Ok(Followed::End(dispatch))) => {
+                if let Some(dispatch) = dispatch {
+                    *self.ended.lock().expect("follower lock poisoned") = Some(to_json(&dispatch)?);
+                }
+                Err(PyStopIteration::new_err(()))
+            }
             Some(Err(err)) => Err(to_py(err)),
             None => Err(PyStopIteration::new_err(())),
         }
+    }
+
+    /// The dispatch JSON the stream ended with, once it has.
+    fn ended(&self) -> Option<String> {
+        self.ended.lock().expect("follower lock poisoned").clone()
     }
 }
 
