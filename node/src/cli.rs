@@ -154,7 +154,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(listener, api::router(state.clone()))));
+    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener,
+        api::router(state.clone()).into_make_service(),
+    )));
 
     // One warm worker for calls without a bundle, ready before the first call.
     let prewarm = {

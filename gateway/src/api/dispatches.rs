@@ -130,7 +130,7 @@ pub async fn dispatch_wait(
 ) -> Result<Json<Dispatch>, ApiError> {
     let caller = auth.require(Scope::DispatchRead)?;
     let row = state.app.dispatch_wait(&caller, id, query.timeout_s).await?;
-    Ok(Json(with_queued_reason(&state, row).await?))
+    Ok(Json(Box::pin(with_queued_reason(&state, row)).await?))
 }
 
 /// Report a state change observed on a node.

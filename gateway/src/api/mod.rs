@@ -30,14 +30,31 @@ pub mod logs;
 pub mod nodes;
 mod views;
 
-/// What every handler can reach.
+/// What every handler can reach. Cheap to clone: every request gets a copy.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     pub app: App,
     pub keys: Keys,
     pub revocations: Revocations,
     pub metrics: Arc<Metrics>,
     pub statuses: crate::background::Statuses,
+}
+
+impl AppState {
+    /// Shares `shared` with every handler.
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 #[derive(OpenApi)]

@@ -298,7 +298,9 @@ impl App {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.into());
         let mut subscription = self.notifier.subscribe(id);
-        let mut row = self.dispatch_get(caller, id).await?;
+        // Reads are boxed: a parked waiter then holds only its subscription
+        // and timer, not the space of a query it is not running.
+        let mut row = Box::pin(self.dispatch_get(caller, id)).await?;
         loop {
             if row.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(row);
@@ -310,10 +312,10 @@ impl App {
                         Some(pushed) if pushed.generation > row.generation => Arc::unwrap_or_clone(pushed),
                         Some(_) => row,
                         // A hint from elsewhere, or a reconnect: read it.
-                        None => self.dispatch_get(caller, id).await?,
+                        None => Box::pin(self.dispatch_get(caller, id)).await?,
                     };
                 }
-                _ = tokio::time::sleep_until(deadline) => return self.dispatch_get(caller, id).await,
+                _ = tokio::time::sleep_until(deadline) => return Box::pin(self.dispatch_get(caller, id)).await,
                 _ = self.shutdown.cancelled() => return Ok(row),
             }
         }

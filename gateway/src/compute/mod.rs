@@ -98,7 +98,7 @@ pub trait Provider: Send + Sync {
 
 /// The providers this gateway is configured with, by name.
 #[derive(Clone, Default)]
-pub struct Providers(BTreeMap<&'static str, Arc<dyn Provider>>);
+pub struct Providers(Arc<BTreeMap<&'static str, Arc<dyn Provider>>>);
 
 /// Every provider name a cluster spec may use.
 pub const PROVIDER_NAMES: [&str; 4] = ["local", "static", "aws", "gcp"];
@@ -115,7 +115,7 @@ impl Providers {
         if let Some(gcp) = &settings.compute.gcp {
             providers.insert("gcp", Arc::new(gcp::GcpProvider::new(gcp.clone()).await?));
         }
-        Ok(Providers(providers))
+        Ok(Providers(Arc::new(providers)))
     }
 
     /// The provider called `name`, if configured.

@@ -26,6 +26,30 @@ impl DataStore {
 }
 
 impl DataStore {
+    /// Names the notification listener's session, so replicas can count each other.
+    pub async fn listener_name(&self, listener: &mut sqlx::postgres::PgListener) -> Result<(), sqlx::Error> {
+        sqlx::query!("set application_name = 'rh-gateway-listener'").execute(listener).await?;
+        Ok(())
+    }
+
+    /// How many other gateway replicas listen for notifications on this database.
+    pub async fn listener_peers(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar!(
+            r#"
+            select count(*) - 1 as "peers!" from pg_stat_activity
+            where datname = current_database() and application_name = 'rh-gateway-listener'
+            "#
+        )
+        .fetch_one(self.pool())
+        .await
+    }
+
+    /// Announces this replica to the others on `channel`.
+    pub async fn listener_hello(&self, channel: &str, replica: uuid::Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query!("select pg_notify($1, $2)", channel, replica.to_string()).execute(self.pool()).await?;
+        Ok(())
+    }
+
     /// Sends one `NOTIFY` on `channel` per payload, in one statement.
     pub async fn notify_many(&self, channel: &str, payloads: &[String]) -> Result<()> {
         sqlx::query_scalar!("select notify_many($1, $2)", channel, payloads).fetch_one(self.pool()).await?;
