@@ -54,6 +54,7 @@ impl Application {
             nodes: NodeClient::default(),
             placement: Arc::new(Notify::new()),
             bundles_seen: Arc::default(),
+            queued_clusters: Arc::default(),
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
         };

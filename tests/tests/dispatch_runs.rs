@@ -90,14 +90,17 @@ async fn logs_can_be_followed_live_while_the_call_runs() {
         if first_tick_state.is_none() && body.contains("tick 0") {
             first_tick_state = Some(stack.get(&format!("/v1/dispatches/{id}")).await.1["state"].clone());
         }
-        if body.contains("event: end") {
-            break;
-        }
     }
     assert_eq!(first_tick_state, Some(json!("running")), "the first line arrived only after the call ended");
     for i in 0..5 {
         assert!(body.contains(&format!("tick {i}")), "{body}");
     }
+    // The stream closes after `end`, whose data is the dispatch as it ended.
+    let end = body.split("event: end\n").nth(1).expect("the stream ends with `event: end`");
+    let data = end.lines().find_map(|line| line.strip_prefix("data: ")).expect("`end` carries data");
+    let ended: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(ended["id"], json!(id));
+    assert_eq!(ended["state"], "succeeded");
 }
 
 #[tokio::test]

@@ -92,9 +92,14 @@ fn follow(
     tokio::spawn(async move {
         let app = &state.app;
         let (mut row, mut rows, mut complete) = first;
+        // Output bytes sent so far, when the stream started at the beginning.
+        let mut seen = (offset == 0).then_some(0i64);
         loop {
             for log in rows {
                 offset = log.seq;
+                if log.stream != LogStream::System {
+                    seen = seen.map(|bytes| bytes + log.text.len() as i64);
+                }
                 let event = Event::default()
                     .event("log")
                     .id(log.seq.to_string())
@@ -119,7 +124,7 @@ fn follow(
             let read = match pushed {
                 // This replica wrote the new state: only the output needs reading.
                 Some(pushed) if pushed.generation >= row.generation => {
-                    app.dispatch_logs_after(Arc::unwrap_or_clone(pushed), offset).await
+                    app.dispatch_logs_after(Arc::unwrap_or_clone(pushed), offset, seen).await
                 }
                 _ => app.dispatch_logs_read(&caller, id, offset).await,
             };

@@ -87,7 +87,7 @@ impl App {
             match node {
                 // Placed in the same commit: forwarded now, no placement pass needed.
                 Some(node) => self.dispatch_forward(row.clone(), node),
-                None => self.placement.notify_one(),
+                None => self.placement_wanted(&row.cluster),
             }
             return Ok((row, Created::New));
         }
@@ -260,9 +260,10 @@ impl App {
                     self.logs_changed(id);
                 }
                 self.dispatch_changed(&row);
-                if row.state.is_terminal() || row.state == DispatchState::Queued {
-                    // A slot freed up, or work went back to the queue.
-                    self.placement.notify_one();
+                if row.state == DispatchState::Queued {
+                    self.placement_wanted(&row.cluster);
+                } else if row.state.is_terminal() {
+                    self.slot_freed(&row.cluster);
                 }
                 return Ok(row);
             }

@@ -70,11 +70,22 @@ impl App {
         offset: i64,
     ) -> Result<(DispatchRow, Vec<LogRow>, bool)> {
         let row = self.dispatch_get(caller, id).await?;
-        self.dispatch_logs_after(row, offset).await
+        self.dispatch_logs_after(row, offset, (offset == 0).then_some(0)).await
     }
 
     /// [`App::dispatch_logs_read`] for a dispatch row already in hand.
-    pub async fn dispatch_logs_after(&self, row: DispatchRow, offset: i64) -> Result<(DispatchRow, Vec<LogRow>, bool)> {
+    /// `seen_bytes`, if known, is how much output the reader already has;
+    /// when that is all the row says is stored, nothing is read.
+    pub async fn dispatch_logs_after(
+        &self,
+        row: DispatchRow,
+        offset: i64,
+        seen_bytes: Option<i64>,
+    ) -> Result<(DispatchRow, Vec<LogRow>, bool)> {
+        if seen_bytes == Some(row.log_bytes) && !row.log_truncated {
+            let complete = row.state.is_terminal();
+            return Ok((row, Vec::new(), complete));
+        }
         let entries = self.db.log_read(row.dispatch_id, offset, LOG_PAGE).await?;
         let complete = row.state.is_terminal() && (entries.len() as i64) < LOG_PAGE;
         Ok((row, entries, complete))

@@ -37,6 +37,10 @@ pub struct App {
     pub nodes: NodeClient,
     /// Signals the placement task that there may be work to place.
     pub placement: Arc<Notify>,
+    /// Clusters this replica has seen work queue up on, until placement
+    /// finds their queue empty: a slot freeing elsewhere needs no placement
+    /// pass (the periodic pass covers other replicas' queues).
+    pub queued_clusters: Arc<Mutex<HashSet<String>>>,
     /// Signals the provisioner that a cluster changed.
     pub provisioner: Arc<Notify>,
     /// Signals the orphan sweep.
@@ -56,6 +60,24 @@ impl App {
     pub fn dispatch_changed(&self, row: &DispatchRow) {
         self.notifier.notify_with(row.dispatch_id, || Some(Arc::new(row.clone())));
         self.publisher.publish(Channel::DispatchState, row.dispatch_id);
+    }
+
+    /// Work is waiting in `cluster`'s queue: wake the placement task, and
+    /// keep waking it as slots free until that queue is empty.
+    pub fn placement_wanted(&self, cluster: &str) {
+        let mut queued = self.queued_clusters.lock().expect("queued clusters lock poisoned");
+        if !queued.contains(cluster) {
+            queued.insert(cluster.to_owned());
+        }
+        drop(queued);
+        self.placement.notify_one();
+    }
+
+    /// A slot of `cluster` freed up: wake the placement task if work waits there.
+    pub fn slot_freed(&self, cluster: &str) {
+        if self.queued_clusters.lock().expect("queued clusters lock poisoned").contains(cluster) {
+            self.placement.notify_one();
+        }
     }
 
     /// A dispatch got new output.

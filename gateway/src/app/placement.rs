@@ -23,6 +23,16 @@ impl App {
     /// does not hold up the rest.
     pub async fn placement_step(&self) -> Result<serde_json::Value> {
         let mut placed = 0;
+        let watched: Vec<String> =
+            self.queued_clusters.lock().expect("queued clusters lock poisoned").iter().cloned().collect();
+        if !watched.is_empty() {
+            // Stop watching queues that have emptied.
+            let still = self.db.dispatch_clusters_with_queued(&watched).await?;
+            self.queued_clusters
+                .lock()
+                .expect("queued clusters lock poisoned")
+                .retain(|c| !watched.contains(c) || still.contains(c));
+        }
         for cluster in self.db.dispatch_placeable_clusters().await? {
             while placed < MAX_PLACEMENTS_PER_STEP {
                 let batch = self.db.dispatch_place_batch(&cluster, PLACEMENT_BATCH).await?;

@@ -523,6 +523,20 @@ impl DataStore {
         Ok(row.map(PlacedRow::split).and_then(|(row, node)| node.map(|node| (row, node))))
     }
 
+    /// Which of `clusters` have queued dispatches.
+    pub async fn dispatch_clusters_with_queued(&self, clusters: &[String]) -> Result<Vec<String>> {
+        let rows = sqlx::query_scalar!(
+            r#"
+            select c as "cluster!" from unnest($1::text[]) as c
+            where exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = c)
+            "#,
+            clusters
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
     /// Clusters that have queued dispatches and a ready node with a free slot.
     pub async fn dispatch_placeable_clusters(&self) -> Result<Vec<String>> {
         let rows = sqlx::query_scalar!(

@@ -57,3 +57,67 @@ async fn output_past_the_limit_is_cut_and_the_cut_is_marked() {
     let (_, dispatch) = app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await;
     assert_eq!(dispatch["log_truncated"], true);
 }
+
+#[tokio::test]
+async fn a_report_stores_the_output_it_carries_in_the_same_change() {
+    let app = spawn_app().await;
+    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let reports = format!("/v1/dispatches/{id}/reports");
+    app.post(&reports, &app.node_token(), &json!({"kind": "started"})).await;
+    app.post(
+        &format!("/v1/dispatches/{id}/logs"),
+        &app.node_token(),
+        &json!({"entries": [{"seq": 1, "stream": "stdout", "text": "shipped early\n"}]}),
+    )
+    .await;
+    let report = json!({"kind": "succeeded", "result": 7, "logs": [
+        {"seq": 2, "stream": "stdout", "text": "last line\n"},
+        {"seq": 3, "stream": "stderr", "text": "a warning\n"}
+    ]});
+    for _ in 0..2 {
+        let (status, dispatch) = app.post(&reports, &app.node_token(), &report).await;
+        assert_eq!(status, StatusCode::OK, "{dispatch}");
+        assert_eq!(dispatch["state"], "succeeded", "re-sending the report changes nothing");
+    }
+    let (_, page) = app.get(&format!("/v1/dispatches/{id}/logs"), &app.user_token()).await;
+    let texts: Vec<_> = page["entries"].as_array().unwrap().iter().map(|e| e["text"].clone()).collect();
+    assert_eq!(texts, [json!("shipped early\n"), json!("last line\n"), json!("a warning\n")]);
+    assert_eq!(page["complete"], true, "the outcome and its output land together");
+    let (_, dispatch) = app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await;
+    assert_eq!(dispatch["result"], 7);
+}
+
+#[tokio::test]
+async fn output_carried_by_a_report_past_the_limit_is_cut_and_the_outcome_still_lands() {
+    let mut settings = test_settings(&fresh_database().await);
+    settings.call_logs.max_bytes_per_dispatch = 10;
+    let app = spawn_app_with(settings).await;
+    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let reports = format!("/v1/dispatches/{id}/reports");
+    app.post(&reports, &app.node_token(), &json!({"kind": "started"})).await;
+    let report = json!({"kind": "failed", "failure": {"code": "user_exception", "message": "boom"}, "logs": [
+        {"seq": 1, "stream": "stderr", "text": "Traceback (most recent call last): ..."}
+    ]});
+    let (status, dispatch) = app.post(&reports, &app.node_token(), &report).await;
+    assert_eq!(status, StatusCode::OK, "{dispatch}");
+    assert_eq!(dispatch["state"], "failed");
+    let (_, page) = app.get(&format!("/v1/dispatches/{id}/logs"), &app.user_token()).await;
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["text"], "Traceback ");
+    assert_eq!(entries[1]["stream"], "system");
+    assert_eq!(page["truncated"], true);
+}
+
+#[tokio::test]
+async fn a_report_with_a_bad_log_entry_is_refused_naming_the_field_and_changes_nothing() {
+    let app = spawn_app().await;
+    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let reports = format!("/v1/dispatches/{id}/reports");
+    app.post(&reports, &app.node_token(), &json!({"kind": "started"})).await;
+    let report = json!({"kind": "succeeded", "logs": [{"seq": 0, "stream": "stdout", "text": "x"}]});
+    let (status, error) = app.post(&reports, &app.node_token(), &report).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["field"], "logs.seq");
+    let (_, dispatch) = app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await;
+    assert_eq!(dispatch["state"], "running");
+}

@@ -128,3 +128,48 @@ async fn a_restarted_node_that_no_longer_runs_a_dispatch_fails_it_with_node_lost
     assert_eq!(done["failure"]["code"], "node_lost");
     assert!(done["failure"]["message"].as_str().unwrap().contains("restarted"));
 }
+
+/// A stand-in node API that accepts every call (the end-to-end suite runs real nodes).
+async fn accepting_node() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/calls", axum::routing::post(|| async { StatusCode::ACCEPTED }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
+#[tokio::test]
+async fn concurrent_creates_fill_a_nodes_slots_and_no_more_and_a_freed_slot_takes_the_oldest_queued() {
+    let app = spawn_app().await;
+    register(&app, "n1", &accepting_node().await).await;
+    let token = app.user_token();
+    let creates = (0..24).map(|_| app.create(&token, json!({})));
+    let created = futures::future::join_all(creates).await;
+    let running: Vec<_> = created.iter().filter(|d| d["state"] == "running").collect();
+    assert_eq!(running.len(), 2, "a node with max_concurrent 2 runs two dispatches at once");
+    let placed = sqlx::query_scalar::<_, i64>("select count(*) from dispatch where state = 'running'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(placed, 2);
+    let finished = running[0]["id"].as_str().unwrap();
+    let report = json!({"kind": "succeeded", "result": null});
+    app.post(&format!("/v1/dispatches/{finished}/reports"), &app.node_token(), &report).await;
+    let mut queued: Vec<_> = created.iter().filter(|d| d["state"] == "queued").map(|d| d["id"].clone()).collect();
+    queued.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+    let oldest = queued[0].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, dispatch) = app.get(&format!("/v1/dispatches/{oldest}"), &token).await;
+        if dispatch["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the oldest queued dispatch was not placed: {dispatch}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let running = sqlx::query_scalar::<_, i64>("select count(*) from dispatch where state = 'running'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(running, 2, "the freed slot went to one queued dispatch");
+}
