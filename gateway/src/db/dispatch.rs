@@ -165,6 +165,7 @@ impl DataStore {
         &self,
         new: &NewDispatch,
     ) -> Result<Option<(DispatchRow, Option<NodeEndpoint>)>> {
+        let mut hot = self.hot.acquire().await?;
         let row = sqlx::query_as!(
             PlacedRow,
             r#"
@@ -239,9 +240,9 @@ impl DataStore {
             new.bundle,
             new.requirements,
         )
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row.map(PlacedRow::split))
+        .fetch_optional(hot.conn())
+        .await;
+        Ok(hot.finished(row)?.map(PlacedRow::split))
     }
 
     /// The project's dispatch with this idempotency key.
@@ -268,6 +269,7 @@ impl DataStore {
 
     /// One dispatch. With `project`, another project's dispatch is not found.
     pub async fn dispatch_get(&self, project: Option<&str>, id: Uuid) -> Result<Option<DispatchRow>> {
+        let mut hot = self.hot.acquire().await?;
         let row = sqlx::query_as!(
             DispatchRow,
             r#"
@@ -283,9 +285,9 @@ impl DataStore {
             id,
             project
         )
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row)
+        .fetch_optional(hot.conn())
+        .await;
+        Ok(hot.finished(row)?)
     }
 
     /// A page of the project's dispatches, newest first.
@@ -380,6 +382,7 @@ impl DataStore {
         let streams: Vec<String> = change.logs.iter().map(|e| e.1.as_str().to_owned()).collect();
         let texts: Vec<String> = change.logs.iter().map(|e| e.2.clone()).collect();
         let log_bytes: i64 = change.logs.iter().map(|e| e.2.len() as i64).sum();
+        let mut hot = self.hot.acquire().await?;
         let row = sqlx::query_as!(
             DispatchRow,
             r#"
@@ -446,9 +449,9 @@ impl DataStore {
             change.log_limit,
             &texts,
         )
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row)
+        .fetch_optional(hot.conn())
+        .await;
+        Ok(hot.finished(row)?)
     }
 
     /// Places up to `max` queued dispatches of `cluster`, oldest first, each

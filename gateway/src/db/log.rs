@@ -80,6 +80,7 @@ impl DataStore {
 
     /// Entries after `offset`, oldest first.
     pub async fn log_read(&self, dispatch_id: Uuid, offset: i64, limit: i64) -> Result<Vec<LogRow>> {
+        let mut hot = self.hot.acquire().await?;
         let rows = sqlx::query_as!(
             LogRow,
             r#"
@@ -93,8 +94,8 @@ impl DataStore {
             offset,
             limit
         )
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows)
+        .fetch_all(hot.conn())
+        .await;
+        Ok(hot.finished(rows)?)
     }
 }

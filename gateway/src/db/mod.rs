@@ -14,6 +14,7 @@ use crate::config::DatabaseSettings;
 pub mod bundle;
 pub mod cluster;
 pub mod dispatch;
+pub mod hot;
 pub mod log;
 pub mod node;
 pub mod token;
@@ -31,26 +32,36 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone, Debug)]
 pub struct DataStore {
     pool: PgPool,
+    /// For the statements every dispatch runs; see [`hot`].
+    hot: hot::HotConnections,
 }
 
 impl DataStore {
     /// Connects lazily: the first query opens the first connection.
     pub fn connect_lazy(settings: &DatabaseSettings) -> Result<DataStore, sqlx::Error> {
         let options: PgConnectOptions = settings.url.expose_secret().parse()?;
+        let options = options.application_name("rh-gateway");
+        // Half the connections serve the hot path, half everything else.
+        let hot_max = (settings.max_connections / 2).max(1);
+        let timeout = Duration::from_secs(settings.acquire_timeout_s);
+        let hot = hot::HotConnections::new(options.clone(), hot_max as usize, timeout);
         let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections)
+            .max_connections(settings.max_connections.saturating_sub(hot_max).max(1))
             // A broken connection fails its query, which callers see as
             // `Unavailable`; pinging before every use would add a round trip
             // to every statement.
             .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(settings.acquire_timeout_s))
-            .connect_lazy_with(options.application_name("rh-gateway"));
-        Ok(DataStore { pool })
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
+        Ok(DataStore { pool, hot })
     }
 
-    /// Wraps an existing pool (tests).
+    /// Wraps an existing pool (tests); the hot path gets as many connections again.
     pub fn from_pool(pool: PgPool) -> DataStore {
-        DataStore { pool }
+        let options = (*pool.connect_options()).clone();
+        let max = pool.options().get_max_connections() as usize;
+        let hot = hot::HotConnections::new(options, max, pool.options().get_acquire_timeout());
+        DataStore { pool, hot }
     }
 
     /// The underlying pool.
