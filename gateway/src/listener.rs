@@ -5,10 +5,11 @@
 //! reconnect (when some may have been lost) every waiter is woken to re-read
 //! its dispatch, and the revocation list is reloaded from its table.
 //!
-//! The listening connection also tells this replica whether it has peers:
-//! it names itself (`application_name`), counts the other listeners every
-//! few seconds, and announces itself on `gateway_hello` when it connects, so
-//! running replicas start sending hints at once. A lone gateway sends none.
+//! The listening connection also tells replicas about each other: it names
+//! itself after its replica (`application_name`) and announces itself on
+//! `gateway_hello` when it connects, so running replicas start sending hints
+//! at once; [`peers_run`] counts the other listeners every few seconds, so a
+//! replica that left stops costing anything. A lone gateway sends no hints.
 
 use std::time::Duration;
 
@@ -24,6 +25,22 @@ const TOKEN_CHANNEL: &str = "token_revoked";
 const HELLO_CHANNEL: &str = "gateway_hello";
 /// How often the other listeners are counted.
 const PEER_CHECK: Duration = Duration::from_secs(5);
+
+/// Counts the other replicas' listeners every few seconds, until `shutdown`.
+/// Until the first count answers, hints are sent as if peers listened.
+pub async fn peers_run(app: App, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PEER_CHECK);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match app.db.listener_peers(app.publisher.replica()).await {
+            Ok(peers) => app.publisher.set_peers(peers > 0),
+            Err(err) => tracing::warn!(error = %err, "cannot count the other gateway replicas"),
+        }
+    }
+}
 
 /// Runs until `shutdown`, reconnecting with a short backoff when Postgres goes away.
 pub async fn run(app: App, revocations: Revocations, shutdown: CancellationToken) {
@@ -50,9 +67,8 @@ pub async fn run(app: App, revocations: Revocations, shutdown: CancellationToken
 async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(app.db.pool()).await?;
     listener.ignore_pool_close_event(true);
-    app.db.listener_name(&mut listener).await?;
+    app.db.listener_name(&mut listener, app.publisher.replica()).await?;
     listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, TOKEN_CHANNEL, HELLO_CHANNEL]).await?;
-    app.publisher.set_peers(app.db.listener_peers().await? > 0);
     app.db.listener_hello(HELLO_CHANNEL, app.publisher.replica()).await?;
     // Listening first, then loading, so no revocation can fall between the two.
     match app.db.token_revoked_all().await {
@@ -61,17 +77,9 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
     }
     app.notifier.notify_all();
     app.log_notifier.notify_all();
-    let mut peer_check = tokio::time::interval(PEER_CHECK);
     loop {
-        let notification = tokio::select! {
-            received = listener.try_recv() => received?,
-            _ = peer_check.tick() => {
-                app.publisher.set_peers(app.db.listener_peers().await? > 0);
-                continue;
-            }
-        };
         // `try_recv` returns Ok(None) when the connection dropped.
-        let Some(notification) = notification else {
+        let Some(notification) = listener.try_recv().await? else {
             return Ok(());
         };
         match notification.channel() {

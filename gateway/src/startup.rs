@@ -61,6 +61,7 @@ impl Application {
         let statuses = Statuses::default();
         let tasks = vec![
             tokio::spawn(crate::listener::run(app.clone(), revocations.clone(), shutdown.clone())),
+            tokio::spawn(crate::listener::peers_run(app.clone(), shutdown.clone())),
             tokio::spawn(crate::notify::run_publisher(
                 app.publisher.replica(),
                 app.db.clone(),

@@ -37,6 +37,8 @@ pub struct Outcome {
     pub result: Option<Value>,
     pub failure: Option<Value>,
     pub expected_generation: Option<i64>,
+    /// Output shipped with the change (a node's last lines), stored with it.
+    pub logs: Vec<(i64, LogStream, String)>,
 }
 
 impl Outcome {
@@ -208,8 +210,9 @@ impl App {
             result: (event == Event::Succeed).then(|| report.result.unwrap_or(Value::Null)),
             failure: failure.map(|f| serde_json::to_value(f).expect("failure serializes")),
             expected_generation: report.expected_generation,
+            logs,
         };
-        self.dispatch_apply_with_logs(project, id, event, &caller.sub, outcome, logs).await
+        self.dispatch_apply(project, id, event, &caller.sub, outcome).await
     }
 
     /// Applies `event` through the state machine: one statement that moves
@@ -223,29 +226,17 @@ impl App {
         actor: &str,
         outcome: Outcome,
     ) -> Result<DispatchRow> {
-        self.dispatch_apply_with_logs(project, id, event, actor, outcome, Vec::new()).await
-    }
-
-    async fn dispatch_apply_with_logs(
-        &self,
-        project: Option<&str>,
-        id: Uuid,
-        event: Event,
-        actor: &str,
-        outcome: Outcome,
-        logs: Vec<(i64, LogStream, String)>,
-    ) -> Result<DispatchRow> {
         let mut change = Transition {
             dispatch_id: id,
             project: project.map(str::to_owned),
             moves: event.moves(),
             expected_generation: outcome.expected_generation,
             actor: actor.to_owned(),
-            reason: outcome.reason.clone(),
-            result: outcome.result.clone(),
-            failure: outcome.failure.clone(),
+            reason: outcome.reason,
+            result: outcome.result,
+            failure: outcome.failure,
             cancelled_by: (event == Event::Cancel).then(|| actor.to_owned()),
-            logs,
+            logs: outcome.logs,
             log_limit: self.settings.call_logs.max_bytes_per_dispatch as i64,
         };
         loop {
@@ -274,19 +265,16 @@ impl App {
                     return Err(Error::StaleGeneration { expected, actual: row.generation });
                 }
             }
-            if let Next::Stay = row.state.next(event)? {
-                // Already applied (a re-sent report, a repeated cancel); output
-                // shipped with it is stored as any other batch.
-                self.logs_store(id, std::mem::take(&mut change.logs)).await?;
+            let stay = matches!(row.state.next(event)?, Next::Stay);
+            // Output that did not go with the change (the change is a no-op,
+            // the output may not fit the log limit, or the row moved) is
+            // stored the slow way, which truncates.
+            self.logs_store(id, std::mem::take(&mut change.logs)).await?;
+            if stay {
+                // Already applied: a re-sent report, a repeated cancel.
                 return Ok(row);
             }
-            if !change.logs.is_empty() {
-                // The output may not fit the log limit: store it the slow way,
-                // which truncates, then apply the change alone.
-                self.logs_store(id, std::mem::take(&mut change.logs)).await?;
-            }
-            // Otherwise another writer moved the row between our write and
-            // our read: decide again.
+            // Another writer moved the row between our write and our read: decide again.
         }
     }
 

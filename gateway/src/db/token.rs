@@ -25,20 +25,32 @@ impl DataStore {
     }
 }
 
+/// The `application_name` prefix of each replica's listening session.
+const LISTENER_NAME: &str = "rh-gateway-listener";
+
 impl DataStore {
-    /// Names the notification listener's session, so replicas can count each other.
-    pub async fn listener_name(&self, listener: &mut sqlx::postgres::PgListener) -> Result<(), sqlx::Error> {
-        sqlx::query!("set application_name = 'rh-gateway-listener'").execute(listener).await?;
+    /// Names the notification listener's session after its replica, so
+    /// replicas can count each other.
+    pub async fn listener_name(
+        &self,
+        listener: &mut sqlx::postgres::PgListener,
+        replica: uuid::Uuid,
+    ) -> Result<(), sqlx::Error> {
+        let name = format!("{LISTENER_NAME} {replica}");
+        sqlx::query_scalar!("select set_config('application_name', $1, false)", name).fetch_one(listener).await?;
         Ok(())
     }
 
     /// How many other gateway replicas listen for notifications on this database.
-    pub async fn listener_peers(&self) -> Result<i64, sqlx::Error> {
+    pub async fn listener_peers(&self, replica: uuid::Uuid) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar!(
             r#"
-            select count(*) - 1 as "peers!" from pg_stat_activity
-            where datname = current_database() and application_name = 'rh-gateway-listener'
-            "#
+            select count(*) as "peers!" from pg_stat_activity
+            where datname = current_database()
+              and starts_with(application_name, $1 || ' ') and application_name <> $1 || ' ' || $2
+            "#,
+            LISTENER_NAME,
+            replica.to_string()
         )
         .fetch_one(self.pool())
         .await
