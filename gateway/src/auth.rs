@@ -64,8 +64,58 @@ pub struct Claims {
     pub exp: i64,
     /// Issue time, seconds since the epoch.
     pub iat: i64,
+    /// Not valid before, seconds since the epoch (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// Unique token id, used for revocation.
     pub jti: String,
+    /// For a node credential: the one node (of `project`) it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeBinding>,
+}
+
+/// The node a node credential is issued to: its cluster and name, in the
+/// token's project. Node routes accept a credential only for this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeBinding {
+    pub cluster: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for NodeBinding {
+    type Err = String;
+    /// Parses `cluster/name`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (cluster, name) =
+            text.split_once('/').ok_or_else(|| format!("`{text}` is not `CLUSTER/NAME`, e.g. `gpu/gpu-box-1`"))?;
+        if !is_name(cluster) {
+            return Err(format!("the cluster name `{cluster}` must be {NAME_RULE}"));
+        }
+        if !is_node_name(name) {
+            return Err(format!("the node name `{name}` must be {NODE_NAME_RULE}"));
+        }
+        Ok(NodeBinding { cluster: cluster.to_owned(), name: name.to_owned() })
+    }
+}
+
+/// The rule every project, cluster and node name follows.
+pub const NAME_RULE: &str = "1 to 64 of A-Z, a-z, 0-9, `-`, `_`, `.`";
+
+/// True for a valid project, cluster or node name (see [`NAME_RULE`]).
+pub fn is_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The rule for node names: a cluster name plus room for a `-N` suffix.
+pub const NODE_NAME_RULE: &str = "1 to 80 of A-Z, a-z, 0-9, `-`, `_`, `.`";
+
+/// True for a valid node name (see [`NODE_NAME_RULE`]).
+pub fn is_node_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 80
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// An authenticated caller.
@@ -75,12 +125,20 @@ pub struct Caller {
     pub project: String,
     pub jti: String,
     scopes: HashSet<String>,
+    node: Option<NodeBinding>,
 }
 
 impl Caller {
-    /// True if the caller holds `scope` (or `admin`, which implies every scope).
+    /// True if the caller holds `scope`. `admin` implies reading and writing
+    /// dispatches, never `node`: node rights come only with a credential
+    /// bound to one node.
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(scope.as_str()) || self.scopes.contains(Scope::Admin.as_str())
+        self.scopes.contains(scope.as_str()) || (scope != Scope::Node && self.scopes.contains(Scope::Admin.as_str()))
+    }
+
+    /// The node this caller is, if it holds a node credential.
+    pub fn node(&self) -> Option<&NodeBinding> {
+        self.node.as_ref().filter(|_| self.scopes.contains(Scope::Node.as_str()))
     }
 }
 
@@ -91,6 +149,7 @@ impl From<Claims> for Caller {
             project: claims.project,
             jti: claims.jti,
             scopes: claims.scopes.into_iter().collect(),
+            node: claims.node,
         }
     }
 }
@@ -108,6 +167,8 @@ pub enum TokenError {
     BadSignature,
     #[error("the token is malformed: {0}")]
     Malformed(String),
+    #[error("the token is not valid yet (its nbf is in the future)")]
+    NotYetValid,
 }
 
 /// Errors setting up keys or minting tokens.
@@ -191,11 +252,12 @@ impl Keys {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub", "jti"]);
         Ok(Keys { algorithm, algorithm_name: name, decoding, encoding, validation })
     }
 
-    /// Signs a new token.
+    /// Signs a new token for a user or service (no node rights).
     pub fn mint(
         &self,
         sub: &str,
@@ -203,28 +265,44 @@ impl Keys {
         scopes: &[Scope],
         ttl: Duration,
     ) -> Result<(String, Claims), KeyError> {
-        self.mint_with_id(sub, project, scopes, ttl, &Uuid::new_v4().to_string())
+        let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        self.sign(sub, project, scopes, ttl, &Uuid::new_v4().to_string(), None)
     }
 
-    /// [`Keys::mint`] with a chosen token id (`jti`), for tokens whose id is
-    /// recorded before they are signed.
-    pub fn mint_with_id(
+    /// Signs a node credential: the `node` scope, bound to `node` of
+    /// `project`, with a chosen token id (`jti`) so it can be recorded (and
+    /// revoked) before it is handed out.
+    pub fn mint_node(
+        &self,
+        project: &str,
+        node: &NodeBinding,
+        ttl: Duration,
+        jti: &str,
+    ) -> Result<(String, Claims), KeyError> {
+        let sub = format!("node:{}/{}", node.cluster, node.name);
+        self.sign(&sub, project, vec![Scope::Node.as_str().to_owned()], ttl, jti, Some(node.clone()))
+    }
+
+    fn sign(
         &self,
         sub: &str,
         project: &str,
-        scopes: &[Scope],
+        scopes: Vec<String>,
         ttl: Duration,
         jti: &str,
+        node: Option<NodeBinding>,
     ) -> Result<(String, Claims), KeyError> {
         let encoding = self.encoding.as_ref().ok_or(KeyError::MissingPrivateKey)?;
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: sub.to_owned(),
             project: project.to_owned(),
-            scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            scopes,
             iat: now,
+            nbf: Some(now),
             exp: now + ttl.as_secs() as i64,
             jti: jti.to_owned(),
+            node,
         };
         let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding).map_err(KeyError::Sign)?;
         Ok((token, claims))
@@ -247,6 +325,7 @@ impl Keys {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims).map_err(|err| {
             match err.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm(self.algorithm_name),
                 ErrorKind::MissingRequiredClaim(claim) => TokenError::Malformed(format!("missing claim `{claim}`")),
@@ -292,21 +371,18 @@ impl Revocations {
     }
 }
 
-/// Parses a TTL such as `90s`, `15m`, `12h`, `30d`.
+/// Parses a TTL such as `90s`, `15m`, `12h`, `30d` or `1h 30m`: at least one
+/// second, at most ten years.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 =
-        number.parse().map_err(|_| format!("invalid ttl `{text}`: expected a number and a unit, e.g. 12h"))?;
-    let seconds = match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("invalid ttl unit `{unit}`: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(number * seconds))
+    let ttl = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("invalid ttl `{text}`: {err}; write e.g. 90s, 15m, 12h or 30d"))?;
+    if ttl < Duration::from_secs(1) {
+        return Err(format!("invalid ttl `{text}`: a token must live at least 1s"));
+    }
+    if ttl > Duration::from_secs(10 * 365 * 86_400) {
+        return Err(format!("invalid ttl `{text}`: at most 10 years"));
+    }
+    Ok(ttl)
 }
 
 #[cfg(test)]
@@ -330,11 +406,12 @@ mod tests {
     }
 
     #[test]
-    fn admin_implies_every_scope() {
+    fn admin_implies_every_scope_but_node() {
         let keys = keys();
         let (token, _) = keys.mint("ada", "p", &[Scope::Admin], Duration::from_secs(60)).unwrap();
         let caller = Caller::from(keys.verify(&token).unwrap());
-        assert!(Scope::ALL.iter().all(|s| caller.has(*s)));
+        assert!(Scope::ALL.iter().filter(|s| **s != Scope::Node).all(|s| caller.has(*s)));
+        assert!(!caller.has(Scope::Node));
     }
 
     #[test]
@@ -344,12 +421,53 @@ mod tests {
     }
 
     #[test]
-    fn ttls_parse_with_units() {
+    fn ttls_parse_with_units_and_zero_is_refused() {
         assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_ttl("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_ttl("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_ttl("soon").is_err());
-        assert!(parse_ttl("5w").is_err());
+        assert!(parse_ttl("0s").unwrap_err().contains("at least 1s"));
+        assert!(parse_ttl("0").is_err());
+    }
+
+    #[test]
+    fn admin_does_not_carry_node_rights_and_a_node_credential_names_its_node() {
+        let keys = keys();
+        let (token, _) = keys.mint("ada", "p", &[Scope::Admin, Scope::Node], Duration::from_secs(60)).unwrap();
+        let admin = Caller::from(keys.verify(&token).unwrap());
+        assert!(admin.has(Scope::DispatchWrite));
+        assert!(admin.node().is_none(), "a node scope without a binding names no node");
+        let binding: NodeBinding = "gpu/box-1".parse().unwrap();
+        let (token, claims) = keys.mint_node("p", &binding, Duration::from_secs(60), "j1").unwrap();
+        let node = Caller::from(keys.verify(&token).unwrap());
+        assert_eq!(node.node(), Some(&binding));
+        assert!(node.has(Scope::Node) && !node.has(Scope::DispatchRead));
+        assert_eq!(claims.sub, "node:gpu/box-1");
+        assert!("gpu".parse::<NodeBinding>().is_err());
+        assert!("gpu/bad name".parse::<NodeBinding>().is_err());
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let keys = keys();
+        let (_, mut claims) = keys.mint("ada", "p", &[Scope::Admin], Duration::from_secs(600)).unwrap();
+        claims.nbf = Some(claims.iat + 300);
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret("x".repeat(32).as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&token), Err(TokenError::NotYetValid));
+    }
+
+    #[test]
+    fn names_follow_one_rule() {
+        assert!(is_name("gpu-box_1.a"));
+        for bad in ["", "a b", "a/b", &"x".repeat(65), "a\0b"] {
+            assert!(!is_name(bad), "{bad:?}");
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ pub struct Settings {
     pub nodes: NodeSettings,
     pub bundles: BundleSettings,
     pub call_logs: CallLogSettings,
+    pub results: ResultSettings,
     pub compute: ComputeSettings,
     /// Named cluster specs a dispatch may bring up on demand: a dispatch to a
     /// cluster that does not exist but has a profile provisions it.
@@ -181,6 +182,22 @@ pub struct CallLogSettings {
     pub max_bytes_per_dispatch: u64,
 }
 
+/// Limits on what a call returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultSettings {
+    /// The largest result stored, in bytes of JSON. A larger one fails its
+    /// dispatch with `result_too_large`, naming this limit; the call is not
+    /// run again. Nodes learn it when they register.
+    pub max_bytes: usize,
+}
+
+impl Default for ResultSettings {
+    fn default() -> Self {
+        ResultSettings { max_bytes: 1024 * 1024 }
+    }
+}
+
 impl Default for NodeSettings {
     fn default() -> Self {
         NodeSettings { heartbeat_interval_s: 2, lost_after_s: 10, unacknowledged_requeue_s: 15 }
@@ -242,10 +259,14 @@ pub struct AuthSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
-    /// Largest accepted request body, in bytes; larger ones get 413.
+    /// Largest accepted request body, in bytes; larger ones get 413. (Node
+    /// reports may be larger: they carry results of up to `results.max_bytes`.)
     pub body_limit_bytes: usize,
     /// Longest `timeout_s` a wait request may ask for.
     pub max_wait_s: u32,
+    /// If set, `GET /metrics` needs `Authorization: Bearer <this>`.
+    #[serde(serialize_with = "serialize_redacted_opt")]
+    pub metrics_token: Option<SecretString>,
 }
 
 /// Log output.
@@ -277,6 +298,7 @@ impl Default for Settings {
             nodes: NodeSettings::default(),
             bundles: BundleSettings::default(),
             call_logs: CallLogSettings::default(),
+            results: ResultSettings::default(),
             compute: ComputeSettings::default(),
             profiles: BTreeMap::new(),
         }
@@ -306,7 +328,7 @@ impl Default for AuthSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { body_limit_bytes: 1024 * 1024, max_wait_s: 300 }
+        HttpSettings { body_limit_bytes: 1024 * 1024, max_wait_s: 300, metrics_token: None }
     }
 }
 
@@ -319,15 +341,21 @@ impl Default for LogSettings {
 impl Settings {
     /// Reads defaults, then `file` (if given), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        Settings::sources(file).extract().map_err(Box::new)
+    }
+
+    /// What was configured, before defaults: `file` (if given), then the
+    /// environment. Defaults come from `Settings::default()` as the sources
+    /// are extracted (every struct is `#[serde(default)]`), so
+    /// `sources(..).contains("database.url")` tells whether anyone set it.
+    pub fn sources(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
             .merge(Env::prefixed("RH_GATEWAY_").split("__"))
-            .extract()
-            .map_err(Box::new)
     }
 }
 
@@ -339,5 +367,64 @@ fn serialize_redacted_opt<S: serde::Serializer>(value: &Option<SecretString>, s:
     match value {
         Some(_) => s.serialize_some("[redacted]"),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+// `figment::Jail`'s closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn with_nothing_configured_every_default_is_real() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.database.url.expose_secret(), "postgres://postgres@127.0.0.1:5432/runhouse");
+            assert_eq!(settings.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+            assert!(!Settings::sources(None).contains("database.url"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_file_is_layered_under_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "gateway.toml",
+                "listen = \"127.0.0.1:9000\"\n[database]\nurl = \"postgres://file/db\"\nmax_connections = 4\n",
+            )?;
+            let file = Some(Path::new("gateway.toml"));
+            let settings = Settings::load(file).map_err(|e| e.to_string())?;
+            assert_eq!(settings.database.url.expose_secret(), "postgres://file/db");
+            assert_eq!(settings.database.max_connections, 4);
+            assert_eq!(settings.database.acquire_timeout_s, 5, "unset keys keep their defaults");
+            assert_eq!(settings.listen.port(), 9000);
+            assert!(Settings::sources(file).contains("database.url"));
+            jail.set_env("RH_GATEWAY_LISTEN", "127.0.0.1:9100");
+            jail.set_env("DATABASE_URL", "postgres://env/db");
+            let settings = Settings::load(file).map_err(|e| e.to_string())?;
+            assert_eq!(settings.listen.port(), 9100);
+            assert_eq!(settings.database.url.expose_secret(), "postgres://env/db");
+            jail.set_env("RH_GATEWAY_DATABASE__URL", "postgres://prefixed/db");
+            let settings = Settings::load(file).map_err(|e| e.to_string())?;
+            assert_eq!(settings.database.url.expose_secret(), "postgres://prefixed/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("gateway.toml", "[database]\nurll = \"x\"\n")?;
+            let err = Settings::load(Some(Path::new("gateway.toml"))).unwrap_err().to_string();
+            assert!(err.contains("urll"), "{err}");
+            Ok(())
+        });
     }
 }

@@ -14,7 +14,7 @@ use sqlx::Connection;
 
 use crate::auth::{Keys, Scope};
 use crate::config::Settings;
-use crate::embedded_pg::{EmbeddedPostgres, Options};
+use crate::embedded_pg::{write_private, EmbeddedPostgres, Options};
 use crate::startup::{shutdown_signal, Application};
 
 /// The file holding the local stack's HS256 secret.
@@ -27,16 +27,14 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 const DATABASE: &str = "runhouse";
 
 /// Runs the local stack until SIGTERM or Ctrl-C.
-pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, url_is_set: bool, dir: &Path) -> anyhow::Result<()> {
     crate::telemetry::init(&settings.log);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
-    let postgres = match std::env::var("DATABASE_URL") {
-        Ok(url) => {
-            settings.database.url = SecretString::from(url);
-            None
-        }
-        Err(_) => {
+    // A database URL from the settings file or the environment wins; else a private Postgres.
+    let postgres = match url_is_set {
+        true => None,
+        false => {
             let pg = EmbeddedPostgres::start(&dir.join("pg"), Options { durable: true })?;
             let guard = StopOnDrop(pg);
             create_database_if_missing(&guard.0.url("postgres"), DATABASE).await?;
@@ -44,7 +42,7 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
             Some(guard)
         }
     };
-    std::fs::write(dir.join(DATABASE_URL_FILE), settings.database.url.expose_secret())?;
+    write_private(&dir.join(DATABASE_URL_FILE), settings.database.url.expose_secret().as_bytes())?;
 
     if settings.auth.hs256_secret.is_none() {
         settings.auth.hs256_secret = Some(SecretString::from(read_or_create_secret(&dir.join(SECRET_FILE))?));
@@ -52,13 +50,12 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
     let keys = Keys::from_settings(&settings.auth)?;
     let (token, _) = keys.mint("dev-admin", "default", &[Scope::Admin], Duration::from_secs(30 * 86_400))?;
     let token_path = dir.join(ADMIN_TOKEN_FILE);
-    std::fs::write(&token_path, format!("{token}\n"))?;
+    write_private(&token_path, format!("{token}\n").as_bytes())?;
 
     // Every provider's bootstrap reaches this gateway on loopback.
     if settings.listen.port() == 0 {
         anyhow::bail!("`dev` needs a fixed port (the local nodes are told where to find the gateway)");
     }
-    settings.compute.local_work_dir.get_or_insert_with(|| dir.join("nodes"));
     for (name, count) in [("cpu", 1), ("train", 1)] {
         settings.profiles.entry(name.to_owned()).or_insert_with(|| wire::ClusterSpec {
             provider: "local".into(),
@@ -73,7 +70,7 @@ pub async fn run(mut settings: Settings, dir: &Path) -> anyhow::Result<()> {
     if has_node_binary {
         app.app()
             .cluster_ensure(
-                "local",
+                &crate::db::ClusterKey::new("default", "local"),
                 &wire::ClusterSpec { provider: "local".into(), count: 1, ..Default::default() },
                 "dev",
             )
@@ -130,11 +127,6 @@ fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
     }
     let bytes: [u8; 32] = rand::random();
     let secret = hex::encode(bytes);
-    std::fs::write(path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    write_private(path, secret.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(secret)
 }

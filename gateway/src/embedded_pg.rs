@@ -52,6 +52,9 @@ pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     run_as: Option<&'static str>,
     port: u16,
+    /// The superuser's password: every connection authenticates with it
+    /// (scram-sha-256), so other local users cannot walk in over loopback.
+    password: String,
 }
 
 impl EmbeddedPostgres {
@@ -97,10 +100,12 @@ impl EmbeddedPostgres {
             None
         };
         let data_dir = absolute(data_dir)?;
-        let mut pg = EmbeddedPostgres { data_dir, bin_dir, run_as, port: 0 };
+        let password = read_or_create_password(&password_file(&data_dir))?;
+        let mut pg = EmbeddedPostgres { data_dir, bin_dir, run_as, port: 0, password };
         if !pg.data_dir.join("PG_VERSION").is_file() {
             pg.init()?;
         }
+        pg.require_password()?;
         if pg.pg_ctl(&["status"]).is_ok() {
             pg.pg_ctl(&["-m", "fast", "-w", "stop"])?;
         }
@@ -131,7 +136,7 @@ impl EmbeddedPostgres {
 
     /// A connection URL for `database`, as the superuser `postgres`.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres:{}@127.0.0.1:{}/{database}", self.password, self.port)
     }
 
     /// Stops the server (fast shutdown: clients are disconnected, data is kept).
@@ -157,11 +162,70 @@ impl EmbeddedPostgres {
             }
         }
         let data_dir = self.data_dir.to_string_lossy();
-        run(&mut self.command(
+        // initdb reads the password from a file the server user can read; it
+        // lives only for the call, in a private folder.
+        let scratch = std::env::temp_dir().join(format!("rh-pg-init-{}", std::process::id()));
+        let io = |context: String| move |source| Error::Io { context, source };
+        std::fs::create_dir_all(&scratch).map_err(io(format!("cannot create {}", scratch.display())))?;
+        let pwfile = scratch.join("pw");
+        write_private(&pwfile, self.password.as_bytes()).map_err(io(format!("cannot write {}", pwfile.display())))?;
+        if let Some(user) = self.run_as {
+            run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(&scratch))?;
+        }
+        let pwfile_arg = format!("--pwfile={}", pwfile.display());
+        let result = run(&mut self.command(
             "initdb",
-            &["-D", &data_dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-        ))
-        .map(|_| ())
+            &[
+                "-D",
+                &data_dir,
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                &pwfile_arg,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        ));
+        let _ = std::fs::remove_dir_all(&scratch);
+        result.map(|_| ())
+    }
+
+    /// A data folder made before passwords (trust auth) gets one: its
+    /// `pg_hba.conf` is rewritten to scram-sha-256 and the password set on
+    /// the next start, through the one trusted local connection it allows.
+    fn require_password(&self) -> Result<(), Error> {
+        let hba = self.data_dir.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba)
+            .map_err(|source| Error::Io { context: format!("cannot read {}", hba.display()), source })?;
+        if !text.lines().any(|l| !l.trim_start().starts_with('#') && l.split_whitespace().last() == Some("trust")) {
+            return Ok(());
+        }
+        let single = self.data_dir.to_string_lossy().to_string();
+        let sql = format!("alter user postgres password '{}';", self.password.replace('\'', ""));
+        let mut command = self.command("postgres", &["--single", "-D", &single, "postgres"]);
+        command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+        let mut child =
+            command.spawn().map_err(|source| Error::Io { context: "cannot run postgres --single".into(), source })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = stdin.write_all(sql.as_bytes());
+        }
+        let _ = child.wait();
+        let rewritten: String = text
+            .lines()
+            .map(|l| {
+                if !l.trim_start().starts_with('#') && l.split_whitespace().last() == Some("trust") {
+                    format!("{} scram-sha-256\n", l.trim_end().trim_end_matches("trust").trim_end())
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        // Writing in place keeps the file's owner (the server user).
+        std::fs::write(&hba, rewritten)
+            .map_err(|source| Error::Io { context: format!("cannot write {}", hba.display()), source })
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<String, Error> {
@@ -195,6 +259,40 @@ fn run(command: &mut Command) -> Result<String, Error> {
     } else {
         Err(Error::Command { command: rendered, output: text.trim().to_owned() })
     }
+}
+
+/// Where the superuser's password is kept: beside the data folder, readable
+/// only by whoever runs the gateway (the data folder belongs to the server user).
+fn password_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".password");
+    data_dir.with_file_name(name)
+}
+
+fn read_or_create_password(path: &Path) -> Result<String, Error> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if !text.trim().is_empty() {
+            return Ok(text.trim().to_owned());
+        }
+    }
+    let password = hex::encode(rand::random::<[u8; 24]>());
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| Error::Io { context: format!("cannot create {}", parent.display()), source })?;
+    }
+    write_private(path, password.as_bytes())
+        .map_err(|source| Error::Io { context: format!("cannot write {}", path.display()), source })?;
+    Ok(password)
+}
+
+/// Writes `bytes` to a file only its owner can read (mode 0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode when opened: tighten it too.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)
 }
 
 fn free_port() -> Result<u16, Error> {

@@ -35,6 +35,13 @@ pub enum Error {
     #[error("a cluster named `{name}` is already live; delete it first or pick another name")]
     ClusterExists { name: String },
 
+    /// The route takes a node credential and the token is not one (403).
+    #[error(
+        "this route takes a node credential (a `node` token issued to one node); \
+         user and admin tokens carry no node rights"
+    )]
+    MissingNodeCredential,
+
     /// A join token is unknown, expired, spent, or its cluster is gone (401).
     #[error(
         "the join token is unknown, expired, already used, or its cluster is no longer live; \
@@ -60,6 +67,13 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
+        // 22P05, 22021: text Postgres cannot store (a NUL). Input is checked for
+        // NULs before it gets here; this keeps a missed field a clear 422.
+        if let sqlx::Error::Database(db) = &err {
+            if matches!(db.code().as_deref(), Some("22P05" | "22021")) {
+                return Error::invalid("body", "a value contains a NUL character (\\u0000), which cannot be stored");
+            }
+        }
         match err {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Error::Unavailable(err),
             other => Error::Internal(anyhow::Error::new(other)),

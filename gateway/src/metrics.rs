@@ -16,11 +16,29 @@ use prometheus_client::registry::Registry;
 
 use crate::dispatch::DispatchState;
 
+/// Every label value comes from a closed set: a known method or `other`, a
+/// route template of this API or `unmatched`, a status code. No request can
+/// add a series, so an unauthenticated client cannot grow `/metrics`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
+}
+
+/// The label for a request method.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,13 +95,15 @@ impl Metrics {
 /// Middleware recording each request's latency.
 pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
+    // `MatchedPath` is one of the router's own templates (`/v1/dispatches/{id}`).
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let response = next.run(request).await;
     let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    debug_assert!(labels.status < 600);
     metrics.requests.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
 }

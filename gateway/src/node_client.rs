@@ -12,9 +12,10 @@ use crate::db::NodeEndpoint;
 /// Why a call could not be handed to a node.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// The node certainly did not start the call (unreachable, full, or it refused).
-    #[error("node refused the call: {0}")]
-    Refused(String),
+    /// The node certainly did not start the call: `unreachable` if no
+    /// connection could be made, else it refused (full, or a bad request).
+    #[error("node refused the call: {message}")]
+    Refused { message: String, unreachable: bool },
     /// The request may or may not have reached the node.
     #[error("unknown whether the node got the call: {0}")]
     Unknown(String),
@@ -78,7 +79,7 @@ impl NodeClient {
             .await
             .map_err(|err| {
                 if err.is_connect() || err.is_builder() {
-                    ForwardError::Refused(err.to_string())
+                    ForwardError::Refused { message: err.to_string(), unreachable: true }
                 } else {
                     ForwardError::Unknown(err.to_string())
                 }
@@ -89,7 +90,7 @@ impl NodeClient {
         }
         let body = response.text().await.unwrap_or_default();
         if status.is_client_error() || status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-            Err(ForwardError::Refused(format!("{status}: {body}")))
+            Err(ForwardError::Refused { message: format!("{status}: {body}"), unreachable: false })
         } else {
             Err(ForwardError::Unknown(format!("{status}: {body}")))
         }

@@ -42,7 +42,9 @@ impl Application {
         revocations.replace(db.token_revoked_all().await.context("cannot load revoked tokens")?);
         let shutdown = CancellationToken::new();
         let (publisher, hints) = Publisher::new();
-        let providers = Providers::from_settings(settings).await.context("cannot set up compute providers")?;
+        let installation = db.installation_id().await.context("cannot read the installation id")?;
+        let providers =
+            Providers::from_settings(settings, installation).await.context("cannot set up compute providers")?;
         let app = App {
             provisioner: Arc::new(Notify::new()),
             orphan_sweep: Arc::new(Notify::new()),
@@ -54,6 +56,7 @@ impl Application {
             nodes: NodeClient::default(),
             placement: Arc::new(Notify::new()),
             bundles_seen: Arc::default(),
+            node_ids: Arc::default(),
             queued_clusters: Arc::default(),
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
@@ -103,7 +106,7 @@ impl Application {
             metrics: Arc::new(Metrics::default()),
             statuses,
         });
-        let router = api::router(state, settings.http.body_limit_bytes);
+        let router = api::router(state);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -2,7 +2,7 @@
 //! a worker, cancel and timeout, log shipping, and the final report.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,7 +54,12 @@ pub struct Calls {
     bundles: Arc<BundleCache>,
     envs: Arc<EnvCache>,
     gateway: GatewayClient,
+    /// The largest result the gateway stores (learned at registration).
+    max_result_bytes: Arc<AtomicUsize>,
 }
+
+/// What a node assumes the gateway stores until it says otherwise.
+const DEFAULT_MAX_RESULT_BYTES: usize = 1024 * 1024;
 
 impl Calls {
     /// Calls run in workers from `pool`, at most `max` at once.
@@ -65,7 +70,21 @@ impl Calls {
         envs: Arc<EnvCache>,
         gateway: GatewayClient,
     ) -> Calls {
-        Calls { entries: Arc::default(), slots: Arc::new(Semaphore::new(max)), max, pool, bundles, envs, gateway }
+        Calls {
+            entries: Arc::default(),
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            pool,
+            bundles,
+            envs,
+            gateway,
+            max_result_bytes: Arc::new(AtomicUsize::new(DEFAULT_MAX_RESULT_BYTES)),
+        }
+    }
+
+    /// Results larger than this (bytes of JSON) fail with `result_too_large`.
+    pub fn set_max_result_bytes(&self, max: usize) {
+        self.max_result_bytes.store(max, Ordering::Relaxed);
     }
 
     /// Admits and starts a call. Starting a call the node already has is a no-op.
@@ -150,9 +169,18 @@ impl Calls {
         // Output shipped while the call ran is stored; what is left goes with
         // the report, in the same commit, so the outcome never overtakes it.
         let tail = shipper.await.unwrap_or_default();
-        let mut report = report_for(ending);
+        let mut report = report_for(ending, self.max_result_bytes.load(Ordering::Relaxed));
         report.logs = tail;
-        self.gateway.report_until_acked(id, &report).await;
+        if let Err(refusal) = self.gateway.report_until_acked(id, &report).await {
+            // The outcome must still reach the gateway, or the dispatch would
+            // stay running: send one it cannot refuse, saying why.
+            let mut message = format!("the gateway refused this call's outcome: {refusal}");
+            message.truncate(2048);
+            let fallback = failure_report("report_rejected", message);
+            if let Err(err) = self.gateway.report_until_acked(id, &fallback).await {
+                tracing::error!(dispatch_id = %id, error = %err, "the gateway refused the fallback report too");
+            }
+        }
         tracing::debug!(dispatch_id = %id, ?executed, reported = ?started.elapsed(), "call done");
     }
 
@@ -195,7 +223,19 @@ impl Calls {
     }
 }
 
-fn report_for(ending: Ending) -> wire::Report {
+/// A `failed` report with `code` and `message`.
+fn failure_report(code: &str, message: String) -> wire::Report {
+    wire::Report {
+        kind: wire::ReportKind::Failed,
+        expected_generation: None,
+        result: None,
+        failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type: None, traceback: None }),
+        reason: None,
+        logs: Vec::new(),
+    }
+}
+
+fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
     let failure = |code: &str, message: String, remote_type: Option<String>, traceback: Option<String>| wire::Report {
         kind: wire::ReportKind::Failed,
         expected_generation: None,
@@ -205,13 +245,25 @@ fn report_for(ending: Ending) -> wire::Report {
         logs: Vec::new(),
     };
     match ending {
-        Ending::Finished(Ok(CallResponse::Returned { result })) => wire::Report {
-            kind: wire::ReportKind::Succeeded,
-            expected_generation: None,
-            result: Some(serde_json::from_str(&result).unwrap_or(serde_json::Value::Null)),
-            failure: None,
-            reason: None,
-            logs: Vec::new(),
+        Ending::Finished(Ok(CallResponse::Returned { result })) if result.len() > max_result_bytes => failure_report(
+            "result_too_large",
+            format!(
+                "the result is {} bytes of JSON, over the gateway's limit of {max_result_bytes} (results.max_bytes); \
+                 return a path or URI to large data instead",
+                result.len()
+            ),
+        ),
+        Ending::Finished(Ok(CallResponse::Returned { result })) => match serde_json::from_str(&result) {
+            Ok(value) => wire::Report {
+                kind: wire::ReportKind::Succeeded,
+                expected_generation: None,
+                result: Some(value),
+                failure: None,
+                reason: None,
+                logs: Vec::new(),
+            },
+            // The worker checks results before sending them; this is the last guard, never a silent null.
+            Err(err) => failure_report("result_not_json", format!("the result could not be read back as JSON: {err}")),
         },
         Ending::Finished(Ok(CallResponse::Failed { code, message, remote_type, traceback })) => {
             failure(&code, message, remote_type, traceback)

@@ -102,12 +102,22 @@ impl Cli {
                 }
             }
             Command::Run(args) => {
+                // Other processes of this user (user code among them) cannot
+                // read this one's memory or /proc/<pid>/environ, where its
+                // credentials are.
+                let _ = nix::sys::prctl::set_dumpable(false);
                 // The gateway's `local` provider asks its nodes to die with it.
                 if std::env::var("RH_NODE_DIE_WITH_PARENT").as_deref() == Ok("1") {
                     if let Err(err) = die_with_parent() {
                         eprintln!("error: {err:#}");
                         return ExitCode::FAILURE;
                     }
+                }
+                // The arguments are parsed: no secret needs to stay in the
+                // environment, where child processes would inherit it. (Still
+                // one thread here, so changing the environment is safe.)
+                for (name, _) in std::env::vars_os().filter(|(name, _)| crate::worker::is_private_env(name)) {
+                    std::env::remove_var(name);
                 }
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -291,7 +301,12 @@ async fn register(
         let mut registration = registration.clone();
         registration.running = calls.running().into_iter().map(|c| c.dispatch_id).collect();
         match gateway.register(&registration).await {
-            Ok(done) => return Ok((done.node_id, done.heartbeat_interval_s)),
+            Ok(done) => {
+                if let Some(max) = done.max_result_bytes {
+                    calls.set_max_result_bytes(max as usize);
+                }
+                return Ok((done.node_id, done.heartbeat_interval_s));
+            }
             Err(err @ gateway::Error::Refused { .. }) => {
                 return Err(err).context("the gateway refused the registration")
             }

@@ -43,7 +43,12 @@ impl EnvCache {
         }
         std::fs::create_dir_all(&self.root).map_err(|e| e.to_string())?;
         let staging = self.root.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let output = tokio::process::Command::new(&self.python)
+        let mut pip = tokio::process::Command::new(&self.python);
+        // pip runs the requirements' build code: it sees none of the node's secrets.
+        for (name, _) in std::env::vars_os().filter(|(name, _)| crate::worker::is_private_env(name)) {
+            pip.env_remove(name);
+        }
+        let output = pip
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
             .arg(&staging)
             .args(&sorted)

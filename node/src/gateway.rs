@@ -75,25 +75,34 @@ impl GatewayClient {
         self.post(&format!("/v1/nodes/{node_id}/heartbeat"), heartbeat).await.map(|_| ())
     }
 
-    /// Sends a report until the gateway has it. A client error (the report no
-    /// longer applies, e.g. the dispatch was cancelled meanwhile) also ends it.
-    pub async fn report_until_acked(&self, id: wire::DispatchId, report: &wire::Report) {
-        self.until_acked(&format!("/v1/dispatches/{id}/reports"), report, "report").await
+    /// Sends a report until the gateway has it. A 404 or 409 (the dispatch
+    /// is not this node's, or already ended) settles it too; any other
+    /// refusal is returned, for the caller to send an outcome the gateway can take.
+    pub async fn report_until_acked(&self, id: wire::DispatchId, report: &wire::Report) -> Result<(), Error> {
+        match self.until_acked(&format!("/v1/dispatches/{id}/reports"), report, "report").await {
+            Err(Error::Refused { status, .. }) if status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT => {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
-    /// Ships a log batch until the gateway has it.
+    /// Ships a log batch until the gateway has it (or refuses it; output is
+    /// never worth failing a call over).
     pub async fn logs_until_acked(&self, id: wire::DispatchId, batch: &wire::LogBatch) {
-        self.until_acked(&format!("/v1/dispatches/{id}/logs"), batch, "log batch").await
+        if let Err(err) = self.until_acked(&format!("/v1/dispatches/{id}/logs"), batch, "log batch").await {
+            tracing::warn!(dispatch_id = %id, error = %err, "the gateway refused a log batch; dropping it");
+        }
     }
 
-    async fn until_acked<T: serde::Serialize>(&self, path: &str, body: &T, what: &str) {
+    async fn until_acked<T: serde::Serialize>(&self, path: &str, body: &T, what: &str) -> Result<(), Error> {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.post(path, body).await {
-                Ok(_) => return,
+                Ok(_) => return Ok(()),
                 Err(err @ Error::Refused { .. }) => {
-                    tracing::warn!(path, error = %err, "the gateway refused a {what}; dropping it");
-                    return;
+                    tracing::warn!(path, error = %err, "the gateway refused a {what}");
+                    return Err(err);
                 }
                 Err(err) => {
                     tracing::debug!(path, error = %err, "{what} not delivered; retrying");

@@ -83,33 +83,6 @@ pub fn read_frame<R: std::io::Read, T: for<'de> Deserialize<'de>>(reader: &mut R
     decode(&body)
 }
 
-/// Writes one frame to an async writer.
-pub async fn write_frame_async<W, T>(writer: &mut W, value: &T) -> std::io::Result<()>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    T: Serialize,
-{
-    use tokio::io::AsyncWriteExt;
-    writer.write_all(&encode(value)?).await?;
-    writer.flush().await
-}
-
-/// Reads one frame from an async reader; `None` at a clean end of stream.
-pub async fn read_frame_async<R, T>(reader: &mut R) -> std::io::Result<Option<T>>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    T: for<'de> Deserialize<'de>,
-{
-    use tokio::io::AsyncReadExt;
-    let mut header = [0u8; 4];
-    if let Err(err) = reader.read_exact(&mut header).await {
-        return end_of_stream(err);
-    }
-    let mut body = vec![0u8; body_len(header)?];
-    reader.read_exact(&mut body).await?;
-    decode(&body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

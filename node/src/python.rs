@@ -35,6 +35,34 @@ def _flush():
         except Exception:
             pass
 
+_INT_MIN, _INT_MAX = -(2 ** 63), 2 ** 64 - 1
+_MAX_DEPTH = 100
+
+def _unfaithful(value):
+    """Why `value` would not come back the same from JSON, or None.
+
+    json.dumps silently turns int keys into strings and sends ints the
+    gateway would read as floats; a result must survive the trip unchanged.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)) and depth > _MAX_DEPTH:
+            return f"it is nested deeper than {_MAX_DEPTH} levels"
+        if isinstance(item, bool) or item is None or isinstance(item, (str, float)):
+            continue
+        if isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                return f"it holds the integer {item}, outside the 64-bit range JSON numbers keep exactly"
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"it has a dict key {key!r} of type {_type_name(type(key))}; JSON keys are strings"
+                stack.append((child, depth + 1))
+    return None
+
 def call(module, qualname, args_json, kwargs_json):
     try:
         target = importlib.import_module(module)
@@ -50,16 +78,19 @@ def call(module, qualname, args_json, kwargs_json):
     finally:
         _flush()
     try:
-        return True, json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        kind = _type_name(type(result))
-        return False, json.dumps({
-            "code": "result_not_json",
-            "remote_type": kind,
-            "message": f"the function returned a {kind}, which is not JSON-serialisable ({exc}); "
-                       "return lists, dicts, strings, numbers, booleans or None",
-            "traceback": None,
-        })
+        why = None if isinstance(result, str) else _unfaithful(result)
+        if why is None:
+            return True, json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = f"it is not JSON-serialisable ({exc})"
+    kind = _type_name(type(result))
+    return False, json.dumps({
+        "code": "result_not_json",
+        "remote_type": kind,
+        "message": f"the function returned a {kind} that JSON cannot carry faithfully: {why}; "
+                   "return lists, dicts with string keys, strings, numbers, booleans or None",
+        "traceback": None,
+    })
 "#;
 
 /// Runs the worker until the daemon closes the socket. Extra import paths

@@ -12,14 +12,16 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::protocol::{read_frame_async, write_frame_async, CallRequest, CallResponse, Ready};
+use crate::protocol::{CallRequest, CallResponse, Ready, MAX_FRAME};
 
 /// Time between SIGTERM and SIGKILL when a worker is stopped.
 pub const KILL_GRACE: Duration = Duration::from_millis(300);
@@ -55,9 +57,24 @@ pub struct Worker {
     key: EnvKey,
     pid: u32,
     child: Option<Child>,
-    conn: UnixStream,
+    /// Length-prefixed frames. `next()` keeps a partly read frame in the
+    /// codec's buffer, so racing it against the output pipes in a `select!`
+    /// never loses a frame's place (a large result while output streams).
+    conn: Framed<UnixStream, LengthDelimitedCodec>,
     stdout: ChildStdout,
     stderr: ChildStderr,
+}
+
+/// The codec of the daemon ↔ worker socket: a 4-byte big-endian length, then
+/// the JSON body (what `protocol::write_frame` writes on the worker's side).
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(MAX_FRAME).new_codec()
+}
+
+/// Environment variables no user code may see: the node's credentials and
+/// settings, and the gateway's.
+pub fn is_private_env(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with("RH_") || n == "DATABASE_URL")
 }
 
 impl Worker {
@@ -77,6 +94,9 @@ impl Worker {
         if std::env::var_os("PYTHONHOME").is_none() && !env!("RH_PYTHON_HOME").is_empty() {
             command.env("PYTHONHOME", env!("RH_PYTHON_HOME"));
         }
+        for (name, _) in std::env::vars_os().filter(|(name, _)| is_private_env(name)) {
+            command.env_remove(name);
+        }
         command
             .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -89,7 +109,7 @@ impl Worker {
         let pid = child.id().unwrap_or(0);
         let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
         let _ = std::fs::remove_file(&socket);
-        let mut conn = match accepted {
+        let conn = match accepted {
             Ok(Ok((conn, _))) => conn,
             _ => {
                 let _ = child.start_kill();
@@ -98,9 +118,13 @@ impl Worker {
                 return Err(Error::Spawn(format!("the worker did not start: {}", stderr.trim())));
             }
         };
-        let ready: Option<Ready> = read_frame_async(&mut conn).await.map_err(|e| Error::Spawn(e.to_string()))?;
-        if ready.is_none() {
-            return Err(Error::Spawn("the worker exited while starting Python".into()));
+        let mut conn = Framed::new(conn, codec());
+        match conn.next().await {
+            Some(Ok(frame)) => {
+                serde_json::from_slice::<Ready>(&frame).map_err(|e| Error::Spawn(e.to_string()))?;
+            }
+            Some(Err(err)) => return Err(Error::Spawn(err.to_string())),
+            None => return Err(Error::Spawn("the worker exited while starting Python".into())),
         }
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -115,7 +139,8 @@ impl Worker {
     /// Runs one call, sending its output to `output` as it appears.
     pub async fn call(&mut self, request: &CallRequest, output: &mpsc::Sender<Output>) -> Result<CallResponse, Error> {
         self.drain_idle_output();
-        write_frame_async(&mut self.conn, request).await.map_err(|_| self.death())?;
+        let body = serde_json::to_vec(request).map_err(|e| Error::Died(format!("cannot encode the call: {e}")))?;
+        self.conn.send(axum::body::Bytes::from(body)).await.map_err(|_| self.death())?;
         let mut out_buf = vec![0u8; 16 * 1024];
         let mut err_buf = vec![0u8; 16 * 1024];
         let mut out_text = Utf8Chunks::default();
@@ -124,8 +149,8 @@ impl Worker {
         let mut err_open = true;
         let response = loop {
             tokio::select! {
-                frame = read_frame_async::<_, CallResponse>(&mut self.conn) => match frame {
-                    Ok(Some(response)) => break response,
+                frame = self.conn.next() => match frame.map(|f| f.map(|bytes| serde_json::from_slice::<CallResponse>(&bytes))) {
+                    Some(Ok(Ok(response))) => break response,
                     _ => {
                         // Collect its last words before reporting the death.
                         self.drain_ready(&mut out_text, &mut err_text, output).await;

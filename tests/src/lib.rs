@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gateway::auth::{Keys, Scope};
+use gateway::auth::{Keys, NodeBinding, Scope};
 use gateway::config::AuthSettings;
 use gateway::embedded_pg::shared_server;
 use serde_json::{json, Value};
@@ -157,7 +157,9 @@ impl Stack {
 
     /// Starts `rh-node run` in cluster `cluster` and waits until it has registered.
     pub async fn start_node(&self, name: &str, cluster: &str, max_concurrent: u32) -> anyhow::Result<Process> {
-        let (token, _) = self.keys.mint(name, "system", &[Scope::Node], Duration::from_secs(3600))?;
+        let binding = NodeBinding { cluster: cluster.into(), name: name.into() };
+        let jti = uuid::Uuid::new_v4().to_string();
+        let (token, _) = self.keys.mint_node("default", &binding, Duration::from_secs(3600), &jti)?;
         let log = std::fs::File::create(self.work.join(format!("node-{name}.log")))?;
         let child = Command::new(bin_dir().join("rh-node"))
             .args(["run", "--gateway", &self.url, "--cluster", cluster, "--name", name])

@@ -66,9 +66,15 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "cpu", "spec": {"provider": "local", "count": 2, "autostop_idle_minutes": 10}}))]
 pub struct CreateCluster {
-    /// What dispatches name as their `cluster`. 1–64 of `[A-Za-z0-9._-]`.
+    /// What dispatches name as their `cluster`, unique among the project's
+    /// live clusters. 1–64 of `[A-Za-z0-9._-]`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     pub spec: ClusterSpec,
+    /// Other projects that may dispatch to this cluster (naming it
+    /// `project/name`); they cannot list, read or delete it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
 }
 
 /// Where a cluster is in its life.
@@ -119,7 +125,12 @@ pub struct ClusterInstance {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Cluster {
     pub id: Uuid,
+    /// The project owning it.
+    pub project: String,
     pub name: String,
+    /// Other projects that may dispatch to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
     pub spec: ClusterSpec,
     /// The gateway profile it was brought up from, if a dispatch did that.
     pub profile: Option<String>,

@@ -94,6 +94,9 @@ impl std::str::FromStr for DispatchState {
     }
 }
 
+/// The longest `timeout_s` a dispatch may ask for: 30 days.
+pub const MAX_TIMEOUT_S: u32 = 30 * 86_400;
+
 /// `POST /v1/dispatches`: run one Python function remotely.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +113,7 @@ pub struct CreateDispatch {
     /// The function to call, as `module:qualname` (e.g. `pipeline.train:fit`).
     /// Give this or `function_name`.
     #[serde(default)]
+    #[schema(min_length = 3, max_length = 512)]
     pub function: Option<String>,
     /// A function registered with `POST /v1/functions`; supplies the
     /// entrypoint, bundle, requirements and default cluster.
@@ -127,18 +131,23 @@ pub struct CreateDispatch {
     /// Keyword arguments, as a JSON object.
     #[serde(default)]
     pub kwargs: serde_json::Map<String, Value>,
-    /// The cluster to run on (optional with a `function_name` that has a default).
+    /// The cluster to run on (optional with a `function_name` that has a
+    /// default): a cluster of the token's project, or `project/name` for one
+    /// another project shares with it.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 129, pattern = "^([A-Za-z0-9._-]{1,64}/)?[A-Za-z0-9._-]{1,64}$")]
     pub cluster: Option<String>,
     /// Makes the create safe to retry: the same key and body return the
     /// existing dispatch; the same key with another body is a 409. Unique per project.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
     /// Free key/value labels, such as an orchestrator's dag, run and task ids.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Ends the call as `timed_out` after this many seconds of running.
+    /// Ends the call as `timed_out` after this many seconds of running (1 to 2592000, 30 days).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub timeout_s: Option<u32>,
 }
 

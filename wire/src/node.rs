@@ -67,6 +67,10 @@ pub struct NodeRegistered {
     pub node_id: NodeId,
     /// How often to send `POST /v1/nodes/{id}/heartbeat`.
     pub heartbeat_interval_s: u32,
+    /// The largest result (JSON bytes) the gateway stores; a node fails a
+    /// larger one with `result_too_large` instead of sending it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_result_bytes: Option<u64>,
 }
 
 /// `POST /v1/nodes/{id}/heartbeat`.
@@ -84,6 +88,9 @@ pub enum NodeState {
     Ready,
     /// Missed heartbeats past the timeout; its dispatches failed with `node_lost`.
     Lost,
+    /// Heartbeats, but refused the gateway's connections too often: nothing
+    /// is placed on it until it registers again (check its advertised address).
+    Unreachable,
 }
 
 /// A node, as the gateway sees it.
@@ -92,7 +99,9 @@ pub struct Node {
     pub id: NodeId,
     pub name: String,
     pub cluster: String,
-    pub address: String,
+    /// Where the gateway reaches it; shown only to admins of its project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub state: NodeState,
     pub max_concurrent: u32,
     /// Dispatches running (or cancelling) on it now.

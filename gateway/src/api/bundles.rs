@@ -33,7 +33,7 @@ pub async fn bundle_upload(
     auth: Authenticated,
     body: Body,
 ) -> Result<(StatusCode, Json<Bundle>), ApiError> {
-    auth.require(Scope::DispatchWrite)?;
+    let caller = auth.require(Scope::DispatchWrite)?;
     let limit = state.app.settings.bundles.max_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
@@ -44,11 +44,12 @@ pub async fn bundle_upload(
             ),
         )
     })?;
-    let (row, new) = state.app.bundle_put(bytes.to_vec()).await?;
+    let (row, new) = state.app.bundle_put(&caller, bytes.to_vec()).await?;
     Ok((if new { StatusCode::CREATED } else { StatusCode::OK }, Json(row.into())))
 }
 
-/// Download a bundle's bytes (nodes fetch code this way).
+/// Download a bundle's bytes: a project's own bundles, or, for a node, the
+/// bundle of a dispatch running on it (nodes fetch code this way).
 #[utoipa::path(get, path = "/v1/bundles/{sha256}", tag = "bundles", operation_id = "bundle_download",
     params(("sha256" = String, Path, description = "The bundle's sha256, hex.")),
     responses((status = 200, description = "The tar.gz bytes.", content_type = "application/gzip", body = Vec<u8>),
@@ -62,7 +63,7 @@ pub async fn bundle_download(
     if !(caller.has(Scope::Node) || caller.has(Scope::DispatchRead)) {
         return Err(ApiError::missing_scope(Scope::DispatchRead));
     }
-    let data = state.app.bundle_data(&sha256).await?;
+    let data = state.app.bundle_data(&caller, &sha256).await?;
     Ok(([(header::CONTENT_TYPE, "application/gzip")], data))
 }
 

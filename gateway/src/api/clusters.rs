@@ -34,7 +34,7 @@ pub async fn cluster_create(
 ) -> Result<(StatusCode, Json<Cluster>), ApiError> {
     let caller = auth.require(Scope::Admin)?;
     let view = state.app.cluster_create(&caller, body).await?;
-    Ok((StatusCode::CREATED, Json(view.into())))
+    Ok((StatusCode::CREATED, Json(cluster_view(view, true))))
 }
 
 /// List clusters, newest first (live ones unless `all=true`).
@@ -47,8 +47,9 @@ pub async fn cluster_list(
     auth: Authenticated,
     Query(query): Query<ListClusters>,
 ) -> Result<Json<ClusterList>, ApiError> {
-    auth.require(Scope::DispatchRead)?;
-    let items = state.app.cluster_list(query.all).await?.into_iter().map(Into::into).collect();
+    let caller = auth.require(Scope::DispatchRead)?;
+    let admin = caller.has(Scope::Admin);
+    let items = state.app.cluster_list(&caller, query.all).await?.into_iter().map(|v| cluster_view(v, admin)).collect();
     Ok(Json(ClusterList { items }))
 }
 
@@ -63,8 +64,9 @@ pub async fn cluster_get(
     auth: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<Cluster>, ApiError> {
-    auth.require(Scope::DispatchRead)?;
-    Ok(Json(state.app.cluster_get(&name).await?.into()))
+    let caller = auth.require(Scope::DispatchRead)?;
+    let admin = caller.has(Scope::Admin);
+    Ok(Json(cluster_view(state.app.cluster_get(&caller, &name).await?, admin)))
 }
 
 /// Stop a cluster: it becomes `stopping`, its machines are terminated, then it is `terminated`.
@@ -82,7 +84,7 @@ pub async fn cluster_delete(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Cluster>), ApiError> {
     let caller = auth.require(Scope::Admin)?;
-    Ok((StatusCode::ACCEPTED, Json(state.app.cluster_delete(&caller, &name).await?.into())))
+    Ok((StatusCode::ACCEPTED, Json(cluster_view(state.app.cluster_delete(&caller, &name).await?, true))))
 }
 
 /// A single-use join token for one more existing host of a `static` cluster.
@@ -98,8 +100,8 @@ pub async fn cluster_join_token(
     auth: Authenticated,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<JoinTokenCreated>), ApiError> {
-    auth.require(Scope::Admin)?;
-    Ok((StatusCode::CREATED, Json(state.app.cluster_join_token(&name).await?)))
+    let caller = auth.require(Scope::Admin)?;
+    Ok((StatusCode::CREATED, Json(state.app.cluster_join_token(&caller, &name).await?)))
 }
 
 /// A new machine trades its join token for its node name and a node token.
@@ -155,43 +157,49 @@ pub async fn node_binary(State(state): State<AppState>, headers: HeaderMap) -> R
     Ok(([(CONTENT_TYPE, "application/octet-stream")], body))
 }
 
-impl From<ClusterView> for Cluster {
-    fn from(view: ClusterView) -> Self {
-        let row = view.row;
-        Cluster {
-            id: row.cluster_id,
-            name: row.name,
-            spec: serde_json::from_value(row.spec).unwrap_or_default(),
-            profile: row.profile,
-            state: match row.state {
-                crate::db::ClusterState::Provisioning => wire::ClusterState::Provisioning,
-                crate::db::ClusterState::Ready => wire::ClusterState::Ready,
-                crate::db::ClusterState::Stopping => wire::ClusterState::Stopping,
-                crate::db::ClusterState::Terminated => wire::ClusterState::Terminated,
-                crate::db::ClusterState::Failed => wire::ClusterState::Failed,
-            },
-            state_reason: row.state_reason,
-            created_by: row.created_by,
-            created_at: row.created_at,
-            ready_at: row.ready_at,
-            terminated_at: row.terminated_at,
-            instances: view
-                .instances
-                .into_iter()
-                .map(|i| wire::ClusterInstance {
-                    node_name: i.node_name,
-                    state: match i.state {
-                        crate::db::InstanceState::Requested => "requested",
-                        crate::db::InstanceState::Created => "created",
-                        crate::db::InstanceState::Terminating => "terminating",
-                        crate::db::InstanceState::Terminated => "terminated",
-                    }
-                    .into(),
-                    provider_id: i.provider_id,
-                    joined_at: i.joined_at,
-                })
-                .collect(),
-            nodes: view.nodes.into_iter().filter(|n| n.state == crate::db::NodeState::Ready).map(Into::into).collect(),
-        }
+/// A cluster as the API shows it; node addresses only to admins of its project.
+fn cluster_view(view: ClusterView, with_addresses: bool) -> Cluster {
+    let row = view.row;
+    Cluster {
+        id: row.cluster_id,
+        project: row.project,
+        name: row.name,
+        shared_with: row.shared_with,
+        spec: serde_json::from_value(row.spec).unwrap_or_default(),
+        profile: row.profile,
+        state: match row.state {
+            crate::db::ClusterState::Provisioning => wire::ClusterState::Provisioning,
+            crate::db::ClusterState::Ready => wire::ClusterState::Ready,
+            crate::db::ClusterState::Stopping => wire::ClusterState::Stopping,
+            crate::db::ClusterState::Terminated => wire::ClusterState::Terminated,
+            crate::db::ClusterState::Failed => wire::ClusterState::Failed,
+        },
+        state_reason: row.state_reason,
+        created_by: row.created_by,
+        created_at: row.created_at,
+        ready_at: row.ready_at,
+        terminated_at: row.terminated_at,
+        instances: view
+            .instances
+            .into_iter()
+            .map(|i| wire::ClusterInstance {
+                node_name: i.node_name,
+                state: match i.state {
+                    crate::db::InstanceState::Requested => "requested",
+                    crate::db::InstanceState::Created => "created",
+                    crate::db::InstanceState::Terminating => "terminating",
+                    crate::db::InstanceState::Terminated => "terminated",
+                }
+                .into(),
+                provider_id: i.provider_id,
+                joined_at: i.joined_at,
+            })
+            .collect(),
+        nodes: view
+            .nodes
+            .into_iter()
+            .filter(|n| n.state == crate::db::NodeState::Ready)
+            .map(|n| super::views::node_view(n, with_addresses))
+            .collect(),
     }
 }

@@ -14,7 +14,7 @@ use super::error::{
     ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
     UnsupportedMediaType,
 };
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, LosslessJson, Path, Query};
 use super::AppState;
 use crate::app::dispatch::Created;
 use crate::auth::Scope;
@@ -135,9 +135,11 @@ pub async fn dispatch_wait(
 
 /// Report a state change observed on a node.
 ///
-/// Used by node daemons (`node` scope, any project) and operators (`admin`
-/// scope, own project). The change goes through the dispatch state machine:
-/// an illegal one is a 409 naming both states.
+/// Used by node daemons, with the credential of the node the dispatch is
+/// placed on (any other node gets 404), and by operators with an `admin`
+/// token of the dispatch's project. The change goes through the dispatch
+/// state machine: an illegal one is a 409 naming both states. A result over
+/// `results.max_bytes` fails the dispatch with `result_too_large`.
 #[utoipa::path(post, path = "/v1/dispatches/{id}/reports", tag = "nodes", operation_id = "dispatch_report",
     params(("id" = Uuid, Path, description = "The dispatch id.")),
     request_body = Report,
@@ -148,18 +150,18 @@ pub async fn dispatch_report(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<Uuid>,
-    Json(body): Json<Report>,
+    LosslessJson(body): LosslessJson<Report>,
 ) -> Result<Json<Dispatch>, ApiError> {
-    let caller = auth.require(Scope::Node)?;
+    let Authenticated(caller) = auth;
     Ok(Json(state.app.dispatch_report(&caller, id, body).await?.into()))
 }
 
 /// The view of `row`, saying why it waits if it is still queued.
 async fn with_queued_reason(state: &AppState, row: crate::db::DispatchRow) -> Result<Dispatch, ApiError> {
-    let queued = row.state == crate::dispatch::DispatchState::Queued;
+    let queued = (row.state == crate::dispatch::DispatchState::Queued).then(|| row.cluster_key());
     let mut view: Dispatch = row.into();
-    if queued {
-        view.queued_reason = Some(state.app.queued_reason(&view.cluster).await?);
+    if let Some(cluster) = queued {
+        view.queued_reason = Some(state.app.queued_reason(&cluster).await?);
     }
     Ok(view)
 }

@@ -90,6 +90,9 @@ impl From<Error> for ApiError {
             }
             Error::ClusterExists { .. } => ApiError::new(StatusCode::CONFLICT, "cluster_exists", err.to_string()),
             Error::JoinRefused => ApiError::new(StatusCode::UNAUTHORIZED, "join_refused", err.to_string()),
+            Error::MissingNodeCredential => {
+                ApiError::new(StatusCode::FORBIDDEN, "node_credential_required", err.to_string())
+            }
             Error::StaleGeneration { .. } => ApiError::new(StatusCode::CONFLICT, "stale_generation", err.to_string())
                 .with_field("expected_generation"),
             Error::Unavailable(ref source) => {

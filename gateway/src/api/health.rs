@@ -25,10 +25,33 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
 }
 
 /// Prometheus metrics: dispatches by state, stored bundles, and request latency histograms.
+///
+/// Open unless `http.metrics_token` is set; then it needs that bearer token.
+/// Label values come only from closed sets (route templates, known methods).
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition format.", content_type = "text/plain",
-        body = String, example = "# TYPE rh_dispatches gauge\nrh_dispatches{state=\"queued\"} 3\n")))]
-pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+        body = String, example = "# TYPE rh_dispatches gauge\nrh_dispatches{state=\"queued\"} 3\n"),
+        super::error::Unauthorized, Unavailable))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(expected) = &state.app.settings.http.metrics_token {
+        use secrecy::ExposeSecret;
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        // Compared in constant time, like any secret.
+        let matches = sent.is_some_and(|sent| {
+            use sha2::Digest;
+            sha2::Sha256::digest(sent.as_bytes()) == sha2::Sha256::digest(expected.expose_secret().as_bytes())
+        });
+        if !matches {
+            return Err(ApiError::unauthenticated("send `Authorization: Bearer <http.metrics_token>`"));
+        }
+    }
     let counts = state.app.db.dispatch_count_by_state().await?;
     let bundles = state.app.db.bundle_count().await?;
     let text = state.metrics.render(&counts, bundles);

@@ -16,7 +16,7 @@ use super::error::{
     ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
     UnsupportedMediaType,
 };
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, LosslessJson, Path, Query};
 use super::AppState;
 use crate::auth::{Caller, Scope};
 use crate::db::{DispatchRow, LogRow, LogStream};
@@ -33,10 +33,10 @@ pub async fn dispatch_logs_append(
     State(state): State<AppState>,
     auth: Authenticated,
     Path(id): Path<Uuid>,
-    Json(body): Json<LogBatch>,
+    LosslessJson(body): LosslessJson<LogBatch>,
 ) -> Result<StatusCode, ApiError> {
-    auth.require(Scope::Node)?;
-    state.app.dispatch_logs_append(id, body).await?;
+    let caller = auth.require(Scope::Node)?;
+    state.app.dispatch_logs_append(&caller, id, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -97,14 +97,19 @@ impl Modify for BearerScheme {
     }
 }
 
-fn api_routes() -> OpenApiRouter<AppState> {
+/// Every route, with a node report's body limit (reports carry results).
+fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
+    // The inner limit wins over the router-wide one set in `router`.
+    let reports = OpenApiRouter::new()
+        .routes(routes!(dispatches::dispatch_report))
+        .layer(DefaultBodyLimit::max(report_limit_bytes));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(dispatches::dispatch_create, dispatches::dispatch_list))
         .routes(routes!(dispatches::dispatch_get))
         .routes(routes!(dispatches::dispatch_cancel))
         .routes(routes!(dispatches::dispatch_events))
         .routes(routes!(dispatches::dispatch_wait))
-        .routes(routes!(dispatches::dispatch_report))
+        .merge(reports)
         .routes(routes!(logs::dispatch_logs, logs::dispatch_logs_append))
         .routes(routes!(bundles::bundle_upload))
         .routes(routes!(bundles::bundle_download))
@@ -125,12 +130,16 @@ fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as committed in `openapi/gateway.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().into_openapi()
+    api_routes(0).into_openapi()
 }
 
 /// The whole HTTP service: API routes, `/openapi.json`, `/docs` and middleware.
-pub fn router(state: AppState, body_limit_bytes: usize) -> Router {
-    let (routes, spec) = api_routes().split_for_parts();
+pub fn router(state: AppState) -> Router {
+    let body_limit_bytes = state.app.settings.http.body_limit_bytes;
+    // A report carries a result of up to `results.max_bytes` (escaping can
+    // double it) and the call's last output.
+    let report_limit = body_limit_bytes.max(2 * state.app.settings.results.max_bytes + 4 * 1024 * 1024);
+    let (routes, spec) = api_routes(report_limit).split_for_parts();
     let metrics = state.metrics.clone();
     routes
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))

@@ -15,7 +15,8 @@ use crate::auth::Scope;
 
 /// Register a node (or re-register after a restart).
 ///
-/// Dispatches the gateway believed ran on this node but that `running` does
+/// Takes a node credential, and registers exactly the node it names (its
+/// `cluster` and `name` must match). Dispatches the gateway believed ran on this node but that `running` does
 /// not list fail with `node_lost`.
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", operation_id = "node_register",
     request_body = RegisterNode,
@@ -32,10 +33,11 @@ pub async fn node_register(
     Ok(Json(NodeRegistered {
         node_id: wire::NodeId(node.node_id),
         heartbeat_interval_s: state.app.settings.nodes.heartbeat_interval_s,
+        max_result_bytes: Some(state.app.settings.results.max_bytes as u64),
     }))
 }
 
-/// Heartbeat, listing the calls the node still runs.
+/// Heartbeat, listing the calls the node still runs. Only for the caller's own node.
 #[utoipa::path(post, path = "/v1/nodes/{id}/heartbeat", tag = "nodes", operation_id = "node_heartbeat",
     params(("id" = Uuid, Path, description = "The node id.")),
     request_body = Heartbeat,
@@ -48,16 +50,16 @@ pub async fn node_heartbeat(
     Path(id): Path<Uuid>,
     Json(body): Json<Heartbeat>,
 ) -> Result<Json<Node>, ApiError> {
-    auth.require(Scope::Node)?;
-    Ok(Json(state.app.node_heartbeat(id, body).await?.into()))
+    let caller = auth.require(Scope::Node)?;
+    Ok(Json(state.app.node_heartbeat(&caller, id, body).await?.into()))
 }
 
-/// List every node.
+/// List the project's nodes, with their addresses.
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", operation_id = "node_list",
-    responses((status = 200, description = "Every node.", body = NodeList), Unauthorized, Forbidden, Unavailable),
+    responses((status = 200, description = "Every node of the token's project.", body = NodeList), Unauthorized, Forbidden, Unavailable),
     security(("bearer" = ["admin"])))]
 pub async fn node_list(State(state): State<AppState>, auth: Authenticated) -> Result<Json<NodeList>, ApiError> {
-    auth.require(Scope::Admin)?;
-    let items = state.app.node_list().await?.into_iter().map(Into::into).collect();
+    let caller = auth.require(Scope::Admin)?;
+    let items = state.app.node_list(&caller).await?.into_iter().map(|n| super::views::node_view(n, true)).collect();
     Ok(Json(NodeList { items }))
 }

@@ -11,6 +11,12 @@ impl From<DispatchRow> for wire::Dispatch {
             reason: row.cancel_reason,
             at: row.cancel_requested_at.unwrap_or(row.updated_at),
         });
+        // A cluster another project shares is named as that project names it.
+        let cluster = if row.cluster_project == row.project {
+            row.cluster
+        } else {
+            format!("{}/{}", row.cluster_project, row.cluster)
+        };
         wire::Dispatch {
             id: wire::DispatchId(row.dispatch_id),
             project: row.project,
@@ -22,7 +28,7 @@ impl From<DispatchRow> for wire::Dispatch {
             log_truncated: row.log_truncated,
             args: serde_json::from_value(row.args).unwrap_or_default(),
             kwargs: serde_json::from_value(row.kwargs).unwrap_or_default(),
-            cluster: row.cluster,
+            cluster,
             state: row.state.into(),
             queued_reason: None,
             generation: row.generation,
@@ -57,23 +63,30 @@ impl From<EventRow> for wire::DispatchEvent {
 }
 
 impl From<crate::db::NodeRow> for wire::Node {
+    /// The view a node gets of itself (its address included).
     fn from(row: crate::db::NodeRow) -> Self {
-        wire::Node {
-            id: wire::NodeId(row.node_id),
-            name: row.name,
-            cluster: row.cluster,
-            address: row.address,
-            state: match row.state {
-                crate::db::NodeState::Ready => wire::NodeState::Ready,
-                crate::db::NodeState::Lost => wire::NodeState::Lost,
-            },
-            max_concurrent: row.max_concurrent.max(0) as u32,
-            running: row.running.max(0) as u32,
-            resources: serde_json::from_value(row.resources).unwrap_or_default(),
-            labels: serde_json::from_value(row.labels).unwrap_or_default(),
-            registered_at: row.registered_at,
-            last_heartbeat_at: row.last_heartbeat_at,
-        }
+        node_view(row, true)
+    }
+}
+
+/// A node as the API shows it; its address only to those allowed (admins of its project).
+pub(crate) fn node_view(row: crate::db::NodeRow, with_address: bool) -> wire::Node {
+    wire::Node {
+        id: wire::NodeId(row.node_id),
+        name: row.name,
+        cluster: row.cluster,
+        address: with_address.then_some(row.address),
+        state: match row.state {
+            crate::db::NodeState::Ready => wire::NodeState::Ready,
+            crate::db::NodeState::Lost => wire::NodeState::Lost,
+            crate::db::NodeState::Unreachable => wire::NodeState::Unreachable,
+        },
+        max_concurrent: row.max_concurrent.max(0) as u32,
+        running: row.running.max(0) as u32,
+        resources: serde_json::from_value(row.resources).unwrap_or_default(),
+        labels: serde_json::from_value(row.labels).unwrap_or_default(),
+        registered_at: row.registered_at,
+        last_heartbeat_at: row.last_heartbeat_at,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Component, Path};
 
 use sha2::{Digest, Sha256};
 
-use super::dispatch::{is_function_ref, validate_cluster, validate_requirements};
+use super::dispatch::{is_function_ref, parse_cluster_ref, validate_requirements, MAX_FUNCTION_REF};
 use super::App;
 use crate::auth::Caller;
 use crate::config::BundleSettings;
@@ -16,8 +16,9 @@ use crate::{Error, Result};
 const BUNDLES_REMEMBERED: usize = 10_000;
 
 impl App {
-    /// Validates and stores a bundle. Returns it and whether it was new.
-    pub async fn bundle_put(&self, data: Vec<u8>) -> Result<(BundleRow, bool)> {
+    /// Validates and stores a bundle, held by the caller's project. Returns it
+    /// and whether it was new.
+    pub async fn bundle_put(&self, caller: &Caller, data: Vec<u8>) -> Result<(BundleRow, bool)> {
         let limits = self.settings.bundles.clone();
         let (data, sha256, unpacked, files) = tokio::task::spawn_blocking(move || {
             let (unpacked, files) = bundle_inspect(&data, &limits)?;
@@ -26,51 +27,71 @@ impl App {
         })
         .await
         .map_err(|e| Error::Internal(e.into()))??;
-        if let Some(existing) = self.db.bundle_get(&sha256).await? {
-            return Ok((existing, false));
-        }
-        self.db.bundle_insert(&sha256, &data, unpacked as i64, files as i32).await
+        let (row, new) = match self.db.bundle_get(&sha256).await? {
+            Some(existing) => (existing, false),
+            None => self.db.bundle_insert(&sha256, &data, unpacked as i64, files as i32).await?,
+        };
+        // Uploading the bytes is what lets a project use them.
+        self.db.bundle_hold(&caller.project, &sha256).await?;
+        Ok((row, new))
     }
 
-    /// True if a bundle with this sha256 is stored. Bundles are immutable
-    /// and never deleted, so a sha seen once is remembered and not read again.
-    pub async fn bundle_exists(&self, sha256: &str) -> Result<bool> {
-        if self.bundles_seen.lock().expect("bundle cache lock poisoned").contains(sha256) {
+    /// True if `project` holds bundle `sha256`. Bundles are immutable and
+    /// never deleted, so a pair seen once is remembered and not read again.
+    pub async fn bundle_held(&self, project: &str, sha256: &str) -> Result<bool> {
+        let pair = (project.to_owned(), sha256.to_owned());
+        if self.bundles_seen.lock().expect("bundle cache lock poisoned").contains(&pair) {
             return Ok(true);
         }
-        let exists = self.db.bundle_get(sha256).await?.is_some();
-        if exists {
+        let held = self.db.bundle_held(project, sha256).await?;
+        if held {
             let mut seen = self.bundles_seen.lock().expect("bundle cache lock poisoned");
             if seen.len() >= BUNDLES_REMEMBERED {
                 seen.clear();
             }
-            seen.insert(sha256.to_owned());
+            seen.insert(pair);
         }
-        Ok(exists)
+        Ok(held)
     }
 
-    /// A bundle's bytes.
-    pub async fn bundle_data(&self, sha256: &str) -> Result<Vec<u8>> {
-        self.db.bundle_data(sha256).await?.ok_or_else(|| Error::NotFound { kind: "bundle", id: sha256.to_owned() })
+    /// A bundle's bytes: for a node, only a bundle a dispatch running on it
+    /// uses; for anyone else, only one their project holds.
+    pub async fn bundle_data(&self, caller: &Caller, sha256: &str) -> Result<Vec<u8>> {
+        let not_found = || Error::NotFound { kind: "bundle", id: sha256.to_owned() };
+        let allowed = match caller.node() {
+            Some(binding) => match self.node_id_of(caller, binding).await? {
+                Some(node_id) => self.db.bundle_placed_on(sha256, node_id).await?,
+                None => false,
+            },
+            None => self.bundle_held(&caller.project, sha256).await?,
+        };
+        if !allowed {
+            return Err(not_found());
+        }
+        self.db.bundle_data(sha256).await?.ok_or_else(not_found)
     }
 
     /// Registers (or replaces) a named function in the caller's project.
     pub async fn function_register(&self, caller: &Caller, req: wire::RegisterFunction) -> Result<FunctionRow> {
-        if req.name.is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_whitespace) {
+        if req.name.is_empty() || req.name.len() > 128 || req.name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(Error::invalid("name", "`name` must be 1 to 128 characters with no spaces"));
         }
-        if !is_function_ref(&req.function) {
-            return Err(Error::invalid("function", "`function` must be `module:qualname`, e.g. `pipeline.train:fit`"));
+        if !is_function_ref(&req.function) || req.function.len() > MAX_FUNCTION_REF {
+            return Err(Error::invalid(
+                "function",
+                format!("`function` must be `module:qualname` of at most {MAX_FUNCTION_REF} characters, e.g. `pipeline.train:fit`"),
+            ));
         }
         if let Some(cluster) = &req.cluster {
-            validate_cluster(cluster)?;
+            parse_cluster_ref(&caller.project, cluster)?;
         }
         validate_requirements(&req.requirements)?;
         if let Some(sha) = &req.bundle {
-            if self.db.bundle_get(sha).await?.is_none() {
+            if !self.bundle_held(&caller.project, sha).await? {
                 return Err(Error::invalid(
                     "bundle",
-                    format!("no bundle with sha256 `{sha}`; upload it first with POST /v1/bundles"),
+                    format!("this project has no bundle with sha256 `{sha}`; upload it first with POST /v1/bundles"),
                 ));
             }
         }

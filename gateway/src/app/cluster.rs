@@ -6,11 +6,11 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::dispatch::validate_cluster;
+use super::dispatch::validate_name;
 use super::App;
-use crate::auth::{Caller, Keys, Scope};
+use crate::auth::{Caller, Keys, NodeBinding};
 use crate::compute::PROVIDER_NAMES;
-use crate::db::{ClusterRow, ClusterState, InstanceRow, NewCluster, NewInstance, NodeRow};
+use crate::db::{ClusterKey, ClusterRow, ClusterState, InstanceRow, NewCluster, NewInstance, NodeRow};
 use crate::{Error, Result};
 
 const MAX_NODES: u32 = 64;
@@ -26,11 +26,20 @@ pub struct ClusterView {
 }
 
 impl App {
-    /// Starts provisioning a new cluster (admin). A live cluster with the same name is a 409.
+    /// Starts provisioning a new cluster of the caller's project (admin). A
+    /// live cluster of the project with the same name is a 409.
     pub async fn cluster_create(&self, caller: &Caller, req: wire::CreateCluster) -> Result<ClusterView> {
-        validate_name(&req.name)?;
+        validate_name("name", &req.name)?;
         self.validate_spec(&req.spec)?;
+        if req.shared_with.len() > 64 {
+            return Err(Error::invalid("shared_with", "at most 64 projects"));
+        }
+        for project in &req.shared_with {
+            validate_name("shared_with", project)?;
+        }
         let new = NewCluster {
+            project: caller.project.clone(),
+            shared_with: req.shared_with.clone(),
             name: req.name.clone(),
             provider: req.spec.provider.clone(),
             spec: serde_json::to_value(&req.spec).map_err(|e| Error::Internal(e.into()))?,
@@ -43,16 +52,23 @@ impl App {
         Ok(ClusterView { row, instances: Vec::new(), nodes: Vec::new() })
     }
 
-    /// The live cluster called `name`, or its most recent ended one.
-    pub async fn cluster_get(&self, name: &str) -> Result<ClusterView> {
-        let row = self.db.cluster_by_name(name).await?.ok_or_else(|| not_found(name))?;
+    /// The caller's project's live cluster called `name`, or its most recent ended one.
+    pub async fn cluster_get(&self, caller: &Caller, name: &str) -> Result<ClusterView> {
+        let row = self.cluster_row(caller, name).await?;
         self.cluster_view(row).await
     }
 
-    /// Live clusters (or all, with history), newest first.
-    pub async fn cluster_list(&self, all: bool) -> Result<Vec<ClusterView>> {
+    async fn cluster_row(&self, caller: &Caller, name: &str) -> Result<ClusterRow> {
+        if !crate::auth::is_name(name) {
+            return Err(not_found(name));
+        }
+        self.db.cluster_by_name(&ClusterKey::new(&caller.project, name)).await?.ok_or_else(|| not_found(name))
+    }
+
+    /// The caller's project's live clusters (or all, with history), newest first.
+    pub async fn cluster_list(&self, caller: &Caller, all: bool) -> Result<Vec<ClusterView>> {
         let mut views = Vec::new();
-        for row in self.db.cluster_list(all).await? {
+        for row in self.db.cluster_list(Some(&caller.project), all).await? {
             views.push(self.cluster_view(row).await?);
         }
         Ok(views)
@@ -63,7 +79,7 @@ impl App {
         let nodes = if row.state == ClusterState::Terminated || row.state == ClusterState::Failed {
             Vec::new()
         } else {
-            self.db.node_list(Some(&row.name)).await?
+            self.db.node_list(&row.project, Some(&row.name)).await?
         };
         Ok(ClusterView { row, instances, nodes })
     }
@@ -72,7 +88,7 @@ impl App {
     /// `terminated`. Deleting a stopping or ended cluster changes nothing.
     pub async fn cluster_delete(&self, caller: &Caller, name: &str) -> Result<ClusterView> {
         loop {
-            let row = self.db.cluster_by_name(name).await?.ok_or_else(|| not_found(name))?;
+            let row = self.cluster_row(caller, name).await?;
             if !matches!(row.state, ClusterState::Provisioning | ClusterState::Ready) {
                 return self.cluster_view(row).await;
             }
@@ -89,11 +105,13 @@ impl App {
         }
     }
 
-    /// Creates the cluster `name` with `spec` unless a live one exists (for `dev`).
-    pub async fn cluster_ensure(&self, name: &str, spec: &wire::ClusterSpec, created_by: &str) -> Result<()> {
+    /// Creates `cluster` with `spec` unless a live one exists (for `dev`).
+    pub async fn cluster_ensure(&self, cluster: &ClusterKey, spec: &wire::ClusterSpec, created_by: &str) -> Result<()> {
         self.validate_spec(spec)?;
         let new = NewCluster {
-            name: name.to_owned(),
+            project: cluster.project.clone(),
+            shared_with: Vec::new(),
+            name: cluster.name.clone(),
             provider: spec.provider.clone(),
             spec: serde_json::to_value(spec).map_err(|e| Error::Internal(e.into()))?,
             profile: None,
@@ -106,8 +124,8 @@ impl App {
     }
 
     /// A single-use join token for one more host of a `static` cluster (admin).
-    pub async fn cluster_join_token(&self, name: &str) -> Result<wire::JoinTokenCreated> {
-        let row = self.db.cluster_by_name(name).await?.ok_or_else(|| not_found(name))?;
+    pub async fn cluster_join_token(&self, caller: &Caller, name: &str) -> Result<wire::JoinTokenCreated> {
+        let row = self.cluster_row(caller, name).await?;
         if row.provider != "static" {
             return Err(Error::invalid(
                 "name",
@@ -140,28 +158,31 @@ impl App {
         let jti = Uuid::new_v4().to_string();
         let (instance, cluster, spec) =
             self.db.instance_join(&req.join_token, req.instance_id.as_deref(), &jti).await?.ok_or_else(refused)?;
-        let (token, _) = keys
-            .mint_with_id(&instance.node_name, "system", &[Scope::Node], NODE_TOKEN_TTL, &jti)
-            .map_err(|e| Error::Internal(e.into()))?;
+        let binding = NodeBinding { cluster: cluster.name.clone(), name: instance.node_name.clone() };
+        let (token, _) =
+            keys.mint_node(&cluster.project, &binding, NODE_TOKEN_TTL, &jti).map_err(|e| Error::Internal(e.into()))?;
         let spec: wire::ClusterSpec = serde_json::from_value(spec).unwrap_or_default();
         tracing::info!(cluster = %cluster, node = %instance.node_name, "machine joined");
-        Ok(wire::NodeJoined { cluster, name: instance.node_name, token, labels: spec.labels })
+        Ok(wire::NodeJoined { cluster: cluster.name, name: instance.node_name, token, labels: spec.labels })
     }
 
-    /// A dispatch names `cluster`: if no live cluster has that name but a
-    /// profile does, bring one up. Costs nothing for names without a profile.
-    pub async fn cluster_ensure_for_dispatch(&self, cluster: &str, requester: &str) -> Result<()> {
-        let Some(spec) = self.settings.profiles.get(cluster) else { return Ok(()) };
+    /// A dispatch names `cluster` of its own project: if no live cluster has
+    /// that name but a profile does, bring one up for the project. Costs
+    /// nothing for names without a profile.
+    pub async fn cluster_ensure_for_dispatch(&self, cluster: &ClusterKey, requester: &str) -> Result<()> {
+        let Some(spec) = self.settings.profiles.get(&cluster.name) else { return Ok(()) };
         if let Some(row) = self.db.cluster_by_name(cluster).await? {
             if matches!(row.state, ClusterState::Provisioning | ClusterState::Ready | ClusterState::Stopping) {
                 return Ok(());
             }
         }
         let new = NewCluster {
-            name: cluster.to_owned(),
+            project: cluster.project.clone(),
+            shared_with: Vec::new(),
+            name: cluster.name.clone(),
             provider: spec.provider.clone(),
             spec: serde_json::to_value(spec).map_err(|e| Error::Internal(e.into()))?,
-            profile: Some(cluster.to_owned()),
+            profile: Some(cluster.name.clone()),
             created_by: requester.to_owned(),
         };
         if let Some(row) = self.db.cluster_insert(&new).await? {
@@ -171,13 +192,14 @@ impl App {
         Ok(())
     }
 
-    /// Why a queued dispatch for `cluster` has not started.
-    pub async fn queued_reason(&self, cluster: &str) -> Result<String> {
-        let row = self.db.cluster_by_name(cluster).await?;
+    /// Why a queued dispatch for `key` has not started.
+    pub async fn queued_reason(&self, key: &ClusterKey) -> Result<String> {
+        let row = self.db.cluster_by_name(key).await?;
+        let cluster = &key.name;
         let profile = self.settings.profiles.contains_key(cluster);
         Ok(match row.map(|r| (r.state, r)) {
             Some((ClusterState::Provisioning, row)) => {
-                let joined = self.db.cluster_ready_nodes(cluster).await?;
+                let joined = self.db.cluster_ready_nodes(key).await?;
                 let spec: wire::ClusterSpec = serde_json::from_value(row.spec).unwrap_or_default();
                 let kind = spec.instance_type.map(|t| format!(" {t}")).unwrap_or_default();
                 format!(
@@ -273,15 +295,6 @@ impl App {
         }
         Ok(())
     }
-}
-
-/// Names are dispatch cluster names and also end up in machine names.
-fn validate_name(name: &str) -> Result<()> {
-    validate_cluster(name)?;
-    if name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(Error::invalid("name", "`name` must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`, `.`"));
-    }
-    Ok(())
 }
 
 fn not_found(name: &str) -> Error {

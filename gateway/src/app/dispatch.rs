@@ -12,14 +12,18 @@ use uuid::Uuid;
 
 use super::App;
 use crate::auth::{Caller, Scope};
-use crate::db::{DispatchRow, EventRow, ListFilter, LogStream, NewDispatch, Transition};
+use crate::db::{ClusterKey, DispatchRow, EventRow, ListFilter, LogStream, NewDispatch, Transition};
 use crate::dispatch::{DispatchState, Event, Next};
 use crate::{Error, Result};
 
 const MAX_LABELS: usize = 64;
+/// Longest `module:qualname` accepted.
+pub(crate) const MAX_FUNCTION_REF: usize = 512;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 const DEFAULT_WAIT_S: u32 = 30;
+/// Longest cancel reason accepted.
+const MAX_REASON: usize = 4096;
 
 /// How a create ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +48,7 @@ pub struct Outcome {
 impl Outcome {
     /// A gateway-side failure (`code`, e.g. `node_lost`) with `message` as the reason.
     pub fn failed(code: &str, message: &str) -> Outcome {
-        let failure =
-            wire::DispatchFailure { code: code.into(), message: message.into(), remote_type: None, traceback: None };
+        let failure = failure_of(code, message);
         Outcome {
             reason: Some(message.into()),
             failure: Some(serde_json::to_value(failure).expect("failure serializes")),
@@ -54,13 +57,61 @@ impl Outcome {
     }
 }
 
+/// Who changes a dispatch, which decides what it may touch and what the
+/// event log records.
+#[derive(Debug, Clone)]
+pub enum Actor<'a> {
+    /// The gateway itself (placement, repairs, provisioning): any dispatch.
+    Gateway,
+    /// A user or operator: only their project's dispatches.
+    User(&'a Caller),
+    /// A node: only the dispatches placed on it.
+    Node { id: Uuid, sub: &'a str },
+}
+
+impl Actor<'_> {
+    fn project(&self) -> Option<&str> {
+        match self {
+            Actor::User(caller) => Some(&caller.project),
+            _ => None,
+        }
+    }
+
+    fn node(&self) -> Option<Uuid> {
+        match self {
+            Actor::Node { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Actor::Gateway => "gateway".to_owned(),
+            Actor::User(caller) => caller.sub.clone(),
+            Actor::Node { sub, .. } => (*sub).to_owned(),
+        }
+    }
+}
+
+/// A failure body with `code` and `message`.
+pub(crate) fn failure_of(code: &str, message: &str) -> wire::DispatchFailure {
+    wire::DispatchFailure { code: code.into(), message: message.into(), remote_type: None, traceback: None }
+}
+
+/// Free text a node sent, made storable as Postgres `text` (a NUL shows as `\0`).
+fn storable_text(text: &str) -> String {
+    text.replace('\0', "\\0")
+}
+
 impl App {
     /// Records a new dispatch, or returns the one this idempotency key already made.
     pub async fn dispatch_create(&self, caller: &Caller, req: wire::CreateDispatch) -> Result<(DispatchRow, Created)> {
         let request_hash = request_hash(&req);
         let target = self.dispatch_target(caller, &req).await?;
         validate_create(&req, &target)?;
-        self.cluster_ensure_for_dispatch(&target.cluster, &caller.sub).await?;
+        if target.cluster.project == caller.project {
+            self.cluster_ensure_for_dispatch(&target.cluster, &caller.sub).await?;
+        }
         let new = NewDispatch {
             dispatch_id: Uuid::now_v7(),
             project: caller.project.clone(),
@@ -71,26 +122,33 @@ impl App {
             requirements: serde_json::json!(target.requirements),
             args: Value::Array(req.args),
             kwargs: Value::Object(req.kwargs),
-            cluster: target.cluster,
+            cluster: target.cluster.name,
+            cluster_project: target.cluster.project,
             idempotency_key: req.idempotency_key,
             requester: caller.sub.clone(),
             labels: serde_json::to_value(&req.labels).map_err(|e| Error::Internal(e.into()))?,
             timeout_s: req.timeout_s.map(|t| t as i32),
         };
-        // The insert runs in its own task: if the client disconnects mid-request,
-        // the write still completes (or fails) as a whole, never halfway.
-        let db = self.db.clone();
+        // The insert and everything that follows its commit run in their own
+        // task: a client that disconnects mid-request can neither leave half a
+        // write nor a committed dispatch that nobody forwards or places.
+        let app = self.clone();
         let new_for_insert = new.clone();
-        let inserted = tokio::spawn(async move { db.dispatch_insert_and_place(&new_for_insert).await })
-            .await
-            .map_err(|e| Error::Internal(e.into()))??;
-        // Nobody can wait on a dispatch before its create returns: no one to wake.
-        if let Some((row, node)) = inserted {
-            match node {
-                // Placed in the same commit: forwarded now, no placement pass needed.
-                Some(node) => self.dispatch_forward(row.clone(), node),
-                None => self.placement_wanted(&row.cluster),
+        let inserted = tokio::spawn(async move {
+            let inserted = app.db.dispatch_insert_and_place(&new_for_insert).await?;
+            // Nobody can wait on a dispatch before its create returns: no one to wake.
+            if let Some((row, node)) = &inserted {
+                match node {
+                    // Placed in the same commit: forwarded now, no placement pass needed.
+                    Some(node) => app.dispatch_forward(row.clone(), node.clone()),
+                    None => app.placement_wanted(row.cluster_key()),
+                }
             }
+            Ok::<_, Error>(inserted)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.into()))??;
+        if let Some((row, _)) = inserted {
             return Ok((row, Created::New));
         }
         let key = new.idempotency_key.as_deref().expect("only a keyed insert can conflict");
@@ -164,22 +222,32 @@ impl App {
     /// cancel is sent to its node at once (the cancel reconciler repeats it
     /// until the node confirms).
     pub async fn dispatch_cancel(&self, caller: &Caller, id: Uuid, reason: Option<String>) -> Result<DispatchRow> {
-        let outcome = Outcome { reason, ..Outcome::default() };
-        let row = self.dispatch_apply(Some(&caller.project), id, Event::Cancel, &caller.sub, outcome).await?;
-        if row.state == DispatchState::Cancelling {
-            let app = self.clone();
-            let row = row.clone();
-            tokio::spawn(async move { app.cancel_forward(&row).await });
+        if let Some(reason) = &reason {
+            if reason.len() > MAX_REASON {
+                return Err(Error::invalid("reason", format!("`reason` must be at most {MAX_REASON} bytes")));
+            }
         }
-        Ok(row)
+        let outcome = Outcome { reason, ..Outcome::default() };
+        self.dispatch_apply(Actor::User(caller), id, Event::Cancel, outcome).await
     }
 
-    /// Applies a node's report, and the output shipped with it. A `node`
-    /// token may report on any project's dispatch; an `admin` token only on
-    /// its own project's.
+    /// Applies a node's report, and the output shipped with it. A node may
+    /// report only on dispatches placed on it; an `admin` token of the
+    /// dispatch's project may report too (an operator's override).
+    ///
+    /// A node's outcome is never lost to a refusal: a result over
+    /// `results.max_bytes`, or one the database cannot store, fails the
+    /// dispatch with a code saying so instead of leaving it running.
     pub async fn dispatch_report(&self, caller: &Caller, id: Uuid, report: wire::Report) -> Result<DispatchRow> {
-        let project =
-            if caller.has(Scope::Node) && !caller.has(Scope::Admin) { None } else { Some(caller.project.as_str()) };
+        let node_id = match caller.node() {
+            Some(binding) => Some(self.node_id_of(caller, binding).await?.ok_or_else(|| not_found(id))?),
+            None if caller.has(Scope::Admin) => None,
+            None => return Err(Error::MissingNodeCredential),
+        };
+        let actor = match node_id {
+            Some(node_id) => Actor::Node { id: node_id, sub: &caller.sub },
+            None => Actor::User(caller),
+        };
         let (event, failure) = match report.kind {
             wire::ReportKind::Started => (Event::Start, None),
             wire::ReportKind::Succeeded => (Event::Succeed, None),
@@ -205,77 +273,116 @@ impl App {
             return Err(Error::invalid("result", "`result` is only accepted with a `succeeded` report"));
         }
         let logs = super::logs::entries_checked(report.logs, "logs.seq")?;
+        let max_result = self.settings.results.max_bytes;
+        let result = (event == Event::Succeed).then(|| report.result.unwrap_or(Value::Null));
+        let result_bytes = result.as_ref().map_or(0, |r| serde_json::to_vec(r).map_or(0, |v| v.len()));
+        let (event, result, failure) = if result_bytes > max_result {
+            let message = format!(
+                "the result is {result_bytes} bytes of JSON, over this gateway's limit of {max_result} \
+                 (results.max_bytes); return a path or URI to large data instead"
+            );
+            (Event::Fail, None, Some(failure_of("result_too_large", &message)))
+        } else {
+            (event, result, failure)
+        };
         let outcome = Outcome {
-            reason: report.reason,
-            result: (event == Event::Succeed).then(|| report.result.unwrap_or(Value::Null)),
+            reason: report.reason.map(|r| storable_text(&r)),
+            result,
             failure: failure.map(|f| serde_json::to_value(f).expect("failure serializes")),
             expected_generation: report.expected_generation,
             logs,
         };
-        self.dispatch_apply(project, id, event, &caller.sub, outcome).await
+        match self.dispatch_apply(actor.clone(), id, event, outcome).await {
+            // The database refused what the node sent: the dispatch must still end.
+            Err(Error::Internal(err)) if event.target().is_terminal() => {
+                tracing::error!(dispatch_id = %id, error = ?err, "cannot store a node's outcome; failing the dispatch");
+                let message = "the gateway could not store this call's outcome; see its log for this dispatch id";
+                self.dispatch_apply(actor, id, Event::Fail, Outcome::failed("outcome_unstorable", message)).await
+            }
+            other => other,
+        }
     }
 
     /// Applies `event` through the state machine: one statement that moves
     /// the row only from a state the event allows, retried after a re-read
     /// when the row was not where the write expected it.
+    ///
+    /// The write and everything that follows its commit (waking waiters,
+    /// placement, sending a cancel to the node) run in their own task, so a
+    /// client that goes away mid-request cannot cut any of it short.
     pub async fn dispatch_apply(
         &self,
-        project: Option<&str>,
+        actor: Actor<'_>,
         id: Uuid,
         event: Event,
-        actor: &str,
         outcome: Outcome,
     ) -> Result<DispatchRow> {
-        let mut change = Transition {
+        let change = Transition {
             dispatch_id: id,
-            project: project.map(str::to_owned),
+            project: actor.project().map(str::to_owned),
+            node: actor.node(),
             moves: event.moves(),
             expected_generation: outcome.expected_generation,
-            actor: actor.to_owned(),
+            actor: actor.name(),
             reason: outcome.reason,
             result: outcome.result,
             failure: outcome.failure,
-            cancelled_by: (event == Event::Cancel).then(|| actor.to_owned()),
+            cancelled_by: (event == Event::Cancel).then(|| actor.name()),
             logs: outcome.logs,
             log_limit: self.settings.call_logs.max_bytes_per_dispatch as i64,
         };
-        loop {
-            // In its own task, so a client going away cannot interrupt the write.
-            let db = self.db.clone();
-            let attempt = change.clone();
-            let written = tokio::spawn(async move { db.dispatch_transition(&attempt).await })
-                .await
-                .map_err(|e| Error::Internal(e.into()))??;
-            if let Some(row) = written {
-                if !change.logs.is_empty() {
-                    self.logs_changed(id);
+        tokio::spawn(self.clone().transition_until_settled(change, event))
+            .await
+            .map_err(|e| Error::Internal(e.into()))?
+    }
+
+    // Boxed (and so named `Send`): a cancel it sends can apply a transition in turn.
+    fn transition_until_settled(
+        self,
+        mut change: Transition,
+        event: Event,
+    ) -> futures::future::BoxFuture<'static, Result<DispatchRow>> {
+        Box::pin(async move {
+            let id = change.dispatch_id;
+            loop {
+                if let Some(row) = self.db.dispatch_transition(&change).await? {
+                    if !change.logs.is_empty() {
+                        self.logs_changed(id);
+                    }
+                    self.dispatch_changed(&row);
+                    if row.state == DispatchState::Queued {
+                        self.placement_wanted(row.cluster_key());
+                    } else if row.state.is_terminal() {
+                        self.slot_freed(&row.cluster_key());
+                    } else if row.state == DispatchState::Cancelling && event == Event::Cancel {
+                        let app = self.clone();
+                        let row = row.clone();
+                        tokio::spawn(async move { app.cancel_forward(&row).await });
+                    }
+                    return Ok(row);
                 }
-                self.dispatch_changed(&row);
-                if row.state == DispatchState::Queued {
-                    self.placement_wanted(&row.cluster);
-                } else if row.state.is_terminal() {
-                    self.slot_freed(&row.cluster);
+                // Nothing was written: find out why from the row as it is now.
+                let row = self.db.dispatch_get(change.project.as_deref(), id).await?.ok_or_else(|| not_found(id))?;
+                if change.node.is_some() && row.node_id != change.node {
+                    return Err(not_found(id));
                 }
-                return Ok(row);
-            }
-            // Nothing was written: find out why from the row as it is now.
-            let row = self.db.dispatch_get(project, id).await?.ok_or_else(|| not_found(id))?;
-            if let Some(expected) = outcome.expected_generation {
-                if expected != row.generation {
-                    return Err(Error::StaleGeneration { expected, actual: row.generation });
+                if let Some(expected) = change.expected_generation {
+                    if expected != row.generation {
+                        return Err(Error::StaleGeneration { expected, actual: row.generation });
+                    }
                 }
+                let stay = matches!(row.state.next(event)?, Next::Stay);
+                // Output that did not go with the change (the change is a no-op,
+                // the output may not fit the log limit, or the row moved) is
+                // stored the slow way, which truncates.
+                self.logs_store(&row, std::mem::take(&mut change.logs)).await?;
+                if stay {
+                    // Already applied: a re-sent report, a repeated cancel.
+                    return Ok(row);
+                }
+                // Another writer moved the row between our write and our read: decide again.
             }
-            let stay = matches!(row.state.next(event)?, Next::Stay);
-            // Output that did not go with the change (the change is a no-op,
-            // the output may not fit the log limit, or the row moved) is
-            // stored the slow way, which truncates.
-            self.logs_store(id, std::mem::take(&mut change.logs)).await?;
-            if stay {
-                // Already applied: a re-sent report, a repeated cancel.
-                return Ok(row);
-            }
-            // Another writer moved the row between our write and our read: decide again.
-        }
+        })
     }
 
     /// Waits until the dispatch is terminal or `timeout_s` passes, then returns it.
@@ -316,10 +423,23 @@ struct Target {
     function: String,
     bundle: Option<String>,
     requirements: Vec<String>,
-    cluster: String,
+    cluster: ClusterKey,
 }
 
 impl App {
+    /// The cluster a dispatch names: `name` (the caller's project's) or
+    /// `owner/name`, a cluster another project shares with the caller's.
+    async fn cluster_for_dispatch(&self, caller: &Caller, text: &str) -> Result<ClusterKey> {
+        let key = parse_cluster_ref(&caller.project, text)?;
+        if key.project != caller.project && !self.db.cluster_shared_with(&key, &caller.project).await? {
+            return Err(Error::invalid(
+                "cluster",
+                format!("no live cluster `{text}` is shared with project `{}`", caller.project),
+            ));
+        }
+        Ok(key)
+    }
+
     async fn dispatch_target(&self, caller: &Caller, req: &wire::CreateDispatch) -> Result<Target> {
         let registered = match &req.function_name {
             None => None,
@@ -348,12 +468,13 @@ impl App {
             .clone()
             .or_else(|| registered.as_ref().and_then(|r| r.cluster.clone()))
             .ok_or_else(|| Error::invalid("cluster", "missing field `cluster`: name the cluster to run on"))?;
+        let cluster = self.cluster_for_dispatch(caller, &cluster).await?;
         let bundle = req.bundle.clone().or_else(|| registered.as_ref().and_then(|r| r.bundle.clone()));
         if let Some(sha) = &bundle {
-            if !self.bundle_exists(sha).await? {
+            if !self.bundle_held(&caller.project, sha).await? {
                 return Err(Error::invalid(
                     "bundle",
-                    format!("no bundle with sha256 `{sha}`; upload it first with POST /v1/bundles"),
+                    format!("this project has no bundle with sha256 `{sha}`; upload it first with POST /v1/bundles"),
                 ));
             }
         }
@@ -409,7 +530,9 @@ fn validate_create(req: &wire::CreateDispatch, target: &Target) -> Result<()> {
             format!("`function` must be `module:qualname`, e.g. `pipeline.train:fit`; got `{}`", target.function),
         ));
     }
-    validate_cluster(&target.cluster)?;
+    if target.function.len() > MAX_FUNCTION_REF {
+        return Err(Error::invalid("function", format!("`function` must be at most {MAX_FUNCTION_REF} characters")));
+    }
     validate_requirements(&target.requirements)?;
     if let Some(key) = &req.idempotency_key {
         if key.is_empty() || key.len() > 255 {
@@ -417,18 +540,39 @@ fn validate_create(req: &wire::CreateDispatch, target: &Target) -> Result<()> {
         }
     }
     validate_labels(&req.labels)?;
-    if req.timeout_s == Some(0) {
-        return Err(Error::invalid("timeout_s", "`timeout_s` must be at least 1 (omit it for no timeout)"));
+    if let Some(timeout) = req.timeout_s {
+        if !(1..=wire::MAX_TIMEOUT_S).contains(&timeout) {
+            return Err(Error::invalid(
+                "timeout_s",
+                format!("`timeout_s` must be 1 to {} (omit it for no timeout)", wire::MAX_TIMEOUT_S),
+            ));
+        }
     }
     Ok(())
 }
 
-/// A cluster name is 1 to 128 characters with no whitespace.
-pub(crate) fn validate_cluster(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_whitespace) {
-        return Err(Error::invalid("cluster", "`cluster` must be 1 to 128 characters with no spaces"));
+/// Checks a project, cluster or node name sent as `field`: one rule
+/// ([`crate::auth::NAME_RULE`]) for every name, and the error names the field.
+pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
+    if !crate::auth::is_name(name) {
+        return Err(Error::invalid(field, format!("`{field}` must be {}", crate::auth::NAME_RULE)));
     }
     Ok(())
+}
+
+/// A dispatch's `cluster`: `name` in `project`, or `owner/name`.
+pub(crate) fn parse_cluster_ref(project: &str, text: &str) -> Result<ClusterKey> {
+    let (owner, name) = text.split_once('/').unwrap_or((project, text));
+    if !crate::auth::is_name(owner) || !crate::auth::is_name(name) {
+        return Err(Error::invalid(
+            "cluster",
+            format!(
+                "`cluster` must be a cluster name ({}), or `project/name` for a cluster another project shares",
+                crate::auth::NAME_RULE
+            ),
+        ));
+    }
+    Ok(ClusterKey::new(owner, name))
 }
 
 pub(crate) fn validate_requirements(requirements: &[String]) -> Result<()> {

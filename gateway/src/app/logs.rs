@@ -12,20 +12,24 @@ use crate::{Error, Result};
 pub const LOG_PAGE: i64 = 1000;
 
 impl App {
-    /// Stores a node's batch. Re-sent entries (same `seq`) are ignored. Once
+    /// Stores a batch from the caller's node, which must be the node the
+    /// dispatch is placed on. Re-sent entries (same `seq`) are ignored. Once
     /// the dispatch's log reaches its size limit, the rest is dropped and a
     /// `system` entry marks the cut.
-    pub async fn dispatch_logs_append(&self, id: Uuid, batch: wire::LogBatch) -> Result<()> {
+    pub async fn dispatch_logs_append(&self, caller: &Caller, id: Uuid, batch: wire::LogBatch) -> Result<()> {
+        let binding = caller.node().ok_or(Error::MissingNodeCredential)?;
         let entries = entries_checked(batch.entries, "entries.seq")?;
-        self.logs_store(id, entries).await
+        let node_id = self.node_id_of(caller, binding).await?;
+        let row = self.db.dispatch_get(None, id).await?.filter(|row| row.node_id.is_some() && row.node_id == node_id);
+        self.logs_store(&row.ok_or_else(|| not_found(id))?, entries).await
     }
 
-    /// [`App::dispatch_logs_append`] for entries already checked.
-    pub(crate) async fn logs_store(&self, id: Uuid, batch: Vec<(i64, LogStream, String)>) -> Result<()> {
+    /// [`App::dispatch_logs_append`] for entries already checked, to a dispatch as read.
+    pub(crate) async fn logs_store(&self, row: &DispatchRow, batch: Vec<(i64, LogStream, String)>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let row = self.db.dispatch_get(None, id).await?.ok_or_else(|| not_found(id))?;
+        let id = row.dispatch_id;
         if row.log_truncated {
             return Ok(());
         }
@@ -102,6 +106,9 @@ pub(crate) fn entries_checked(
         .map(|entry| {
             if entry.seq < 1 {
                 return Err(Error::invalid(field, "log `seq` numbers start at 1"));
+            }
+            if entry.seq > i64::MAX / 2 {
+                return Err(Error::invalid(field, "log `seq` numbers must stay below 2^62"));
             }
             let stream = match entry.stream {
                 wire::LogStream::Stdout => LogStream::Stdout,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compute::Providers;
 use crate::config::Settings;
-use crate::db::{DataStore, DispatchRow};
+use crate::db::{ClusterKey, DataStore, DispatchRow};
 use crate::node_client::NodeClient;
 use crate::notify::{Channel, Notifier, Publisher};
 
@@ -40,15 +40,17 @@ pub struct App {
     /// Clusters this replica has seen work queue up on, until placement
     /// finds their queue empty: a slot freeing elsewhere needs no placement
     /// pass (the periodic pass covers other replicas' queues).
-    pub queued_clusters: Arc<Mutex<HashSet<String>>>,
+    pub queued_clusters: Arc<Mutex<HashSet<ClusterKey>>>,
     /// Signals the provisioner that a cluster changed.
     pub provisioner: Arc<Notify>,
     /// Signals the orphan sweep.
     pub orphan_sweep: Arc<Notify>,
     /// The configured compute providers.
     pub providers: Providers,
-    /// Bundle shas known to be stored (see [`App::bundle_exists`]).
-    pub bundles_seen: Arc<Mutex<HashSet<String>>>,
+    /// (project, sha) pairs known to be held (see [`App::bundle_held`]).
+    pub bundles_seen: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Node ids by identity, once looked up (ids never change; see [`App::node_id_of`]).
+    pub node_ids: Arc<Mutex<std::collections::HashMap<crate::db::NodeKey, uuid::Uuid>>>,
     /// Cancelled when the gateway shuts down, so long-polls return at once.
     pub shutdown: CancellationToken,
     pub settings: Arc<Settings>,
@@ -64,17 +66,17 @@ impl App {
 
     /// Work is waiting in `cluster`'s queue: wake the placement task, and
     /// keep waking it as slots free until that queue is empty.
-    pub fn placement_wanted(&self, cluster: &str) {
+    pub fn placement_wanted(&self, cluster: ClusterKey) {
         let mut queued = self.queued_clusters.lock().expect("queued clusters lock poisoned");
-        if !queued.contains(cluster) {
-            queued.insert(cluster.to_owned());
+        if !queued.contains(&cluster) {
+            queued.insert(cluster);
         }
         drop(queued);
         self.placement.notify_one();
     }
 
     /// A slot of `cluster` freed up: wake the placement task if work waits there.
-    pub fn slot_freed(&self, cluster: &str) {
+    pub fn slot_freed(&self, cluster: &ClusterKey) {
         if self.queued_clusters.lock().expect("queued clusters lock poisoned").contains(cluster) {
             self.placement.notify_one();
         }

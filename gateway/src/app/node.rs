@@ -1,38 +1,82 @@
 //! Node daemons joining, heartbeating and reconciling with the gateway's view.
+//!
+//! Every route here takes a node credential, and a credential is one node:
+//! it names the node's project, cluster and name, so a node can register,
+//! heartbeat, report and download code only as itself.
 
 use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::dispatch::{validate_cluster, Outcome};
+use super::dispatch::{validate_name, Actor, Outcome};
 use super::App;
-use crate::auth::Caller;
-use crate::db::{DispatchRow, NewNode, NodeRow};
+use crate::auth::{Caller, NodeBinding};
+use crate::db::{ClusterKey, DispatchRow, NewNode, NodeKey, NodeRow};
 use crate::dispatch::{DispatchState, Event};
 use crate::node_client::CancelOutcome;
 use crate::{Error, Result};
 
+/// Longest node address accepted.
+const MAX_ADDRESS: usize = 2048;
+
 impl App {
-    /// Registers (or re-registers) a node. Dispatches the gateway believes run
-    /// on it but that it does not list were lost with its previous process:
-    /// they fail with `node_lost`.
-    pub async fn node_register(&self, caller: &Caller, req: wire::RegisterNode) -> Result<NodeRow> {
-        if req.name.is_empty() || req.name.len() > 128 {
-            return Err(Error::invalid("name", "`name` must be 1 to 128 characters"));
+    /// The node a node credential is, or a 403 for any other token.
+    pub(crate) fn node_key(&self, caller: &Caller) -> Result<NodeKey> {
+        let binding = caller.node().ok_or(Error::MissingNodeCredential)?;
+        Ok(node_key(caller, binding))
+    }
+
+    /// The id of the node `binding` names (in the caller's project), once it
+    /// has registered. Cached: node ids never change.
+    pub(crate) async fn node_id_of(&self, caller: &Caller, binding: &NodeBinding) -> Result<Option<Uuid>> {
+        let key = node_key(caller, binding);
+        if let Some(id) = self.node_ids.lock().expect("node id lock poisoned").get(&key) {
+            return Ok(Some(*id));
         }
-        validate_cluster(&req.cluster)?;
-        if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
+        let id = self.db.node_id_of(&key).await?;
+        if let Some(id) = id {
+            self.node_ids.lock().expect("node id lock poisoned").insert(key, id);
+        }
+        Ok(id)
+    }
+
+    /// Registers (or re-registers) the caller's node. Dispatches the gateway
+    /// believes run on it but that it does not list were lost with its
+    /// previous process: they fail with `node_lost`.
+    pub async fn node_register(&self, caller: &Caller, req: wire::RegisterNode) -> Result<NodeRow> {
+        let me = self.node_key(caller)?;
+        validate_name("cluster", &req.cluster)?;
+        if !crate::auth::is_node_name(&req.name) {
+            return Err(Error::invalid("name", format!("`name` must be {}", crate::auth::NODE_NAME_RULE)));
+        }
+        if req.cluster != me.cluster.name || req.name != me.name {
+            return Err(Error::invalid(
+                "name",
+                format!(
+                    "this node credential is for node `{}/{}`; register as that node, or get a credential for `{}/{}`",
+                    me.cluster.name, me.name, req.cluster, req.name
+                ),
+            ));
+        }
+        let address_ok = (req.address.starts_with("http://") || req.address.starts_with("https://"))
+            && req.address.len() <= MAX_ADDRESS
+            && reqwest::Url::parse(&req.address).is_ok();
+        if !address_ok {
             return Err(Error::invalid("address", "`address` must be an http:// or https:// URL"));
         }
-        if req.api_secret.len() < 32 {
-            return Err(Error::invalid("api_secret", "`api_secret` must be at least 32 characters"));
+        if req.api_secret.len() < 32 || req.api_secret.len() > 512 {
+            return Err(Error::invalid("api_secret", "`api_secret` must be 32 to 512 characters"));
         }
         if req.max_concurrent == 0 || req.max_concurrent > 10_000 {
             return Err(Error::invalid("max_concurrent", "`max_concurrent` must be between 1 and 10000"));
         }
+        if req.labels.len() > 64 || req.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024) {
+            return Err(Error::invalid("labels", "at most 64 labels, keys 1 to 128 and values up to 1024 characters"));
+        }
         let node = self
             .db
             .node_upsert(&NewNode {
+                project: me.cluster.project.clone(),
                 name: req.name,
                 cluster: req.cluster,
                 address: req.address,
@@ -42,7 +86,7 @@ impl App {
                 labels: serde_json::to_value(&req.labels).map_err(|e| Error::Internal(e.into()))?,
             })
             .await?;
-        tracing::info!(node = %node.name, cluster = %node.cluster, actor = %caller.sub, "node registered");
+        tracing::info!(node = %node.name, cluster = %me.cluster, "node registered");
         let still_running: HashSet<Uuid> = req.running.iter().map(|id| id.0).collect();
         for row in self.db.dispatch_active_on_node(node.node_id).await? {
             if !still_running.contains(&row.dispatch_id) {
@@ -56,28 +100,57 @@ impl App {
         Ok(node)
     }
 
-    /// Records a heartbeat and repairs what pushes missed: a dispatch placed on
-    /// the node that the node does not list (after a grace period) never
-    /// reached it and is requeued; a cancelling one it does not list is done.
-    pub async fn node_heartbeat(&self, node_id: Uuid, heartbeat: wire::Heartbeat) -> Result<NodeRow> {
-        let node = self.db.node_heartbeat(node_id).await?.ok_or_else(|| Error::NotFound {
-            kind: "ready node",
-            id: format!("{node_id} (register again with POST /v1/nodes)"),
+    /// Records a heartbeat of the caller's node and repairs what pushes
+    /// missed. A dispatch placed on the node that it does not list is either
+    /// requeued (the node never had it: no forward was acknowledged and no
+    /// heartbeat listed it, after a grace period) or failed with
+    /// `outcome_lost` (the node had it, so its code may have run: it is never
+    /// run twice). A cancelling one it does not list is done.
+    pub async fn node_heartbeat(&self, caller: &Caller, node_id: Uuid, heartbeat: wire::Heartbeat) -> Result<NodeRow> {
+        let me = self.node_key(caller)?;
+        let node = self.db.node_heartbeat(node_id, &me).await?.ok_or_else(|| Error::NotFound {
+            kind: "node",
+            id: format!("{node_id} for this credential (register again with POST /v1/nodes)"),
         })?;
         let listed: HashSet<Uuid> = heartbeat.running.iter().map(|id| id.0).collect();
         let grace = chrono::Duration::seconds(self.settings.nodes.unacknowledged_requeue_s.into());
         let now = chrono::Utc::now();
-        for row in self.db.dispatch_active_on_node(node_id).await? {
+        let active = self.db.dispatch_active_on_node(node_id).await?;
+        let unacked_listed: Vec<Uuid> = active
+            .iter()
+            .filter(|r| r.acked_at.is_none() && listed.contains(&r.dispatch_id))
+            .map(|r| r.dispatch_id)
+            .collect();
+        if !unacked_listed.is_empty() {
+            self.db.dispatch_ack_listed(node_id, &unacked_listed).await?;
+        }
+        for row in active {
             let placed_at = row.started_at.unwrap_or(row.updated_at);
             if listed.contains(&row.dispatch_id) || now - placed_at < grace {
                 continue;
             }
-            let (event, reason) = match row.state {
-                DispatchState::Cancelling => (Event::CancelConfirmed, "the node no longer runs it"),
-                _ => (Event::Requeue, "the node never acknowledged it"),
+            let repaired = match row.state {
+                DispatchState::Cancelling => {
+                    let outcome = Outcome { reason: Some("the node no longer runs it".into()), ..Outcome::default() };
+                    self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::CancelConfirmed, outcome)
+                        .await
+                        .map(drop)
+                }
+                _ if row.acked_at.is_some() => {
+                    let message = format!(
+                        "node {} had the call but no longer lists it, and its outcome never reached the gateway; \
+                         it is not run again",
+                        node.name
+                    );
+                    let outcome = Outcome::failed("outcome_lost", &message);
+                    self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::Fail, outcome).await.map(drop)
+                }
+                _ => {
+                    self.dispatch_requeue(&row, "the node never acknowledged it").await;
+                    Ok(())
+                }
             };
-            let outcome = Outcome { reason: Some(reason.into()), ..Outcome::default() };
-            if let Err(err) = self.dispatch_apply(None, row.dispatch_id, event, "gateway", outcome).await {
+            if let Err(err) = repaired {
                 tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "heartbeat repair failed");
             }
         }
@@ -87,9 +160,9 @@ impl App {
         Ok(node)
     }
 
-    /// Every node (admin).
-    pub async fn node_list(&self) -> Result<Vec<NodeRow>> {
-        self.db.node_list(None).await
+    /// Every node of the caller's project (admin).
+    pub async fn node_list(&self, caller: &Caller) -> Result<Vec<NodeRow>> {
+        self.db.node_list(&caller.project, None).await
     }
 
     /// Sends a cancel for a `cancelling` dispatch to its node. If the node does
@@ -110,7 +183,7 @@ impl App {
             Ok(CancelOutcome::Accepted) => {}
             Ok(CancelOutcome::UnknownCall) => {
                 let outcome = Outcome { reason: Some("the node no longer runs it".into()), ..Outcome::default() };
-                let _ = self.dispatch_apply(None, row.dispatch_id, Event::CancelConfirmed, "gateway", outcome).await;
+                let _ = self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::CancelConfirmed, outcome).await;
             }
             Err(err) => {
                 tracing::warn!(dispatch_id = %row.dispatch_id, node = %node.name, error = %err, "cancel not delivered; will retry")
@@ -121,8 +194,12 @@ impl App {
     /// Fails a dispatch whose node is gone.
     pub async fn dispatch_fail_node_lost(&self, row: &DispatchRow, message: &str) {
         let outcome = Outcome::failed("node_lost", message);
-        if let Err(err) = self.dispatch_apply(None, row.dispatch_id, Event::Fail, "gateway", outcome).await {
+        if let Err(err) = self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::Fail, outcome).await {
             tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "cannot fail a dispatch of a lost node");
         }
     }
+}
+
+fn node_key(caller: &Caller, binding: &NodeBinding) -> NodeKey {
+    NodeKey { cluster: ClusterKey::new(&caller.project, &binding.cluster), name: binding.name.clone() }
 }

@@ -16,6 +16,11 @@ use crate::Result;
 const MAX_PLACEMENTS_PER_STEP: usize = 512;
 /// Most placements committed together.
 const PLACEMENT_BATCH: usize = 64;
+/// Forwards that failed to connect in a row before a node is `unreachable`.
+const UNREACHABLE_AFTER: i32 = 5;
+/// Times a dispatch may go back to the queue before it fails instead, so no
+/// loop (a node that keeps refusing, say) can grow its event log without bound.
+pub const MAX_REQUEUES: i32 = 5;
 
 impl App {
     /// Places queued dispatches on ready nodes with free slots and forwards
@@ -23,7 +28,7 @@ impl App {
     /// does not hold up the rest.
     pub async fn placement_step(&self) -> Result<serde_json::Value> {
         let mut placed = 0;
-        let watched: Vec<String> =
+        let watched: Vec<crate::db::ClusterKey> =
             self.queued_clusters.lock().expect("queued clusters lock poisoned").iter().cloned().collect();
         if !watched.is_empty() {
             // Stop watching queues that have emptied.
@@ -62,6 +67,7 @@ impl App {
     }
 
     async fn forward(&self, row: DispatchRow, node: NodeEndpoint) {
+        let id = row.dispatch_id;
         let call = wire::StartCall {
             dispatch_id: wire::DispatchId(row.dispatch_id),
             function: row.function_ref.clone(),
@@ -72,19 +78,39 @@ impl App {
             timeout_s: row.timeout_s.map(|t| t as u32),
         };
         match self.nodes.start(&node, &call).await {
-            Ok(()) => {}
-            Err(ForwardError::Refused(message)) => {
-                tracing::warn!(dispatch_id = %row.dispatch_id, node = %node.name, %message, "node refused a call; requeueing");
-                let outcome =
-                    Outcome { reason: Some(format!("node {} refused it: {message}", node.name)), ..Outcome::default() };
-                if let Err(err) = self.dispatch_apply(None, row.dispatch_id, Event::Requeue, "gateway", outcome).await {
-                    tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "requeue failed");
+            Ok(()) => {
+                if let Err(err) = self.db.dispatch_acked(id, node.node_id).await {
+                    tracing::warn!(dispatch_id = %id, error = %err, "cannot record that the node has the call");
                 }
+            }
+            Err(ForwardError::Refused { message, unreachable }) => {
+                tracing::warn!(dispatch_id = %id, node = %node.name, %message, "node refused a call; requeueing");
+                if unreachable {
+                    if let Err(err) = self.db.node_forward_failed(node.node_id, UNREACHABLE_AFTER).await {
+                        tracing::warn!(node = %node.name, error = %err, "cannot record a failed forward");
+                    }
+                }
+                self.dispatch_requeue(&row, &format!("node {} refused it: {message}", node.name)).await;
             }
             // The node's heartbeat tells whether it got the call; see `node_heartbeat`.
             Err(err @ ForwardError::Unknown(_)) => {
                 tracing::warn!(dispatch_id = %row.dispatch_id, node = %node.name, error = %err, "forward outcome unknown")
             }
+        }
+    }
+
+    /// Sends a placed dispatch that never started back to the queue, or fails
+    /// it with `placement_failed` once it has been requeued too often.
+    pub(crate) async fn dispatch_requeue(&self, row: &DispatchRow, reason: &str) {
+        let id = row.dispatch_id;
+        let (event, outcome) = if row.requeues + 1 >= MAX_REQUEUES {
+            let message = format!("placed {MAX_REQUEUES} times without starting; last: {reason}");
+            (Event::Fail, Outcome::failed("placement_failed", &message))
+        } else {
+            (Event::Requeue, Outcome { reason: Some(reason.to_owned()), ..Outcome::default() })
+        };
+        if let Err(err) = self.dispatch_apply(crate::app::dispatch::Actor::Gateway, id, event, outcome).await {
+            tracing::warn!(dispatch_id = %id, error = %err, "requeue failed");
         }
     }
 

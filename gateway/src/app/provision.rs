@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashSet};
 use chrono::Utc;
 use serde_json::json;
 
-use super::dispatch::Outcome;
+use super::dispatch::{Actor, Outcome};
 use super::App;
 use crate::compute::{Bootstrap, InstanceRequest, Provider, ProviderError};
 use crate::db::{ClusterRow, ClusterState, InstanceRow, InstanceState};
@@ -25,8 +25,20 @@ impl App {
     /// the machines of stopping ones. Then bring up profiles that have work waiting.
     pub async fn provision_step(&self) -> Result<serde_json::Value> {
         let mut summary = json!({});
-        for cluster in self.db.cluster_list(false).await? {
-            let name = cluster.name.clone();
+        for listed in self.db.cluster_list(None, false).await? {
+            let name = listed.key().to_string();
+            // One replica at a time works on a cluster: two reconciling it at
+            // once could both create its missing machines.
+            let Some(_lease) = self.db.lease(&format!("cluster:{}", listed.cluster_id)).await? else {
+                summary[name] = json!("busy on another replica");
+                continue;
+            };
+            // Read again under the lease: another replica may have moved it.
+            let Some(cluster) =
+                self.db.cluster_by_name(&listed.key()).await?.filter(|c| c.cluster_id == listed.cluster_id)
+            else {
+                continue;
+            };
             let outcome = match cluster.state {
                 ClusterState::Provisioning | ClusterState::Ready => self.reconcile_running(cluster).await,
                 ClusterState::Stopping => self.reconcile_stopping(cluster).await,
@@ -41,10 +53,9 @@ impl App {
             };
             summary[name] = outcome;
         }
-        for name in self.settings.profiles.keys() {
-            if !self.db.dispatch_queued_in_cluster(name, 1).await?.is_empty() {
-                self.cluster_ensure_for_dispatch(name, "gateway").await?;
-            }
+        let profiles: Vec<String> = self.settings.profiles.keys().cloned().collect();
+        for wanted in self.db.dispatch_clusters_wanted(&profiles).await? {
+            self.cluster_ensure_for_dispatch(&wanted, "gateway").await?;
         }
         Ok(summary)
     }
@@ -62,7 +73,7 @@ impl App {
                 }
             },
         };
-        let ready_nodes = self.db.cluster_ready_nodes(&cluster.name).await?;
+        let ready_nodes = self.db.cluster_ready_nodes(&cluster.key()).await?;
         let mut instances = self.db.instances_of(cluster.cluster_id).await?;
         if let Some(provider) = &provider {
             // A ready cluster only looks at its machines when a node is missing.
@@ -125,7 +136,7 @@ impl App {
             return Ok("provisioning");
         }
         if let Some(minutes) = spec.autostop_idle_minutes {
-            let (busy, last) = self.db.cluster_activity(&cluster.name).await?;
+            let (busy, last) = self.db.cluster_activity(&cluster.key()).await?;
             let since = last.into_iter().chain(cluster.ready_at).max().unwrap_or(cluster.updated_at);
             let idle_for = chrono::Duration::milliseconds((minutes * 60_000.0) as i64);
             if !busy && Utc::now() - since >= idle_for {
@@ -176,7 +187,7 @@ impl App {
                 self.db.instance_update(&instance.instance_key, InstanceState::Terminated, None).await?;
                 self.revoke_node_token(instance).await?;
                 // Its node cannot be running anything now; the reaper fails its work at once.
-                self.db.node_gone(&cluster.name, &instance.node_name).await?;
+                self.db.node_gone(&cluster.key(), &instance.node_name).await?;
             }
         }
         Ok(())
@@ -184,7 +195,7 @@ impl App {
 
     async fn reconcile_stopping(&self, cluster: ClusterRow) -> Result<&'static str> {
         let spec: wire::ClusterSpec = serde_json::from_value(cluster.spec.clone()).unwrap_or_default();
-        let lost = self.db.cluster_nodes_gone(&cluster.name).await?;
+        let lost = self.db.cluster_nodes_gone(&cluster.key()).await?;
         if !lost.is_empty() {
             // Work still on those nodes fails with node_lost through the reaper.
             tracing::info!(cluster = %cluster.name, nodes = lost.len(), "nodes of a stopping cluster marked lost");
@@ -225,7 +236,7 @@ impl App {
         if !self.settings.profiles.contains_key(&cluster.name) {
             let reason = cluster.state_reason.clone().unwrap_or_else(|| "stopped".into());
             self.fail_queued(
-                &cluster.name,
+                &cluster.key(),
                 "cluster_terminated",
                 &format!("cluster `{}` was stopped: {reason}", cluster.name),
             )
@@ -254,14 +265,14 @@ impl App {
             return Ok(());
         }
         tracing::warn!(cluster = %cluster.name, %reason, "cluster failed");
-        self.db.cluster_nodes_gone(&cluster.name).await?;
-        self.fail_queued(&cluster.name, "cluster_failed", &format!("cluster `{}` failed: {reason}", cluster.name))
+        self.db.cluster_nodes_gone(&cluster.key()).await?;
+        self.fail_queued(&cluster.key(), "cluster_failed", &format!("cluster `{}` failed: {reason}", cluster.name))
             .await?;
         self.orphan_sweep.notify_one();
         Ok(())
     }
 
-    async fn fail_queued(&self, cluster: &str, code: &str, message: &str) -> Result<()> {
+    async fn fail_queued(&self, cluster: &crate::db::ClusterKey, code: &str, message: &str) -> Result<()> {
         loop {
             let rows = self.db.dispatch_queued_in_cluster(cluster, 256).await?;
             if rows.is_empty() {
@@ -270,7 +281,7 @@ impl App {
             for row in rows {
                 let outcome = Outcome::failed(code, message);
                 // A concurrent cancel wins; either way it leaves `queued`.
-                let _ = self.dispatch_apply(None, row.dispatch_id, Event::Fail, "gateway", outcome).await;
+                let _ = self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::Fail, outcome).await;
             }
         }
     }
@@ -314,6 +325,9 @@ impl App {
     /// committed before its machine is asked for, so a machine seen here whose
     /// key is not owned afterwards really is an orphan.
     pub async fn orphan_sweep_step(&self) -> Result<serde_json::Value> {
+        let Some(_lease) = self.db.lease("orphan_sweep").await? else {
+            return Ok(json!("busy on another replica"));
+        };
         let specs = self.db.cluster_specs_in_use().await?;
         let mut terminated = Vec::new();
         for (name, provider) in self.providers.iter() {

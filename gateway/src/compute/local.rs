@@ -11,7 +11,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{Instance, InstanceRequest, Provider, ProviderError};
@@ -25,15 +24,16 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     /// Uses `compute.node_binary_path` (default: `rh-node` next to this
-    /// executable) and a work folder per database, so gateways sharing a
-    /// machine but not a database never see each other's nodes.
-    pub fn new(settings: &Settings) -> LocalProvider {
-        use secrecy::ExposeSecret;
+    /// executable) and a work folder named after the database's installation
+    /// id: every replica of one installation on this machine shares it (and
+    /// so sees the same nodes), and installations never see each other's.
+    pub fn new(settings: &Settings, installation: Uuid) -> LocalProvider {
         let binary = node_binary_path(settings);
-        let dir = settings.compute.local_work_dir.clone().unwrap_or_else(|| {
-            let digest = Sha256::digest(settings.database.url.expose_secret().as_bytes());
-            std::env::temp_dir().join(format!("rh-local-nodes-{}", &hex::encode(digest)[..12]))
-        });
+        let dir = settings
+            .compute
+            .local_work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("rh-local-nodes-{}", installation.simple())));
         LocalProvider { binary, dir }
     }
 

@@ -106,9 +106,9 @@ pub const PROVIDER_NAMES: [&str; 4] = ["local", "static", "aws", "gcp"];
 impl Providers {
     /// Builds the configured providers. `local` is always there; `aws` and
     /// `gcp` only with their config sections; `static` needs no provider.
-    pub async fn from_settings(settings: &Settings) -> anyhow::Result<Providers> {
+    pub async fn from_settings(settings: &Settings, installation: Uuid) -> anyhow::Result<Providers> {
         let mut providers: BTreeMap<&'static str, Arc<dyn Provider>> = BTreeMap::new();
-        providers.insert("local", Arc::new(local::LocalProvider::new(settings)));
+        providers.insert("local", Arc::new(local::LocalProvider::new(settings, installation)));
         if let Some(aws) = &settings.compute.aws {
             providers.insert("aws", Arc::new(aws::AwsProvider::new(aws.clone()).await));
         }

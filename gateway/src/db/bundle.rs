@@ -77,6 +77,30 @@ impl DataStore {
         Ok(row)
     }
 
+    /// Records that `project` holds bundle `sha256` (it uploaded the bytes).
+    pub async fn bundle_hold(&self, project: &str, sha256: &str) -> Result<()> {
+        sqlx::query!(
+            "insert into bundle_project (project, sha256) values ($1, $2) on conflict do nothing",
+            project,
+            sha256
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// True if `project` holds bundle `sha256`.
+    pub async fn bundle_held(&self, project: &str, sha256: &str) -> Result<bool> {
+        let held = sqlx::query_scalar!(
+            r#"select exists(select 1 from bundle_project where project = $1 and sha256 = $2) as "held!""#,
+            project,
+            sha256
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(held)
+    }
+
     /// A bundle's bytes.
     pub async fn bundle_data(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         let data = sqlx::query_scalar!("select data from bundle where sha256 = $1", sha256)

@@ -30,11 +30,35 @@ pub enum InstanceState {
     Terminated,
 }
 
+/// A cluster's name within its project: what placement and provisioning key on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterKey {
+    /// The project owning the cluster.
+    pub project: String,
+    pub name: String,
+}
+
+impl ClusterKey {
+    pub fn new(project: &str, name: &str) -> ClusterKey {
+        ClusterKey { project: project.to_owned(), name: name.to_owned() }
+    }
+}
+
+impl std::fmt::Display for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.project, self.name)
+    }
+}
+
 /// One row of `cluster`.
 #[derive(Debug, Clone)]
 pub struct ClusterRow {
     pub cluster_id: Uuid,
+    /// The project owning it.
+    pub project: String,
     pub name: String,
+    /// Other projects that may dispatch to it.
+    pub shared_with: Vec<String>,
     pub provider: String,
     pub spec: Value,
     pub profile: Option<String>,
@@ -65,10 +89,19 @@ pub struct InstanceRow {
     pub created_at: DateTime<Utc>,
 }
 
+impl ClusterRow {
+    /// Its project and name.
+    pub fn key(&self) -> ClusterKey {
+        ClusterKey::new(&self.project, &self.name)
+    }
+}
+
 /// What a cluster create writes.
 #[derive(Debug, Clone)]
 pub struct NewCluster {
+    pub project: String,
     pub name: String,
+    pub shared_with: Vec<String>,
     pub provider: String,
     pub spec: Value,
     pub profile: Option<String>,
@@ -92,11 +125,12 @@ impl DataStore {
         let row = sqlx::query_as!(
             ClusterRow,
             r#"
-            insert into cluster (cluster_id, name, provider, spec, profile, state, created_by)
-            values ($1, $2, $3, $4, $5, 'provisioning', $6)
-            on conflict (name) where state in ('provisioning', 'ready', 'stopping') do nothing
-            returning cluster_id, name, provider, spec, profile, state as "state: ClusterState", generation,
-                      state_reason, created_by, created_at, updated_at, ready_at, stopping_at, terminated_at
+            insert into cluster (cluster_id, name, provider, spec, profile, state, created_by, project, shared_with)
+            values ($1, $2, $3, $4, $5, 'provisioning', $6, $7, $8)
+            on conflict (project, name) where state in ('provisioning', 'ready', 'stopping') do nothing
+            returning cluster_id, project, name, shared_with, provider, spec, profile, state as "state: ClusterState",
+                      generation, state_reason, created_by, created_at, updated_at, ready_at, stopping_at,
+                      terminated_at
             "#,
             Uuid::now_v7(),
             new.name,
@@ -104,43 +138,48 @@ impl DataStore {
             new.spec,
             new.profile,
             new.created_by,
+            new.project,
+            &new.shared_with,
         )
         .fetch_optional(self.pool())
         .await?;
         Ok(row)
     }
 
-    /// The live cluster called `name`, or else its most recent ended one.
-    pub async fn cluster_by_name(&self, name: &str) -> Result<Option<ClusterRow>> {
+    /// The project's live cluster called `name`, or else its most recent ended one.
+    pub async fn cluster_by_name(&self, key: &ClusterKey) -> Result<Option<ClusterRow>> {
         let row = sqlx::query_as!(
             ClusterRow,
             r#"
-            select cluster_id, name, provider, spec, profile, state as "state: ClusterState", generation,
-                   state_reason, created_by, created_at, updated_at, ready_at, stopping_at, terminated_at
-            from cluster where name = $1
+            select cluster_id, project, name, shared_with, provider, spec, profile, state as "state: ClusterState",
+                   generation, state_reason, created_by, created_at, updated_at, ready_at, stopping_at, terminated_at
+            from cluster where project = $1 and name = $2
             order by (state in ('provisioning', 'ready', 'stopping')) desc, created_at desc
             limit 1
             "#,
-            name
+            key.project,
+            key.name
         )
         .fetch_optional(self.pool())
         .await?;
         Ok(row)
     }
 
-    /// Clusters, newest first: live ones, or every one with `all`.
-    pub async fn cluster_list(&self, all: bool) -> Result<Vec<ClusterRow>> {
+    /// Clusters of `project` (of every project with `None`), newest first:
+    /// live ones, or every one with `all`.
+    pub async fn cluster_list(&self, project: Option<&str>, all: bool) -> Result<Vec<ClusterRow>> {
         let rows = sqlx::query_as!(
             ClusterRow,
             r#"
-            select cluster_id, name, provider, spec, profile, state as "state: ClusterState", generation,
-                   state_reason, created_by, created_at, updated_at, ready_at, stopping_at, terminated_at
+            select cluster_id, project, name, shared_with, provider, spec, profile, state as "state: ClusterState",
+                   generation, state_reason, created_by, created_at, updated_at, ready_at, stopping_at, terminated_at
             from cluster
-            where $1 or state in ('provisioning', 'ready', 'stopping')
+            where ($1 or state in ('provisioning', 'ready', 'stopping')) and ($2::text is null or project = $2)
             order by created_at desc
             limit 1000
             "#,
-            all
+            all,
+            project
         )
         .fetch_all(self.pool())
         .await?;
@@ -176,8 +215,9 @@ impl DataStore {
                 stopping_at = case when $3::cluster_state = 'stopping' then now() else stopping_at end,
                 terminated_at = case when $3::cluster_state in ('terminated', 'failed') then now() else terminated_at end
             where cluster_id = $1 and generation = $2
-            returning cluster_id, name, provider, spec, profile, state as "state: ClusterState", generation,
-                      state_reason, created_by, created_at, updated_at, ready_at, stopping_at, terminated_at
+            returning cluster_id, project, name, shared_with, provider, spec, profile, state as "state: ClusterState",
+                      generation, state_reason, created_by, created_at, updated_at, ready_at, stopping_at,
+                      terminated_at
             "#,
             cluster_id,
             generation,
@@ -269,7 +309,7 @@ impl DataStore {
         join_token: &str,
         instance_id: Option<&str>,
         node_token_jti: &str,
-    ) -> Result<Option<(InstanceRow, String, Value)>> {
+    ) -> Result<Option<(InstanceRow, ClusterKey, Value)>> {
         let row = sqlx::query!(
             r#"
             update cluster_instance i set joined_at = now(), node_token_jti = $3, updated_at = now()
@@ -280,7 +320,7 @@ impl DataStore {
                    or i.instance_key = $2)
             returning i.cluster_id, i.ordinal, i.instance_key, i.node_name, i.state as "state: InstanceState",
                       i.provider_id, i.join_token, i.join_expires_at, i.joined_at, i.node_token_jti, i.created_at,
-                      c.name as cluster_name, c.spec
+                      c.name as cluster_name, c.project as cluster_project, c.spec
             "#,
             join_token,
             instance_id,
@@ -303,7 +343,7 @@ impl DataStore {
                     node_token_jti: r.node_token_jti,
                     created_at: r.created_at,
                 },
-                r.cluster_name,
+                ClusterKey { project: r.cluster_project, name: r.cluster_name },
                 r.spec,
             )
         }))
@@ -326,11 +366,12 @@ impl DataStore {
         Ok(valid)
     }
 
-    /// Ready nodes in the cluster called `name`.
-    pub async fn cluster_ready_nodes(&self, name: &str) -> Result<i64> {
+    /// Ready nodes in the cluster.
+    pub async fn cluster_ready_nodes(&self, key: &ClusterKey) -> Result<i64> {
         let count = sqlx::query_scalar!(
-            r#"select count(*) as "count!" from node where cluster = $1 and state = 'ready'"#,
-            name
+            r#"select count(*) as "count!" from node where project = $1 and cluster = $2 and state = 'ready'"#,
+            key.project,
+            key.name
         )
         .fetch_one(self.pool())
         .await?;
@@ -338,15 +379,16 @@ impl DataStore {
     }
 
     /// Whether the cluster has queued or running work, and when its dispatches last changed.
-    pub async fn cluster_activity(&self, name: &str) -> Result<(bool, Option<DateTime<Utc>>)> {
+    pub async fn cluster_activity(&self, key: &ClusterKey) -> Result<(bool, Option<DateTime<Utc>>)> {
         let row = sqlx::query!(
             r#"
             select
-                exists(select 1 from dispatch where cluster = $1 and state in ('queued', 'running', 'cancelling'))
-                    as "busy!",
-                (select max(updated_at) from dispatch where cluster = $1) as last
+                exists(select 1 from dispatch where cluster_project = $1 and cluster = $2
+                                              and state in ('queued', 'running', 'cancelling')) as "busy!",
+                (select max(updated_at) from dispatch where cluster_project = $1 and cluster = $2) as last
             "#,
-            name
+            key.project,
+            key.name
         )
         .fetch_one(self.pool())
         .await?;
@@ -354,10 +396,15 @@ impl DataStore {
     }
 
     /// Marks every ready node of a cluster lost, at once (its machines are being stopped).
-    pub async fn cluster_nodes_gone(&self, name: &str) -> Result<Vec<Uuid>> {
+    pub async fn cluster_nodes_gone(&self, key: &ClusterKey) -> Result<Vec<Uuid>> {
         let ids = sqlx::query_scalar!(
-            "update node set state = 'lost', lost_at = now() where cluster = $1 and state = 'ready' returning node_id",
-            name
+            r#"
+            update node set state = 'lost', lost_at = now()
+            where project = $1 and cluster = $2 and state in ('ready', 'unreachable')
+            returning node_id
+            "#,
+            key.project,
+            key.name
         )
         .fetch_all(self.pool())
         .await?;
@@ -365,14 +412,45 @@ impl DataStore {
     }
 
     /// Marks one node lost at once (its machine is gone).
-    pub async fn node_gone(&self, cluster: &str, name: &str) -> Result<()> {
+    pub async fn node_gone(&self, cluster: &ClusterKey, name: &str) -> Result<()> {
         sqlx::query!(
-            "update node set state = 'lost', lost_at = now() where cluster = $1 and name = $2 and state = 'ready'",
-            cluster,
+            r#"
+            update node set state = 'lost', lost_at = now()
+            where project = $1 and cluster = $2 and name = $3 and state in ('ready', 'unreachable')
+            "#,
+            cluster.project,
+            cluster.name,
             name
         )
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+}
+
+impl DataStore {
+    /// True if `owner`'s live cluster `name` is shared with `project`.
+    pub async fn cluster_shared_with(&self, cluster: &ClusterKey, project: &str) -> Result<bool> {
+        let shared = sqlx::query_scalar!(
+            r#"
+            select exists(
+                select 1 from cluster
+                where project = $1 and name = $2 and state in ('provisioning', 'ready', 'stopping')
+                  and $3 = any(shared_with)
+            ) as "shared!"
+            "#,
+            cluster.project,
+            cluster.name,
+            project
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(shared)
+    }
+
+    /// This database's installation id (see migration 0007).
+    pub async fn installation_id(&self) -> Result<Uuid> {
+        let id = sqlx::query_scalar!("select id from installation").fetch_one(self.pool()).await?;
+        Ok(id)
     }
 }

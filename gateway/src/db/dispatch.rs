@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{DataStore, LogStream, NodeEndpoint};
+use super::{ClusterKey, DataStore, LogStream, NodeEndpoint};
 use crate::dispatch::DispatchState;
 use crate::Result;
 
@@ -75,6 +75,16 @@ dispatch_rows! {
     updated_at: DateTime<Utc>,
     log_bytes: i64,
     log_truncated: bool,
+    cluster_project: String,
+    acked_at: Option<DateTime<Utc>>,
+    requeues: i32,
+}
+
+impl DispatchRow {
+    /// The cluster it runs on.
+    pub fn cluster_key(&self) -> ClusterKey {
+        ClusterKey::new(&self.cluster_project, &self.cluster)
+    }
 }
 
 /// One row of `dispatch_event`.
@@ -102,6 +112,8 @@ pub struct NewDispatch {
     pub args: Value,
     pub kwargs: Value,
     pub cluster: String,
+    /// The project owning `cluster` (the dispatch's own, or the one sharing it).
+    pub cluster_project: String,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
     pub requester: String,
@@ -119,6 +131,8 @@ pub struct Transition {
     pub dispatch_id: Uuid,
     /// With a project, another project's dispatch is left alone.
     pub project: Option<String>,
+    /// With a node, a dispatch placed on another node is left alone.
+    pub node: Option<Uuid>,
     /// Every (from, to) pair the event allows.
     pub moves: Vec<(DispatchState, DispatchState)>,
     /// If set, applies only at this generation.
@@ -173,8 +187,12 @@ impl DataStore {
                 select s.node_id, s.slot
                 from node_slot s
                 join node n on n.node_id = s.node_id
-                where n.cluster = $6 and n.state = 'ready' and s.dispatch_id is null and s.slot < n.max_concurrent
-                  and not exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = $6)
+                where n.project = $15 and n.cluster = $6 and n.state = 'ready'
+                  and s.dispatch_id is null and s.slot < n.max_concurrent
+                  and (n.unreachable_until is null or n.unreachable_until < now())
+                  and not exists (
+                      select 1 from dispatch q where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6
+                  )
                 order by s.slot
                 limit 1
                 for update of s skip locked
@@ -183,9 +201,9 @@ impl DataStore {
                 insert into dispatch (
                     dispatch_id, project, function_ref, args, kwargs, cluster,
                     idempotency_key, request_hash, requester, labels, timeout_s,
-                    function_name, bundle, requirements, state, generation, node_id, started_at
+                    function_name, bundle, requirements, cluster_project, state, generation, node_id, started_at
                 )
-                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
                        case when slot.node_id is null then 'queued' else 'running' end::dispatch_state,
                        case when slot.node_id is null then 1 else 2 end,
                        slot.node_id,
@@ -221,6 +239,7 @@ impl DataStore {
                 i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
                 i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
+                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!",
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from inserted i
             left join node n on n.node_id = i.node_id
@@ -239,6 +258,7 @@ impl DataStore {
             new.function_name,
             new.bundle,
             new.requirements,
+            new.cluster_project,
         )
         .fetch_optional(hot.conn())
         .await;
@@ -255,7 +275,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues
             from dispatch
             where project = $1 and idempotency_key = $2
             "#,
@@ -278,7 +298,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues
             from dispatch
             where dispatch_id = $1 and ($2::text is null or project = $2)
             "#,
@@ -307,7 +327,7 @@ impl DataStore {
                        state as "state: DispatchState", generation, idempotency_key, request_hash,
                        requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                        created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                       log_bytes, log_truncated
+                       log_bytes, log_truncated, cluster_project, acked_at, requeues
                 from dispatch
                 where project = $1
                   and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
@@ -340,7 +360,7 @@ impl DataStore {
                    d.state as "state: DispatchState", d.generation, d.idempotency_key, d.request_hash,
                    d.requester, d.labels, d.timeout_s, d.result, d.failure, d.cancelled_by, d.cancel_reason,
                    d.created_at, d.started_at, d.cancel_requested_at, d.finished_at, d.updated_at,
-                   d.log_bytes, d.log_truncated
+                   d.log_bytes, d.log_truncated, d.cluster_project, d.acked_at, d.requeues
             from dispatch_label l
             join dispatch d on d.dispatch_id = l.dispatch_id
             where l.project = $1 and l.key = $9 and l.value = $10
@@ -380,7 +400,7 @@ impl DataStore {
         let to: Vec<String> = change.moves.iter().map(|(_, to)| to.to_string()).collect();
         let seqs: Vec<i64> = change.logs.iter().map(|e| e.0).collect();
         let streams: Vec<String> = change.logs.iter().map(|e| e.1.as_str().to_owned()).collect();
-        let texts: Vec<String> = change.logs.iter().map(|e| e.2.clone()).collect();
+        let (texts, escaped) = super::log::stored_texts(&change.logs);
         let log_bytes: i64 = change.logs.iter().map(|e| e.2.len() as i64).sum();
         let mut hot = self.hot.acquire().await?;
         let row = sqlx::query_as!(
@@ -398,17 +418,20 @@ impl DataStore {
                     cancel_requested_at = case when $7::text is not null then now() else d.cancel_requested_at end,
                     finished_at = case when m.to_state in ('succeeded', 'failed', 'cancelled', 'timed_out')
                                        then now() else d.finished_at end,
-                    result = coalesce($8, d.result),
-                    failure = coalesce($9, d.failure),
+                    -- As JSON text, never through jsonb, which cannot hold a NUL.
+                    result = coalesce($8::text::json, d.result),
+                    failure = coalesce($9::text::json, d.failure),
                     cancelled_by = coalesce($7, d.cancelled_by),
                     cancel_reason = case when $7::text is not null then $6 else d.cancel_reason end,
                     -- Back in the queue means on no node.
                     node_id = case when m.to_state = 'queued' then null else d.node_id end,
+                    requeues = d.requeues + case when m.to_state = 'queued' then 1 else 0 end,
                     log_bytes = d.log_bytes + $13
                 from moves m
                 where d.dispatch_id = $1 and d.state = m.from_state::dispatch_state
                   and ($4::bigint is null or d.generation = $4)
                   and ($10::text is null or d.project = $10)
+                  and ($16::uuid is null or d.node_id = $16)
                   and (cardinality($11::bigint[]) = 0 or (not d.log_truncated and d.log_bytes + $13 <= $14))
                 returning d.*, m.from_state
             ),
@@ -417,9 +440,9 @@ impl DataStore {
                 select dispatch_id, from_state::dispatch_state, state, generation, $5, $6 from updated
             ),
             logged as (
-                insert into dispatch_log (dispatch_id, seq, stream, text)
-                select u.dispatch_id, l.seq, l.stream::log_stream, l.text
-                from updated u, unnest($11::bigint[], $12::text[], $15::text[]) as l (seq, stream, text)
+                insert into dispatch_log (dispatch_id, seq, stream, text, escaped)
+                select u.dispatch_id, l.seq, l.stream::log_stream, l.text, l.escaped
+                from updated u, unnest($11::bigint[], $12::text[], $15::text[], $17::bool[]) as l (seq, stream, text, escaped)
                 on conflict (dispatch_id, seq) do nothing
             )
             select
@@ -430,7 +453,8 @@ impl DataStore {
                 idempotency_key, request_hash as "request_hash!", requester as "requester!",
                 labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
                 created_at as "created_at!", started_at, cancel_requested_at, finished_at,
-                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!"
+                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!",
+                cluster_project as "cluster_project!", acked_at, requeues as "requeues!"
             from updated
             "#,
             change.dispatch_id,
@@ -440,14 +464,16 @@ impl DataStore {
             change.actor,
             change.reason,
             change.cancelled_by,
-            change.result,
-            change.failure,
+            change.result.as_ref().map(Value::to_string),
+            change.failure.as_ref().map(Value::to_string),
             change.project,
             &seqs,
             &streams,
             log_bytes,
             change.log_limit,
             &texts,
+            change.node,
+            &escaped,
         )
         .fetch_optional(hot.conn())
         .await;
@@ -460,7 +486,7 @@ impl DataStore {
     /// slots and dispatches are claimed with `SKIP LOCKED`, so replicas never
     /// place one dispatch twice or overfill a node, and never wait on each other.
     #[tracing::instrument(skip_all, fields(cluster))]
-    pub async fn dispatch_place_batch(&self, cluster: &str, max: usize) -> Result<Vec<Placed>> {
+    pub async fn dispatch_place_batch(&self, cluster: &ClusterKey, max: usize) -> Result<Vec<Placed>> {
         let mut placed = Vec::new();
         while placed.len() < max {
             let Some(next) = self.dispatch_place_one(cluster).await? else { break };
@@ -469,7 +495,7 @@ impl DataStore {
         Ok(placed)
     }
 
-    async fn dispatch_place_one(&self, cluster: &str) -> Result<Option<Placed>> {
+    async fn dispatch_place_one(&self, cluster: &ClusterKey) -> Result<Option<Placed>> {
         let row = sqlx::query_as!(
             PlacedRow,
             r#"
@@ -477,14 +503,16 @@ impl DataStore {
                 select s.node_id, s.slot
                 from node_slot s
                 join node n on n.node_id = s.node_id
-                where n.cluster = $1 and n.state = 'ready' and s.dispatch_id is null and s.slot < n.max_concurrent
+                where n.project = $2 and n.cluster = $1 and n.state = 'ready'
+                  and s.dispatch_id is null and s.slot < n.max_concurrent
+                  and (n.unreachable_until is null or n.unreachable_until < now())
                 order by s.slot
                 limit 1
                 for update of s skip locked
             ),
             next as (
                 select dispatch_id from dispatch
-                where state = 'queued' and cluster = $1 and exists (select 1 from slot)
+                where state = 'queued' and cluster_project = $2 and cluster = $1 and exists (select 1 from slot)
                 order by dispatch_id
                 limit 1
                 for update skip locked
@@ -515,11 +543,13 @@ impl DataStore {
                 u.labels as "labels!", u.timeout_s, u.result, u.failure, u.cancelled_by, u.cancel_reason,
                 u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
                 u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
+                u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!",
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from updated u
             join node n on n.node_id = u.node_id
             "#,
-            cluster,
+            cluster.name,
+            cluster.project,
         )
         .fetch_optional(self.pool())
         .await?;
@@ -527,27 +557,35 @@ impl DataStore {
     }
 
     /// Which of `clusters` have queued dispatches.
-    pub async fn dispatch_clusters_with_queued(&self, clusters: &[String]) -> Result<Vec<String>> {
-        let rows = sqlx::query_scalar!(
+    pub async fn dispatch_clusters_with_queued(&self, clusters: &[ClusterKey]) -> Result<Vec<ClusterKey>> {
+        let projects: Vec<String> = clusters.iter().map(|c| c.project.clone()).collect();
+        let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        let rows = sqlx::query!(
             r#"
-            select c as "cluster!" from unnest($1::text[]) as c
-            where exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = c)
+            select c.project as "project!", c.name as "name!" from unnest($1::text[], $2::text[]) as c (project, name)
+            where exists (
+                select 1 from dispatch q where q.state = 'queued' and q.cluster_project = c.project and q.cluster = c.name
+            )
             "#,
-            clusters
+            &projects,
+            &names
         )
         .fetch_all(self.pool())
         .await?;
-        Ok(rows)
+        Ok(rows.into_iter().map(|r| ClusterKey { project: r.project, name: r.name }).collect())
     }
 
     /// Clusters that have queued dispatches and a ready node with a free slot.
-    pub async fn dispatch_placeable_clusters(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query_scalar!(
+    pub async fn dispatch_placeable_clusters(&self) -> Result<Vec<ClusterKey>> {
+        let rows = sqlx::query!(
             r#"
-            select distinct n.cluster as "cluster!"
+            select distinct n.project, n.cluster
             from node n
-            where n.state = 'ready'
-              and exists (select 1 from dispatch q where q.state = 'queued' and q.cluster = n.cluster)
+            where n.state = 'ready' and (n.unreachable_until is null or n.unreachable_until < now())
+              and exists (
+                  select 1 from dispatch q
+                  where q.state = 'queued' and q.cluster_project = n.project and q.cluster = n.cluster
+              )
               and exists (
                   select 1 from node_slot s
                   where s.node_id = n.node_id and s.dispatch_id is null and s.slot < n.max_concurrent
@@ -556,7 +594,7 @@ impl DataStore {
         )
         .fetch_all(self.pool())
         .await?;
-        Ok(rows)
+        Ok(rows.into_iter().map(|r| ClusterKey { project: r.project, name: r.cluster }).collect())
     }
 
     /// Dispatches placed on `node_id` that are still running or cancelling.
@@ -569,7 +607,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues
             from dispatch
             where node_id = $1 and state in ('running', 'cancelling')
             "#,
@@ -580,8 +618,8 @@ impl DataStore {
         Ok(rows)
     }
 
-    /// Dispatches still waiting in `queued` for the cluster called `cluster`.
-    pub async fn dispatch_queued_in_cluster(&self, cluster: &str, limit: i64) -> Result<Vec<DispatchRow>> {
+    /// Dispatches still waiting in `queued` for `cluster`.
+    pub async fn dispatch_queued_in_cluster(&self, cluster: &ClusterKey, limit: i64) -> Result<Vec<DispatchRow>> {
         let rows = sqlx::query_as!(
             DispatchRow,
             r#"
@@ -590,13 +628,14 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues
             from dispatch
-            where cluster = $1 and state = 'queued'
+            where cluster_project = $1 and cluster = $2 and state = 'queued'
             order by dispatch_id
-            limit $2
+            limit $3
             "#,
-            cluster,
+            cluster.project,
+            cluster.name,
             limit
         )
         .fetch_all(self.pool())
@@ -614,7 +653,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues
             from dispatch
             where state = 'cancelling' and updated_at < now() - make_interval(secs => $1)
             order by updated_at
@@ -625,6 +664,78 @@ impl DataStore {
         .fetch_all(self.pool())
         .await?;
         Ok(rows)
+    }
+
+    /// Clusters among `names` (profile names) that some project has dispatches queued for.
+    pub async fn dispatch_clusters_wanted(&self, names: &[String]) -> Result<Vec<ClusterKey>> {
+        let rows = sqlx::query!(
+            r#"
+            select distinct cluster_project, cluster from dispatch
+            where state = 'queued' and cluster = any($1)
+            "#,
+            names
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| ClusterKey { project: r.cluster_project, name: r.cluster }).collect())
+    }
+
+    /// The node has the call (it accepted the forward): from now on the
+    /// dispatch is never requeued, and the node's forward failures reset.
+    /// An ack lost in a crash costs nothing but that protection, so its commit
+    /// does not wait for the disk.
+    pub async fn dispatch_acked(&self, dispatch_id: Uuid, node_id: Uuid) -> Result<()> {
+        sqlx::query!(
+            r#"
+            with acked as (
+                update dispatch set acked_at = now()
+                where dispatch_id = $1 and node_id = $2 and acked_at is null
+            ),
+            reset as (
+                update node set forward_failures = 0, unreachable_until = null
+                where node_id = $2 and forward_failures > 0
+            )
+            select set_config('synchronous_commit', 'off', true)
+            "#,
+            dispatch_id,
+            node_id
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks as acknowledged the dispatches on `node_id` its heartbeat listed.
+    pub async fn dispatch_ack_listed(&self, node_id: Uuid, listed: &[Uuid]) -> Result<()> {
+        sqlx::query!(
+            r#"
+            update dispatch set acked_at = now()
+            where dispatch_id = any($2) and node_id = $1 and acked_at is null
+              and state in ('running', 'cancelling')
+            "#,
+            node_id,
+            listed
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// True if a dispatch using bundle `sha256` is running (or cancelling) on `node_id`.
+    pub async fn bundle_placed_on(&self, sha256: &str, node_id: Uuid) -> Result<bool> {
+        let placed = sqlx::query_scalar!(
+            r#"
+            select exists(
+                select 1 from dispatch
+                where node_id = $1 and bundle = $2 and state in ('running', 'cancelling')
+            ) as "placed!"
+            "#,
+            node_id,
+            sha256
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(placed)
     }
 
     /// The dispatch's event log, oldest first.

@@ -20,10 +20,15 @@ pub mod node;
 pub mod token;
 
 pub use bundle::{BundleRow, FunctionRow};
-pub use cluster::{ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
+pub use cluster::{ClusterKey, ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
 pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, Transition};
 pub use log::{LogRow, LogStream};
-pub use node::{NewNode, NodeEndpoint, NodeRow, NodeState};
+pub use node::{NewNode, NodeEndpoint, NodeKey, NodeRow, NodeState};
+
+/// Exclusive right to one background step among all replicas, while held.
+pub struct Lease {
+    _tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -72,6 +77,17 @@ impl DataStore {
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
+    }
+
+    /// Takes the lease `name` if no one holds it: a transaction-scoped advisory
+    /// lock, so it is released when the [`Lease`] is dropped, and by Postgres
+    /// if this replica dies. `None` if another replica holds it now.
+    pub async fn lease(&self, name: &str) -> crate::Result<Option<Lease>> {
+        let mut tx = self.pool.begin().await?;
+        let got = sqlx::query_scalar!(r#"select pg_try_advisory_xact_lock(hashtextextended($1, 0)) as "got!""#, name)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(got.then_some(Lease { _tx: tx }))
     }
 
     /// Succeeds if the database answers a trivial query; any failure is `Unavailable`.

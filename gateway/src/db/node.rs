@@ -13,12 +13,16 @@ use crate::Result;
 pub enum NodeState {
     Ready,
     Lost,
+    /// Heartbeats, but its address refused the gateway's forwards too often.
+    Unreachable,
 }
 
 /// One row of `node`, with the number of dispatches running on it.
 #[derive(Debug, Clone)]
 pub struct NodeRow {
     pub node_id: Uuid,
+    /// The project owning its cluster.
+    pub project: String,
     pub name: String,
     pub cluster: String,
     pub address: String,
@@ -53,9 +57,17 @@ impl From<&NodeRow> for NodeEndpoint {
     }
 }
 
+/// A node's identity: its cluster (within a project) and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    pub cluster: super::ClusterKey,
+    pub name: String,
+}
+
 /// What a registration writes.
 #[derive(Debug, Clone)]
 pub struct NewNode {
+    pub project: String,
     pub name: String,
     pub cluster: String,
     pub address: String,
@@ -72,9 +84,9 @@ impl DataStore {
         let row = sqlx::query_as!(
             NodeRow,
             r#"
-            insert into node (node_id, name, cluster, address, api_secret, max_concurrent, resources, labels)
-            values ($1, $2, $3, $4, $5, $6, $7, $8)
-            on conflict (cluster, name) do update set
+            insert into node (node_id, name, cluster, address, api_secret, max_concurrent, resources, labels, project)
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            on conflict (project, cluster, name) do update set
                 address = excluded.address,
                 api_secret = excluded.api_secret,
                 max_concurrent = excluded.max_concurrent,
@@ -82,9 +94,11 @@ impl DataStore {
                 labels = excluded.labels,
                 state = 'ready',
                 lost_at = null,
+                forward_failures = 0,
+                unreachable_until = null,
                 registered_at = now(),
                 last_heartbeat_at = now()
-            returning node_id, name, cluster, address, api_secret, state as "state: NodeState",
+            returning node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                       max_concurrent, resources, labels, registered_at, last_heartbeat_at,
                       0::bigint as "running!"
             "#,
@@ -96,25 +110,30 @@ impl DataStore {
             node.max_concurrent,
             node.resources,
             node.labels,
+            node.project,
         )
         .fetch_one(self.pool())
         .await?;
         Ok(row)
     }
 
-    /// Records a heartbeat. `None` if the node is unknown or was declared lost
-    /// (it must register again).
-    pub async fn node_heartbeat(&self, node_id: Uuid) -> Result<Option<NodeRow>> {
+    /// Records a heartbeat of node `node_id`, which must be `me`. `None` if
+    /// that node is unknown, someone else, or was declared lost (it must register again).
+    pub async fn node_heartbeat(&self, node_id: Uuid, me: &NodeKey) -> Result<Option<NodeRow>> {
         let row = sqlx::query_as!(
             NodeRow,
             r#"
             update node n set last_heartbeat_at = now()
-            where node_id = $1 and state = 'ready'
-            returning node_id, name, cluster, address, api_secret, state as "state: NodeState",
+            where node_id = $1 and state in ('ready', 'unreachable')
+              and project = $2 and cluster = $3 and name = $4
+            returning node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                       max_concurrent, resources, labels, registered_at, last_heartbeat_at,
                       node_running(n.node_id) as "running!"
             "#,
-            node_id
+            node_id,
+            me.cluster.project,
+            me.cluster.name,
+            me.name
         )
         .fetch_optional(self.pool())
         .await?;
@@ -126,7 +145,7 @@ impl DataStore {
         let row = sqlx::query_as!(
             NodeRow,
             r#"
-            select node_id, name, cluster, address, api_secret, state as "state: NodeState",
+            select node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                    max_concurrent, resources, labels, registered_at, last_heartbeat_at,
                    node_running(n.node_id) as "running!"
             from node n where node_id = $1
@@ -138,18 +157,19 @@ impl DataStore {
         Ok(row)
     }
 
-    /// Every node, optionally of one cluster.
-    pub async fn node_list(&self, cluster: Option<&str>) -> Result<Vec<NodeRow>> {
+    /// Every node of `project`, optionally of one cluster.
+    pub async fn node_list(&self, project: &str, cluster: Option<&str>) -> Result<Vec<NodeRow>> {
         let rows = sqlx::query_as!(
             NodeRow,
             r#"
-            select node_id, name, cluster, address, api_secret, state as "state: NodeState",
+            select node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                    max_concurrent, resources, labels, registered_at, last_heartbeat_at,
                    node_running(n.node_id) as "running!"
             from node n
-            where $1::text is null or cluster = $1
+            where project = $1 and ($2::text is null or cluster = $2)
             order by cluster, name
             "#,
+            project,
             cluster
         )
         .fetch_all(self.pool())
@@ -162,7 +182,7 @@ impl DataStore {
         let ids = sqlx::query_scalar!(
             r#"
             update node set state = 'lost', lost_at = now()
-            where state = 'ready' and last_heartbeat_at < now() - make_interval(secs => $1)
+            where state in ('ready', 'unreachable') and last_heartbeat_at < now() - make_interval(secs => $1)
             returning node_id
             "#,
             timeout_s
@@ -183,5 +203,40 @@ impl DataStore {
         .fetch_all(self.pool())
         .await?;
         Ok(ids)
+    }
+}
+
+impl DataStore {
+    /// The id of node `key`, if it ever registered. Ids never change.
+    pub async fn node_id_of(&self, key: &NodeKey) -> Result<Option<Uuid>> {
+        let id = sqlx::query_scalar!(
+            "select node_id from node where project = $1 and cluster = $2 and name = $3",
+            key.cluster.project,
+            key.cluster.name,
+            key.name
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// A forward to the node could not connect: placement skips it for a
+    /// while (100 ms, doubling per failure in a row, up to a minute), and after
+    /// `limit` failures in a row it is `unreachable` until it registers again.
+    pub async fn node_forward_failed(&self, node_id: Uuid, limit: i32) -> Result<()> {
+        sqlx::query!(
+            r#"
+            update node set
+                forward_failures = forward_failures + 1,
+                unreachable_until = now() + make_interval(secs => least(60.0, 0.1 * power(2, forward_failures))),
+                state = case when forward_failures + 1 >= $2 and state = 'ready' then 'unreachable' else state end
+            where node_id = $1
+            "#,
+            node_id,
+            limit
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 }

@@ -21,7 +21,9 @@ fn claims(exp_offset: i64) -> Claims {
         scopes: vec!["admin".into()],
         exp: now + exp_offset,
         iat: now,
+        nbf: None,
         jti: uuid::Uuid::new_v4().to_string(),
+        node: None,
     }
 }
 
@@ -56,6 +58,17 @@ async fn a_token_signed_with_another_secret_is_refused() {
     .unwrap();
     let (forged, _) = other.mint("mallory", "default", &[Scope::Admin], Duration::from_secs(60)).unwrap();
     assert_refused(&app, &forged, "signature is invalid").await;
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_refused() {
+    let app = spawn_app().await;
+    let mut early = claims(600);
+    early.nbf = Some(early.iat + 300);
+    let token =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &early, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap();
+    assert_refused(&app, &token, "not valid yet").await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use gateway::auth::{Keys, Scope};
+use gateway::auth::{Keys, NodeBinding, Scope};
 use gateway::config::Settings;
 use gateway::embedded_pg::shared_server;
 use gateway::startup::Application;
@@ -121,9 +121,52 @@ impl TestApp {
         self.token("default", &[Scope::DispatchRead, Scope::DispatchWrite])
     }
 
-    /// A node token.
+    /// The credential of node `local/node-1` of project `default`.
     pub fn node_token(&self) -> String {
-        self.keys.mint("node-1", "system", &[Scope::Node], Duration::from_secs(600)).unwrap().0
+        self.node_token_for("node-1")
+    }
+
+    /// The credential of node `local/<name>` of project `default`.
+    pub fn node_token_for(&self, name: &str) -> String {
+        let binding = NodeBinding { cluster: "local".into(), name: name.into() };
+        self.keys.mint_node("default", &binding, Duration::from_secs(600), &Uuid::new_v4().to_string()).unwrap().0
+    }
+
+    /// An admin token of `default`.
+    pub fn admin_token(&self) -> String {
+        self.token("default", &[Scope::Admin])
+    }
+
+    /// Registers node `local/<name>` at a fake node API that accepts every
+    /// call and does nothing (the end-to-end suite runs real nodes); returns
+    /// its id and credential.
+    pub async fn fake_node(&self, name: &str, max_concurrent: u32) -> (String, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let accept_all = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
+        tokio::spawn(async move { axum::serve(listener, accept_all).await });
+        let token = self.node_token_for(name);
+        let registration = serde_json::json!({
+            "name": name, "cluster": "local", "address": address,
+            "api_secret": "s".repeat(40), "max_concurrent": max_concurrent,
+            "resources": {"cpus": 2, "memory_bytes": 1024}
+        });
+        let (status, body) = self.post("/v1/nodes", &token, &registration).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (body["node_id"].as_str().unwrap().to_owned(), token)
+    }
+
+    /// A dispatch placed on a fake node (registered as `local/node-1` if
+    /// needed); returns its id and that node's credential.
+    pub async fn placed_dispatch(&self) -> (String, String) {
+        let token = self.node_token();
+        let (_, nodes) = self.get("/v1/nodes", &self.admin_token()).await;
+        if !nodes["items"].as_array().is_some_and(|n| n.iter().any(|n| n["name"] == "node-1")) {
+            self.fake_node("node-1", 64).await;
+        }
+        let dispatch = self.create(&self.user_token(), serde_json::json!({})).await;
+        assert_eq!(dispatch["state"], "running", "{dispatch}");
+        (dispatch["id"].as_str().unwrap().to_owned(), token)
     }
 
     /// Sends a request; returns the status and the JSON body (Null if none).

@@ -8,20 +8,20 @@ use crate::helpers::{fresh_database, spawn_app, spawn_app_with, test_settings};
 #[tokio::test]
 async fn log_batches_are_stored_in_order_and_a_resent_batch_is_ignored() {
     let app = spawn_app().await;
-    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let (id, node) = app.placed_dispatch().await;
     let batch = json!({"entries": [
         {"seq": 1, "stream": "stdout", "text": "one\n"},
         {"seq": 2, "stream": "stderr", "text": "two\n"}
     ]});
     for _ in 0..2 {
-        let (status, _) = app.post(&format!("/v1/dispatches/{id}/logs"), &app.node_token(), &batch).await;
+        let (status, _) = app.post(&format!("/v1/dispatches/{id}/logs"), &node, &batch).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
     let (_, page) = app.get(&format!("/v1/dispatches/{id}/logs"), &app.user_token()).await;
     let texts: Vec<_> = page["entries"].as_array().unwrap().iter().map(|e| e["text"].clone()).collect();
     assert_eq!(texts, [json!("one\n"), json!("two\n")]);
     assert_eq!(page["next_offset"], 2);
-    assert_eq!(page["complete"], false, "a queued dispatch's log is not complete");
+    assert_eq!(page["complete"], false, "a running dispatch's log is not complete");
     let (_, rest) = app.get(&format!("/v1/dispatches/{id}/logs?offset=1"), &app.user_token()).await;
     assert_eq!(rest["entries"].as_array().unwrap().len(), 1);
     let (status, _) = app.post(&format!("/v1/dispatches/{id}/logs"), &app.user_token(), &batch).await;
@@ -33,16 +33,16 @@ async fn output_past_the_limit_is_cut_and_the_cut_is_marked() {
     let mut settings = test_settings(&fresh_database().await);
     settings.call_logs.max_bytes_per_dispatch = 10;
     let app = spawn_app_with(settings).await;
-    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let (id, node) = app.placed_dispatch().await;
     let batch = json!({"entries": [
         {"seq": 1, "stream": "stdout", "text": "123456"},
         {"seq": 2, "stream": "stdout", "text": "789abcdef"},
         {"seq": 3, "stream": "stdout", "text": "never stored"}
     ]});
-    app.post(&format!("/v1/dispatches/{id}/logs"), &app.node_token(), &batch).await;
+    app.post(&format!("/v1/dispatches/{id}/logs"), &node, &batch).await;
     app.post(
         &format!("/v1/dispatches/{id}/logs"),
-        &app.node_token(),
+        &node,
         &json!({"entries": [{"seq": 9, "stream": "stdout", "text": "late"}]}),
     )
     .await;
@@ -61,12 +61,12 @@ async fn output_past_the_limit_is_cut_and_the_cut_is_marked() {
 #[tokio::test]
 async fn a_report_stores_the_output_it_carries_in_the_same_change() {
     let app = spawn_app().await;
-    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let (id, node) = app.placed_dispatch().await;
     let reports = format!("/v1/dispatches/{id}/reports");
-    app.post(&reports, &app.node_token(), &json!({"kind": "started"})).await;
+    app.post(&reports, &node, &json!({"kind": "started"})).await;
     app.post(
         &format!("/v1/dispatches/{id}/logs"),
-        &app.node_token(),
+        &node,
         &json!({"entries": [{"seq": 1, "stream": "stdout", "text": "shipped early\n"}]}),
     )
     .await;
@@ -75,7 +75,7 @@ async fn a_report_stores_the_output_it_carries_in_the_same_change() {
         {"seq": 3, "stream": "stderr", "text": "a warning\n"}
     ]});
     for _ in 0..2 {
-        let (status, dispatch) = app.post(&reports, &app.node_token(), &report).await;
+        let (status, dispatch) = app.post(&reports, &node, &report).await;
         assert_eq!(status, StatusCode::OK, "{dispatch}");
         assert_eq!(dispatch["state"], "succeeded", "re-sending the report changes nothing");
     }
@@ -92,13 +92,13 @@ async fn output_carried_by_a_report_past_the_limit_is_cut_and_the_outcome_still_
     let mut settings = test_settings(&fresh_database().await);
     settings.call_logs.max_bytes_per_dispatch = 10;
     let app = spawn_app_with(settings).await;
-    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let (id, node) = app.placed_dispatch().await;
     let reports = format!("/v1/dispatches/{id}/reports");
-    app.post(&reports, &app.node_token(), &json!({"kind": "started"})).await;
+    app.post(&reports, &node, &json!({"kind": "started"})).await;
     let report = json!({"kind": "failed", "failure": {"code": "user_exception", "message": "boom"}, "logs": [
         {"seq": 1, "stream": "stderr", "text": "Traceback (most recent call last): ..."}
     ]});
-    let (status, dispatch) = app.post(&reports, &app.node_token(), &report).await;
+    let (status, dispatch) = app.post(&reports, &node, &report).await;
     assert_eq!(status, StatusCode::OK, "{dispatch}");
     assert_eq!(dispatch["state"], "failed");
     let (_, page) = app.get(&format!("/v1/dispatches/{id}/logs"), &app.user_token()).await;
@@ -111,11 +111,11 @@ async fn output_carried_by_a_report_past_the_limit_is_cut_and_the_outcome_still_
 #[tokio::test]
 async fn a_report_with_a_bad_log_entry_is_refused_naming_the_field_and_changes_nothing() {
     let app = spawn_app().await;
-    let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
+    let (id, node) = app.placed_dispatch().await;
     let reports = format!("/v1/dispatches/{id}/reports");
-    app.post(&reports, &app.node_token(), &json!({"kind": "started"})).await;
+    app.post(&reports, &node, &json!({"kind": "started"})).await;
     let report = json!({"kind": "succeeded", "logs": [{"seq": 0, "stream": "stdout", "text": "x"}]});
-    let (status, error) = app.post(&reports, &app.node_token(), &report).await;
+    let (status, error) = app.post(&reports, &node, &report).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error["field"], "logs.seq");
     let (_, dispatch) = app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await;

@@ -10,5 +10,6 @@ mod helpers;
 mod logs;
 mod nodes;
 mod openapi;
+mod security;
 mod transitions;
 mod wait;

@@ -17,7 +17,7 @@ fn registration(name: &str, address: &str) -> Value {
 }
 
 async fn register(app: &TestApp, name: &str, address: &str) -> String {
-    let (status, body) = app.post("/v1/nodes", &app.node_token(), &registration(name, address)).await;
+    let (status, body) = app.post("/v1/nodes", &app.node_token_for(name), &registration(name, address)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["node_id"].as_str().unwrap().to_owned()
 }
@@ -35,15 +35,18 @@ async fn a_bad_registration_names_the_field() {
         ("api_secret", json!("short")),
         ("max_concurrent", json!(0)),
         ("cluster", json!("")),
+        ("name", json!("someone-else")),
     ] {
         let mut body = registration("n", "http://127.0.0.1:1");
         body[field] = value;
-        let (status, error) = app.post("/v1/nodes", &app.node_token(), &body).await;
+        let (status, error) = app.post("/v1/nodes", &app.node_token_for("n"), &body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
         assert_eq!(error["field"], field);
     }
     let (status, _) = app.post("/v1/nodes", &app.user_token(), &registration("n", "http://127.0.0.1:1")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, error) = app.post("/v1/nodes", &app.admin_token(), &registration("n", "http://127.0.0.1:1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "admin tokens carry no node rights: {error}");
 }
 
 #[tokio::test]
@@ -61,7 +64,11 @@ async fn a_node_that_registers_again_keeps_its_id() {
 async fn a_heartbeat_from_an_unknown_node_asks_it_to_register() {
     let app = spawn_app().await;
     let (status, error) = app
-        .post(&format!("/v1/nodes/{}/heartbeat", uuid::Uuid::now_v7()), &app.node_token(), &json!({"running": []}))
+        .post(
+            &format!("/v1/nodes/{}/heartbeat", uuid::Uuid::now_v7()),
+            &app.node_token_for("n1"),
+            &json!({"running": []}),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error["message"].as_str().unwrap().contains("register again"), "{error}");
@@ -154,7 +161,7 @@ async fn concurrent_creates_fill_a_nodes_slots_and_no_more_and_a_freed_slot_take
     assert_eq!(placed, 2);
     let finished = running[0]["id"].as_str().unwrap();
     let report = json!({"kind": "succeeded", "result": null});
-    app.post(&format!("/v1/dispatches/{finished}/reports"), &app.node_token(), &report).await;
+    app.post(&format!("/v1/dispatches/{finished}/reports"), &app.node_token_for("n1"), &report).await;
     let mut queued: Vec<_> = created.iter().filter(|d| d["state"] == "queued").map(|d| d["id"].clone()).collect();
     queued.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
     let oldest = queued[0].as_str().unwrap().to_owned();

@@ -14,7 +14,7 @@ fn state_name(state: DispatchState) -> String {
 /// Sends `event` for dispatch `id`; cancels go through the user API, the rest are node reports.
 async fn send(app: &TestApp, id: &str, event: Event) -> (StatusCode, Value) {
     let user = app.user_token();
-    let node = app.node_token();
+    let node = app.admin_token();
     let report = |kind: &str| json!({"kind": kind});
     match event {
         Event::Cancel => app.post(&format!("/v1/dispatches/{id}/cancel"), &user, &json!({"reason": "test"})).await,
@@ -119,7 +119,7 @@ async fn a_report_with_a_stale_generation_is_refused() {
     let (status, error) = app
         .post(
             &format!("/v1/dispatches/{id}/reports"),
-            &app.node_token(),
+            &app.admin_token(),
             &json!({"kind": "started", "expected_generation": 7}),
         )
         .await;
@@ -128,7 +128,7 @@ async fn a_report_with_a_stale_generation_is_refused() {
     let (status, started) = app
         .post(
             &format!("/v1/dispatches/{id}/reports"),
-            &app.node_token(),
+            &app.admin_token(),
             &json!({"kind": "started", "expected_generation": 1}),
         )
         .await;
@@ -166,7 +166,7 @@ async fn a_failed_report_must_say_how_it_failed() {
     let app = spawn_app().await;
     let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
     let (status, error) =
-        app.post(&format!("/v1/dispatches/{id}/reports"), &app.node_token(), &json!({"kind": "failed"})).await;
+        app.post(&format!("/v1/dispatches/{id}/reports"), &app.admin_token(), &json!({"kind": "failed"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(error["field"], "failure");
 }
