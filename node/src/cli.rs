@@ -149,7 +149,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let gateway = GatewayClient::new(&args.gateway, &identity.token);
     let exe = std::env::current_exe().context("cannot find the rh-node executable")?;
-    let pool = Arc::new(Pool::new(exe, socket_dir.clone(), max_concurrent as usize));
+    let cgroups = crate::cgroup::Cgroups::for_this_node();
+    let pool = Arc::new(Pool::new(exe, socket_dir.clone(), cgroups.clone(), max_concurrent as usize));
     let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
     let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone()));
     let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone());
@@ -219,6 +220,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.abort();
     drop(pool);
+    cgroups.remove();
     let _ = std::fs::remove_dir_all(&socket_dir);
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod bundles;
 pub mod calls;
+pub mod cgroup;
 pub mod cli;
 pub mod envs;
 pub mod gateway;

@@ -2,8 +2,9 @@
 //! reading its output, killing, and a pool that keeps them warm.
 //!
 //! A worker runs one call at a time; the node runs several calls at once by
-//! holding several workers. Each worker leads its own process group, so a
-//! cancel or timeout kills exactly that call's work, children included,
+//! holding several workers. Each worker leads its own process group and, where
+//! the node can make one, has its own cgroup, so a cancel or timeout kills
+//! exactly that call's work, children and `setsid` grandchildren included,
 //! without touching other calls.
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::cgroup::{Cgroups, WorkerCgroup};
 use crate::protocol::{CallRequest, CallResponse, Ready, MAX_FRAME};
 
 /// Time between SIGTERM and SIGKILL when a worker is stopped.
@@ -63,6 +65,9 @@ pub struct Worker {
     conn: Framed<UnixStream, LengthDelimitedCodec>,
     stdout: ChildStdout,
     stderr: ChildStderr,
+    /// Its own cgroup, where the node can make one: stopping the worker
+    /// kills everything in it, even processes that left its process group.
+    cgroup: Option<WorkerCgroup>,
 }
 
 /// The codec of the daemon ↔ worker socket: a 4-byte big-endian length, then
@@ -79,7 +84,7 @@ pub fn is_private_env(name: &std::ffi::OsStr) -> bool {
 
 impl Worker {
     /// Starts `rh-node worker` and waits until its interpreter is up.
-    pub async fn spawn(exe: &Path, socket_dir: &Path, key: EnvKey) -> Result<Worker, Error> {
+    pub async fn spawn(exe: &Path, socket_dir: &Path, key: EnvKey, cgroups: &Cgroups) -> Result<Worker, Error> {
         let socket = socket_dir.join(format!("w-{}.sock", uuid::Uuid::new_v4().simple()));
         let listener =
             UnixListener::bind(&socket).map_err(|e| Error::Spawn(format!("bind {}: {e}", socket.display())))?;
@@ -107,6 +112,8 @@ impl Worker {
             .kill_on_drop(false);
         let mut child = command.spawn().map_err(|e| Error::Spawn(format!("{}: {e}", exe.display())))?;
         let pid = child.id().unwrap_or(0);
+        // Before it runs any user code: it only starts Python until it is sent a call.
+        let cgroup = cgroups.place(pid);
         let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
         let _ = std::fs::remove_file(&socket);
         let conn = match accepted {
@@ -128,7 +135,7 @@ impl Worker {
         }
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        Ok(Worker { key, pid, child: Some(child), conn, stdout, stderr })
+        Ok(Worker { key, pid, child: Some(child), conn, stdout, stderr, cgroup })
     }
 
     /// The worker's pid (also its process group id).
@@ -232,31 +239,42 @@ impl Worker {
 }
 
 impl Drop for Worker {
-    /// Stops the whole process group: SIGTERM, then SIGKILL after a short grace.
+    /// Stops the whole process group (SIGTERM, then SIGKILL after a short
+    /// grace), then everything left in the worker's cgroup.
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
+        let cgroup = self.cgroup.take();
         let group = Pid::from_raw(self.pid as i32);
-        let _ = killpg(group, Signal::SIGTERM);
-        let reap = async move {
-            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if !exited {
+            let _ = killpg(group, Signal::SIGTERM);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let _ = killpg(group, Signal::SIGKILL);
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill();
+            }
+            return;
+        };
+        runtime.spawn(async move {
+            if !exited && tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
                 let _ = killpg(group, Signal::SIGKILL);
                 let _ = child.wait().await;
             } else {
                 // The leader is gone; make sure nothing it started lingers.
                 let _ = killpg(group, Signal::SIGKILL);
             }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(reap);
+            if let Some(cgroup) = cgroup {
+                cgroup.kill();
+                for _ in 0..50 {
+                    if cgroup.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                cgroup.remove();
             }
-            Err(_) => {
-                let _ = killpg(group, Signal::SIGKILL);
-            }
-        }
+        });
     }
 }
 
@@ -306,14 +324,15 @@ impl Utf8Chunks {
 pub struct Pool {
     exe: PathBuf,
     socket_dir: PathBuf,
+    cgroups: Cgroups,
     max_idle: usize,
     idle: Mutex<HashMap<EnvKey, Vec<Worker>>>,
 }
 
 impl Pool {
     /// A pool that starts workers with `exe` (the `rh-node` binary).
-    pub fn new(exe: PathBuf, socket_dir: PathBuf, max_idle: usize) -> Pool {
-        Pool { exe, socket_dir, max_idle, idle: Mutex::new(HashMap::new()) }
+    pub fn new(exe: PathBuf, socket_dir: PathBuf, cgroups: Cgroups, max_idle: usize) -> Pool {
+        Pool { exe, socket_dir, cgroups, max_idle, idle: Mutex::new(HashMap::new()) }
     }
 
     /// A warm worker for `key`, or a new one.
@@ -330,7 +349,7 @@ impl Pool {
                 None => break,
             }
         }
-        Worker::spawn(&self.exe, &self.socket_dir, key.clone()).await
+        Worker::spawn(&self.exe, &self.socket_dir, key.clone(), &self.cgroups).await
     }
 
     /// Returns a healthy worker to the pool; beyond the idle limit, the
@@ -350,7 +369,7 @@ impl Pool {
 
     /// Starts one idle worker for `key` ahead of demand.
     pub async fn prewarm(&self, key: EnvKey) -> Result<(), Error> {
-        let worker = Worker::spawn(&self.exe, &self.socket_dir, key).await?;
+        let worker = Worker::spawn(&self.exe, &self.socket_dir, key, &self.cgroups).await?;
         self.release(worker);
         Ok(())
     }

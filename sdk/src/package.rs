@@ -33,16 +33,18 @@ pub struct Packed {
     pub files: usize,
 }
 
-/// The nearest folder at or above `start` holding a root marker.
+/// The nearest folder at or above `start` holding a root marker. `start`
+/// may be relative, even a bare file name (`userfns.py`, `./userfns.py`).
 pub fn project_root(start: &Path) -> Option<PathBuf> {
-    let start = if start.is_file() { start.parent()? } else { start };
-    let start = std::path::absolute(start).ok()?;
+    // Absolute first: the parent of a bare file name is "", which is no folder.
+    let start = absolute(start)?;
+    let start = if start.is_file() { start.parent()? } else { &start };
     start.ancestors().find(|dir| ROOT_MARKERS.iter().any(|m| dir.join(m).exists())).map(Path::to_path_buf)
 }
 
 /// The Python module a file under `root` imports as (`pkg/train.py` → `pkg.train`).
 pub fn module_name(root: &Path, file: &Path) -> Option<String> {
-    let file = std::path::absolute(file).ok()?;
+    let file = absolute(file)?;
     let relative = file.strip_prefix(root).ok()?;
     let mut parts: Vec<String> = relative.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     let last = parts.pop()?;
@@ -51,6 +53,22 @@ pub fn module_name(root: &Path, file: &Path) -> Option<String> {
         parts.push(stem.to_owned());
     }
     (!parts.is_empty()).then(|| parts.join("."))
+}
+
+/// `path` made absolute against the working directory, with `.` and `..`
+/// resolved lexically (symlinks are left alone, as Python's imports do).
+fn absolute(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in std::path::absolute(path).ok()?.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// Packs `root` into a tar.gz.
@@ -138,6 +156,24 @@ mod tests {
         assert_eq!(names(&first.data), [".gitignore", "pkg/__init__.py", "pkg/train.py", "pyproject.toml"]);
         std::fs::write(dir.join("pkg/train.py"), "def fit(): return 2\n").unwrap();
         assert_ne!(pack(&dir).unwrap().sha256, first.sha256);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_bare_file_name_finds_its_project_from_the_current_folder() {
+        // The one test here that changes the working directory; the others use absolute paths.
+        let dir = project();
+        let before = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir.join("pkg")).unwrap();
+        let found: Vec<_> = ["train.py", "./train.py", "../pkg/train.py"]
+            .iter()
+            .map(|spelling| (project_root(Path::new(spelling)), module_name(&dir, Path::new(spelling))))
+            .collect();
+        std::env::set_current_dir(before).unwrap();
+        for (root, module) in found {
+            assert_eq!(root.as_deref(), Some(dir.as_path()));
+            assert_eq!(module.as_deref(), Some("pkg.train"));
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -192,7 +192,7 @@ async fn bad_cluster_specs_get_a_4xx_naming_the_field_and_store_nothing() {
             "spec.autostop_idle_minutes",
             "more than 0",
         ),
-        (json!({"name": "bad name", "spec": {"provider": "local"}}), 422, "cluster", "no spaces"),
+        (json!({"name": "bad name", "spec": {"provider": "local"}}), 422, "name", "1 to 64"),
         (json!({"name": "x", "spec": {"provider": "local", "colour": "red"}}), 422, "", "unknown field `colour`"),
     ];
     for (body, status, field, message) in cases {

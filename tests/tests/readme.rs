@@ -43,6 +43,9 @@ async fn the_readme_walkthrough_works_verbatim() {
     }
 
     let output = Command::new("bash").args(["-euo", "pipefail", "-c", &script]).current_dir(&dir).output().unwrap();
+    let mut left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    left.sort();
+    assert_eq!(left, [".rh"], "the walkthrough leaves nothing behind in the folder it runs in");
     let _ = Command::new("kill").args(["-INT", &dev.id().to_string()]).status();
     let _ = dev.wait();
     let _ = std::fs::remove_dir_all(&dir);
