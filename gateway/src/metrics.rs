@@ -52,6 +52,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
     dispatches: Family<StateLabels, Gauge>,
     bundles: Gauge,
+    watched: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,15 +73,23 @@ impl Default for Metrics {
         registry.register("dispatches", "Dispatches by state", dispatches.clone());
         let bundles = Gauge::default();
         registry.register("bundles", "Stored code bundles", bundles.clone());
-        Metrics { registry: Mutex::new(registry), requests, dispatches, bundles }
+        let watched = Gauge::default();
+        registry.register(
+            "dispatches_watched",
+            "Dispatches this replica has parked long-polls or live log followers for",
+            watched.clone(),
+        );
+        Metrics { registry: Mutex::new(registry), requests, dispatches, bundles, watched }
     }
 }
 
 impl Metrics {
     /// Renders the text exposition, with `counts` as the current dispatches by
-    /// state and `bundles` as the number of stored bundles.
-    pub fn render(&self, counts: &[(DispatchState, i64)], bundles: i64) -> String {
+    /// state, `bundles` as the number of stored bundles and `watched` as the
+    /// dispatches waited on here.
+    pub fn render(&self, counts: &[(DispatchState, i64)], bundles: i64, watched: i64) -> String {
         self.bundles.set(bundles);
+        self.watched.set(watched);
         for state in DispatchState::ALL {
             let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             self.dispatches.get_or_create(&StateLabels { state: state.to_string() }).set(count);

@@ -318,7 +318,16 @@ async fn a_gateway_killed_between_recording_intent_and_learning_of_the_instance_
     stack.start_gateway().await.unwrap();
     let adopted = created_instance(&stack, "crashy").await;
     // Let a few reconciles and sweeps pass: nothing new is created, nothing of ours is deleted.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let activations = |tasks: &serde_json::Value, task: &str| tasks[task]["activations"].as_u64().unwrap_or(0);
+    let (_, before) = stack.get("/v1/admin/background-tasks").await;
+    stack
+        .wait_until(Duration::from_secs(30), "three reconciles and a sweep", || async {
+            let (_, now) = stack.get("/v1/admin/background-tasks").await;
+            activations(&now, "provisioner") >= activations(&before, "provisioner") + 3
+                && activations(&now, "orphan_sweep") > activations(&before, "orphan_sweep")
+        })
+        .await
+        .unwrap();
     let instances = fake.instances();
     assert_eq!(instances.len(), 1, "{instances:?}");
     assert_eq!(instances[0].1, adopted);

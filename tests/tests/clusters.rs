@@ -86,7 +86,7 @@ async fn a_dispatch_to_a_profile_brings_the_cluster_up_later_ones_reuse_it_and_a
     let body = json!({"function": "json:dumps", "args": ["first"], "cluster": "train"});
     let (status, first) = stack.post("/v1/dispatches", &body).await;
     assert_eq!(status, 201, "{first}");
-    assert!(first["queued_reason"].as_str().unwrap().contains("cluster `train`"), "{first}");
+    assert!(first["queued_reason"].as_str().is_some_and(|r| r.contains("cluster `train`")), "{first}");
     assert_eq!(result_of(&stack, first["id"].as_str().unwrap()).await["state"], "succeeded");
     let (_, cluster) = stack.get("/v1/clusters/train").await;
     assert_eq!(cluster["profile"], "train");
@@ -240,4 +240,94 @@ async fn a_local_node_that_dies_is_replaced_under_its_name() {
     assert_eq!(result_of(&stack, dispatch["id"].as_str().unwrap()).await["state"], "succeeded");
     let (_, cluster) = stack.get("/v1/clusters/solo").await;
     assert_eq!(cluster["nodes"][0]["name"], "solo-1");
+}
+
+/// Starts one more `rh-gateway serve` replica of `stack`'s database on a free
+/// port, with the default local work folder (keyed by the installation).
+async fn replica(stack: &Stack) -> (Process, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(stack.work.join(format!("replica-{port}.log"))).unwrap();
+    let child = std::process::Command::new(bin_dir().join("rh-gateway"))
+        .arg("serve")
+        .env("RH_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &stack.database_url)
+        .env("RH_GATEWAY_AUTH__HS256_SECRET", e2e::SECRET)
+        .env("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")
+        .env_remove("RH_GATEWAY_COMPUTE__LOCAL_WORK_DIR")
+        .env_remove("RH_GATEWAY_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    stack
+        .wait_until(Duration::from_secs(30), "the replica to be ready", || async {
+            stack.client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await
+        .unwrap();
+    (Process(child), url)
+}
+
+#[tokio::test]
+async fn three_replicas_bring_up_a_local_cluster_of_two_with_exactly_two_nodes_and_never_fight_over_them() {
+    let mut stack = Stack::start().await.unwrap();
+    // Only the replicas below, all with the default (shared) local work folder.
+    drop(stack.gateway.take());
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&stack).await);
+    }
+    let admin = stack.admin_token();
+    let response = stack
+        .client
+        .post(format!("{}/v1/clusters", replicas[0].1))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "pair", "spec": {"provider": "local", "count": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let get = |url: String| {
+        let (client, admin) = (stack.client.clone(), admin.clone());
+        async move {
+            let response = client.get(format!("{url}/v1/clusters/pair")).bearer_auth(admin).send().await.unwrap();
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    stack
+        .wait_until(Duration::from_secs(60), "the cluster to be ready", || async {
+            get(replicas[1].1.clone()).await["state"] == "ready"
+        })
+        .await
+        .unwrap();
+    // Let every replica reconcile a few more times: nobody replaces or adds a machine.
+    let activations = |url: String| {
+        let (client, admin) = (stack.client.clone(), admin.clone());
+        async move {
+            let response = client.get(format!("{url}/v1/admin/background-tasks")).bearer_auth(admin).send().await;
+            let tasks: Value = response.unwrap().json().await.unwrap();
+            tasks["provisioner"]["activations"].as_u64().unwrap_or(0)
+        }
+    };
+    let mut before = Vec::new();
+    for (_, url) in &replicas {
+        before.push(activations(url.clone()).await);
+    }
+    for ((_, url), start) in replicas.iter().zip(before) {
+        stack
+            .wait_until(Duration::from_secs(30), "three more reconciles", || async {
+                activations(url.clone()).await >= start + 3
+            })
+            .await
+            .unwrap();
+    }
+    let cluster = get(replicas[2].1.clone()).await;
+    assert_eq!(cluster["state"], "ready", "{cluster}");
+    let instances = cluster["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2, "exactly two machines were ever asked for: {cluster}");
+    let pids = pids_of(&cluster);
+    assert_eq!(pids.len(), 2, "{cluster}");
+    assert!(pids.iter().all(|pid| !process_gone(*pid)), "both node processes live: {cluster}");
+    assert_eq!(cluster["nodes"].as_array().unwrap().len(), 2, "{cluster}");
 }

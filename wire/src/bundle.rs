@@ -21,8 +21,10 @@ pub struct Bundle {
 #[schema(example = json!({"name": "embed", "function": "pipeline.embed:embed_batch", "bundle": "3b1f…", "requirements": ["numpy==2.1.0"], "cluster": "gpu"}))]
 pub struct RegisterFunction {
     /// Unique within the project; registering again replaces it.
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     /// `module:qualname`.
+    #[schema(min_length = 3, max_length = 512)]
     pub function: String,
     /// sha256 of an uploaded bundle.
     #[serde(default)]
@@ -53,3 +55,9 @@ pub struct Function {
 pub struct FunctionList {
     pub items: Vec<Function>,
 }
+
+/// Raw bytes in a request or response body (a tar.gz bundle, a binary),
+/// described to OpenAPI as binary rather than as an array of numbers.
+#[derive(Debug, Clone, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct BinaryBody(pub Vec<u8>);

@@ -158,6 +158,7 @@ pub struct CreateDispatch {
 pub struct CancelDispatch {
     /// Why the dispatch is being cancelled; recorded in its event log.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub reason: Option<String>,
 }
 
@@ -288,6 +289,7 @@ pub struct ListDispatches {
     /// Only dispatches created before this instant (RFC 3339).
     pub created_before: Option<DateTime<Utc>>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -299,6 +301,7 @@ pub struct ListDispatches {
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Longest time to hold the request, 0 to 300 seconds (default 30).
+    #[param(maximum = 300)]
     pub timeout_s: Option<u32>,
 }
 

@@ -19,6 +19,7 @@ pub enum LogStream {
 #[serde(deny_unknown_fields)]
 pub struct LogEntry {
     /// Position within the dispatch's log, from 1; the node assigns it.
+    #[schema(minimum = 1)]
     pub seq: i64,
     pub stream: LogStream,
     pub text: String,
@@ -56,4 +57,14 @@ pub struct LogQuery {
     pub offset: Option<i64>,
     /// Stream entries live as server-sent events until the dispatch ends.
     pub follow: Option<bool>,
+}
+
+/// The data of one server-sent event of `GET /v1/dispatches/{id}/logs?follow=true`:
+/// a `log` event carries a [`LogEntry`], the final `end` event the terminal
+/// [`crate::Dispatch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum LogStreamEvent {
+    Log(LogEntry),
+    End(Box<crate::Dispatch>),
 }

@@ -43,8 +43,11 @@ pub struct NodeResources {
     "labels": {"zone": "lab"}, "running": []
 }))]
 pub struct RegisterNode {
-    /// Unique within the cluster; a node that restarts keeps its name and its row.
+    /// Unique within the cluster; a node that restarts keeps its name and its
+    /// row. Must be the node its credential names.
+    #[schema(min_length = 1, max_length = 80, pattern = "^[A-Za-z0-9._-]{1,80}$")]
     pub name: String,
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub cluster: String,
     /// The base URL where the gateway reaches the node's API.
     pub address: String,

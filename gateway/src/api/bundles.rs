@@ -22,7 +22,7 @@ use crate::auth::Scope;
 /// would unpack outside their folder, or that are too large are refused and
 /// nothing is stored.
 #[utoipa::path(post, path = "/v1/bundles", tag = "bundles", operation_id = "bundle_upload",
-    request_body(content = Vec<u8>, content_type = "application/gzip", description = "The tar.gz bytes."),
+    request_body(content = wire::BinaryBody, content_type = "application/gzip", description = "The tar.gz bytes."),
     responses(
         (status = 201, description = "Stored.", body = Bundle),
         (status = 200, description = "Already stored.", body = Bundle),
@@ -52,7 +52,7 @@ pub async fn bundle_upload(
 /// bundle of a dispatch running on it (nodes fetch code this way).
 #[utoipa::path(get, path = "/v1/bundles/{sha256}", tag = "bundles", operation_id = "bundle_download",
     params(("sha256" = String, Path, description = "The bundle's sha256, hex.")),
-    responses((status = 200, description = "The tar.gz bytes.", content_type = "application/gzip", body = Vec<u8>),
+    responses((status = 200, description = "The tar.gz bytes.", content_type = "application/gzip", body = wire::BinaryBody),
         Unauthorized, Forbidden, NotFound, Unavailable),
     security(("bearer" = ["dispatch:read"]), ("bearer" = ["node"])))]
 pub async fn bundle_download(

@@ -125,7 +125,7 @@ pub async fn node_join(
 /// `Authorization: Bearer …`. The binary is built for the gateway's own
 /// platform and Python; see the README's network and image requirements.
 #[utoipa::path(get, path = "/v1/node-binary", tag = "nodes", operation_id = "node_binary",
-    responses((status = 200, description = "The rh-node executable.", content_type = "application/octet-stream", body = Vec<u8>),
+    responses((status = 200, description = "The rh-node executable.", content_type = "application/octet-stream", body = wire::BinaryBody),
         Unauthorized, NotFound, Unavailable))]
 pub async fn node_binary(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     let token = headers

@@ -54,7 +54,8 @@ pub async fn metrics(
     }
     let counts = state.app.db.dispatch_count_by_state().await?;
     let bundles = state.app.db.bundle_count().await?;
-    let text = state.metrics.render(&counts, bundles);
+    let watched = state.app.notifier.watched() as i64;
+    let text = state.metrics.render(&counts, bundles, watched);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 

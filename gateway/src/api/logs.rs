@@ -50,7 +50,11 @@ pub async fn dispatch_logs_append(
 #[utoipa::path(get, path = "/v1/dispatches/{id}/logs", tag = "dispatches", operation_id = "dispatch_logs",
     params(("id" = Uuid, Path, description = "The dispatch id."), LogQuery),
     responses(
-        (status = 200, description = "A page of output (JSON), or a live `text/event-stream` with `follow=true`.", body = LogPage),
+        (status = 200, description = "A page of output (JSON), or with `follow=true` a live stream of server-sent events: `event: log` (data: a LogEntry), and last `event: end` (data: the terminal Dispatch).",
+            content(
+                (LogPage = "application/json"),
+                (wire::LogStreamEvent = "text/event-stream")
+            )),
         BadRequest, Unauthorized, Forbidden, NotFound, Unprocessable, Unavailable),
     security(("bearer" = ["dispatch:read"])))]
 pub async fn dispatch_logs(
