@@ -59,12 +59,18 @@ pub struct LogQuery {
     pub follow: Option<bool>,
 }
 
-/// The data of one server-sent event of `GET /v1/dispatches/{id}/logs?follow=true`:
-/// a `log` event carries a [`LogEntry`], the final `end` event the terminal
-/// [`crate::Dispatch`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum LogStreamEvent {
-    Log(LogEntry),
-    End(Box<crate::Dispatch>),
+/// One server-sent event of `GET /v1/dispatches/{id}/logs?follow=true`, as
+/// it travels: `log` events carry a [`LogEntry`] as JSON text in `data` (and
+/// its `seq` as `id`); the last event, `end`, carries the terminal
+/// [`crate::Dispatch`]; `error` says the stream failed (retry from the last id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogStreamEvent {
+    /// `log`, `end` or `error`.
+    #[schema(pattern = "^(log|end|error)$")]
+    pub event: String,
+    /// JSON text: a `LogEntry` for `log`, a `Dispatch` for `end`; plain text for `error`.
+    pub data: String,
+    /// The entry's `seq`, on `log` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
