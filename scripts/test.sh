@@ -65,10 +65,8 @@ run_python_sdk() {
     ./scripts/python-sdk.sh 2>&1 | tee -a "$test_log"
 }
 phase "python SDK (maturin build, pytest against a local stack)" run_python_sdk
-run_schemathesis() {
-    ./scripts/schemathesis.sh 2>&1 | tee -a "$test_log"
-}
-phase "hostile input (schemathesis over the served OpenAPI document)" run_schemathesis
+# Its generated cases are counted in its own summary, not with the tests below.
+phase "hostile input (schemathesis over the served OpenAPI document)" ./scripts/schemathesis.sh
 run_airflow() {
     ./scripts/airflow.sh 2>&1 | tee -a "$test_log"
 }

@@ -86,7 +86,11 @@ async fn a_dispatch_to_a_profile_brings_the_cluster_up_later_ones_reuse_it_and_a
     let body = json!({"function": "json:dumps", "args": ["first"], "cluster": "train"});
     let (status, first) = stack.post("/v1/dispatches", &body).await;
     assert_eq!(status, 201, "{first}");
-    assert!(first["queued_reason"].as_str().is_some_and(|r| r.contains("cluster `train`")), "{first}");
+    // Queued while its cluster comes up (on a loaded machine the node can join
+    // before the insert, and then it is placed at once).
+    if first["state"] == "queued" {
+        assert!(first["queued_reason"].as_str().is_some_and(|r| r.contains("cluster `train`")), "{first}");
+    }
     assert_eq!(result_of(&stack, first["id"].as_str().unwrap()).await["state"], "succeeded");
     let (_, cluster) = stack.get("/v1/clusters/train").await;
     assert_eq!(cluster["profile"], "train");

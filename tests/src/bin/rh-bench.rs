@@ -557,8 +557,8 @@ async fn list_with_rows(stack: &Stack, token: &str, rows: i64) -> anyhow::Result
         let batch = (missing - inserted).min(100_000);
         sqlx::query(
             "with rows as (
-                 insert into dispatch (dispatch_id, project, request_hash, function_ref, args, kwargs, cluster, requester, labels, state)
-                 select gen_random_uuid(), 'default', 'bench', 'json:dumps', '[]', '{}', 'archive', 'bench',
+                 insert into dispatch (dispatch_id, project, request_hash, function_ref, args, kwargs, cluster, cluster_project, requester, labels, state)
+                 select gen_random_uuid(), 'default', 'bench', 'json:dumps', '[]', '{}', 'archive', 'default', 'bench',
                         jsonb_build_object('batch', (g % 1000)::text, 'dag_id', 'bench'), 'succeeded'
                  from generate_series(1, $1) g
                  returning project, dispatch_id, labels
