@@ -32,8 +32,9 @@ enum Command {
     /// (Internal) a worker process hosting Python; started by `run`.
     #[command(hide = true)]
     Worker {
+        /// The descriptor of its end of the daemon's socket pair.
         #[arg(long)]
-        socket: String,
+        fd: i32,
         /// Import paths to put first on sys.path.
         #[arg(long = "path")]
         paths: Vec<String>,
@@ -79,6 +80,11 @@ pub struct RunArgs {
     /// Labels, as key=value (repeat).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// The user that runs workers and pip: a name or uid[:gid]. Default:
+    /// `nobody` when the daemon runs as root, else the daemon's own user.
+    /// `root` keeps workers as root under a root daemon (not recommended).
+    #[arg(long, env = "RH_NODE_WORKER_USER", default_value = "")]
+    pub worker_user: String,
     /// The Python used to install requirements (the embedded one by default).
     #[arg(long, env = "RH_NODE_PYTHON", default_value = env!("RH_PYTHON_EXECUTABLE"))]
     pub python: String,
@@ -92,8 +98,8 @@ impl Cli {
     /// Runs the command.
     pub fn run(self) -> ExitCode {
         match self.command {
-            Command::Worker { socket, paths } => {
-                match die_with_parent().and_then(|_| crate::python::worker_main(&socket, &paths)) {
+            Command::Worker { fd, paths } => {
+                match die_with_parent().and_then(|_| crate::python::worker_main(fd, &paths)) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(err) => {
                         eprintln!("rh-node worker: {err:#}");
@@ -138,9 +144,6 @@ impl Cli {
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let work_dir = std::path::absolute(&args.work_dir)?;
-    remove_stale_socket_dirs();
-    let socket_dir = std::env::temp_dir().join(format!("rh-node-{}", std::process::id()));
-    std::fs::create_dir_all(&socket_dir)?;
     std::fs::create_dir_all(&work_dir).with_context(|| format!("cannot create {}", work_dir.display()))?;
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let max_concurrent = args.max_concurrent.unwrap_or(cpus * 2).max(1);
@@ -150,9 +153,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let gateway = GatewayClient::new(&args.gateway, &identity.token);
     let exe = std::env::current_exe().context("cannot find the rh-node executable")?;
     let cgroups = crate::cgroup::Cgroups::for_this_node();
-    let pool = Arc::new(Pool::new(exe, socket_dir.clone(), cgroups.clone(), max_concurrent as usize));
+    let worker_user = match args.worker_user.as_str() {
+        "root" => None,
+        spec => crate::sandbox::WorkerUser::resolve(spec, &work_dir)?,
+    };
+    match &worker_user {
+        Some(user) => tracing::info!(user = %user.name, uid = %user.uid, "workers and pip run as an unprivileged user"),
+        None if nix::unistd::Uid::effective().is_root() => {
+            tracing::warn!("workers run as root (--worker-user root): user code can read this node's credentials")
+        }
+        None => {}
+    }
+    let pool = Arc::new(Pool::new(exe, cgroups.clone(), worker_user.clone(), max_concurrent as usize));
     let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
-    let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone()));
+    let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone(), worker_user));
     let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -221,7 +235,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     drop(pool);
     cgroups.remove();
-    let _ = std::fs::remove_dir_all(&socket_dir);
     Ok(())
 }
 
@@ -278,20 +291,6 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Removes the socket folders of node daemons that died without cleaning up.
-fn remove_stale_socket_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("rh-node-")).and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 /// Registers, retrying while the gateway is unreachable.
 async fn register(
     gateway: &GatewayClient,

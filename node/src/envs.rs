@@ -2,25 +2,31 @@
 //! `<work>/envs/<hash>/` on first use, then reused by every call with the same
 //! requirement set. pip runs with the node's environment, so `PIP_INDEX_URL`,
 //! `PIP_FIND_LINKS` and `PIP_NO_INDEX` point it at a mirror or a wheel folder
-//! on machines without internet.
+//! on machines without internet. Under a root daemon pip runs as the worker
+//! user, in the workers' sandbox: a requirement's build code gets no more
+//! rights than the calls that import it. The finished folder then belongs to
+//! the daemon, so no call can change what later calls import.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
+
+use crate::sandbox::WorkerUser;
 
 /// Cached requirement environments.
 pub struct EnvCache {
     root: PathBuf,
     python: String,
+    user: Option<WorkerUser>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl EnvCache {
     /// A cache in `root`, installing with `python -m pip`.
-    pub fn new(root: PathBuf, python: String) -> EnvCache {
-        EnvCache { root, python, locks: Mutex::new(HashMap::new()) }
+    pub fn new(root: PathBuf, python: String, user: Option<WorkerUser>) -> EnvCache {
+        EnvCache { root, python, user, locks: Mutex::new(HashMap::new()) }
     }
 
     /// The site folder for `requirements`, installing it on first use. `None` for no requirements.
@@ -48,6 +54,24 @@ impl EnvCache {
         for (name, _) in std::env::vars_os().filter(|(name, _)| crate::worker::is_private_env(name)) {
             pip.env_remove(name);
         }
+        std::fs::create_dir(&staging).map_err(|e| e.to_string())?;
+        let _jail = match &self.user {
+            Some(user) => {
+                nix::unistd::chown(&staging, Some(user.uid), Some(user.gid)).map_err(|e| e.to_string())?;
+                let python = std::fs::canonicalize(&self.python).map_err(|e| format!("{}: {e}", self.python))?;
+                // The interpreter's prefix (`<prefix>/bin/python`): its standard library.
+                let prefix = python.parent().and_then(Path::parent).unwrap_or(&python).to_path_buf();
+                let requirement_paths: Vec<PathBuf> =
+                    sorted.iter().map(PathBuf::from).filter(|p| p.is_absolute() && p.exists()).collect();
+                let mut exposed: Vec<&Path> = vec![&prefix, &staging];
+                exposed.extend(requirement_paths.iter().map(PathBuf::as_path));
+                let jail = Arc::new(user.jail(&exposed).map_err(|e| format!("{e:#}"))?);
+                pip.envs(user.env());
+                jail.apply(&mut pip);
+                Some(jail)
+            }
+            None => None,
+        };
         let output = pip
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
             .arg(&staging)
@@ -61,7 +85,31 @@ impl EnvCache {
             let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
             return Err(format!("pip could not install {}: {}", sorted.join(" "), tail.join("\n")));
         }
+        if self.user.is_some() {
+            chown_tree(&staging).map_err(|e| format!("cannot take ownership of {}: {e}", staging.display()))?;
+        }
         std::fs::rename(&staging, &dir).map_err(|e| e.to_string())?;
         Ok(Some(dir))
     }
+}
+
+/// Gives `root` and everything under it to the daemon's user, read-only for others.
+fn chown_tree(root: &Path) -> std::io::Result<()> {
+    let (uid, gid) = (nix::unistd::Uid::effective(), nix::unistd::Gid::effective());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        nix::unistd::fchownat(None, &path, Some(uid), Some(gid), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+        if !meta.is_symlink() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & !0o022;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
 }

@@ -11,4 +11,5 @@ pub mod envs;
 pub mod gateway;
 pub mod protocol;
 pub mod python;
+pub mod sandbox;
 pub mod worker;

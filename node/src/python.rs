@@ -1,4 +1,4 @@
-//! The worker process: `rh-node worker --socket PATH`. It hosts one embedded
+//! The worker process: `rh-node worker --fd 3`. It hosts one embedded
 //! CPython (pyo3), imports the user's `module:qualname` from the code bundle
 //! it was started in, and runs calls one at a time for as long as it lives,
 //! so repeated calls reuse the warm interpreter and its imports.
@@ -95,8 +95,13 @@ def call(module, qualname, args_json, kwargs_json):
 
 /// Runs the worker until the daemon closes the socket. Extra import paths
 /// (the code bundle, a requirements environment) come first on `sys.path`.
-pub fn worker_main(socket: &str, paths: &[String]) -> anyhow::Result<()> {
-    let mut stream = UnixStream::connect(socket)?;
+pub fn worker_main(fd: i32, paths: &[String]) -> anyhow::Result<()> {
+    // SAFETY: the daemon hands the worker its end of a socket pair as `fd`,
+    // and nothing else in this process owns that descriptor.
+    #[allow(unsafe_code)]
+    let mut stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // Processes the user's code starts do not inherit the control channel.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     let runner: Py<PyAny> = Python::attach(|py| -> PyResult<Py<PyAny>> {
         let sys = py.import("sys")?;
         let sys_path = sys.getattr("path")?;

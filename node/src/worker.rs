@@ -16,14 +16,20 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::os::fd::AsRawFd;
 use tokio::io::AsyncReadExt;
-use tokio::net::{UnixListener, UnixStream};
+
+use tokio::net::UnixStream;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::cgroup::{Cgroups, WorkerCgroup};
 use crate::protocol::{CallRequest, CallResponse, Ready, MAX_FRAME};
+use crate::sandbox::WorkerUser;
+
+/// The descriptor a worker reads its calls from and answers on.
+pub const WORKER_FD: i32 = 3;
 
 /// Time between SIGTERM and SIGKILL when a worker is stopped.
 pub const KILL_GRACE: Duration = Duration::from_millis(300);
@@ -83,21 +89,28 @@ pub fn is_private_env(name: &std::ffi::OsStr) -> bool {
 }
 
 impl Worker {
-    /// Starts `rh-node worker` and waits until its interpreter is up.
-    pub async fn spawn(exe: &Path, socket_dir: &Path, key: EnvKey, cgroups: &Cgroups) -> Result<Worker, Error> {
-        let socket = socket_dir.join(format!("w-{}.sock", uuid::Uuid::new_v4().simple()));
-        let listener =
-            UnixListener::bind(&socket).map_err(|e| Error::Spawn(format!("bind {}: {e}", socket.display())))?;
+    /// Starts `rh-node worker` and waits until its interpreter is up. Under
+    /// a root daemon with a worker user, the worker runs as that user in a
+    /// sandbox that shows it only what it needs (see `sandbox`).
+    pub async fn spawn(exe: &Path, key: EnvKey, cgroups: &Cgroups, user: Option<&WorkerUser>) -> Result<Worker, Error> {
+        // The control channel is a socket pair handed over as fd 3: no socket
+        // file another process could connect to, and nothing to clean up.
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| Error::Spawn(e.to_string()))?;
+        ours.set_nonblocking(true).map_err(|e| Error::Spawn(e.to_string()))?;
+        let conn = UnixStream::from_std(ours).map_err(|e| Error::Spawn(e.to_string()))?;
         let mut command = Command::new(exe);
-        command.arg("worker").arg("--socket").arg(&socket);
+        command.arg("worker").arg("--fd").arg(WORKER_FD.to_string());
         for path in key.bundle_dir.iter().chain(key.site_dir.iter()) {
             command.arg("--path").arg(path);
         }
         if let Some(dir) = &key.bundle_dir {
             command.current_dir(dir);
         }
-        if std::env::var_os("PYTHONHOME").is_none() && !env!("RH_PYTHON_HOME").is_empty() {
-            command.env("PYTHONHOME", env!("RH_PYTHON_HOME"));
+        let python_home = std::env::var_os("PYTHONHOME")
+            .map(PathBuf::from)
+            .or_else(|| (!env!("RH_PYTHON_HOME").is_empty()).then(|| PathBuf::from(env!("RH_PYTHON_HOME"))));
+        if let Some(home) = &python_home {
+            command.env("PYTHONHOME", home);
         }
         for (name, _) in std::env::vars_os().filter(|(name, _)| is_private_env(name)) {
             command.env_remove(name);
@@ -110,28 +123,49 @@ impl Worker {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
+        let theirs_fd = theirs.as_raw_fd();
+        #[allow(unsafe_code)]
+        // SAFETY: dup2 and fcntl only, on a descriptor that is open in the child.
+        unsafe {
+            command.pre_exec(move || {
+                if theirs_fd == WORKER_FD {
+                    nix::fcntl::fcntl(WORKER_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+                } else {
+                    nix::unistd::dup2(theirs_fd, WORKER_FD)?;
+                }
+                Ok(())
+            });
+        }
+        let _jail = match user {
+            Some(user) => {
+                let mut exposed: Vec<&Path> = vec![exe];
+                exposed.extend(python_home.as_deref());
+                exposed.extend(key.bundle_dir.as_deref());
+                exposed.extend(key.site_dir.as_deref());
+                let jail = std::sync::Arc::new(user.jail(&exposed).map_err(|e| Error::Spawn(format!("{e:#}")))?);
+                command.envs(user.env());
+                jail.apply(&mut command);
+                Some(jail)
+            }
+            None => None,
+        };
         let mut child = command.spawn().map_err(|e| Error::Spawn(format!("{}: {e}", exe.display())))?;
+        drop(theirs);
         let pid = child.id().unwrap_or(0);
         // Before it runs any user code: it only starts Python until it is sent a call.
         let cgroup = cgroups.place(pid);
-        let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
-        let _ = std::fs::remove_file(&socket);
-        let conn = match accepted {
-            Ok(Ok((conn, _))) => conn,
+        let mut conn = Framed::new(conn, codec());
+        let ready = tokio::time::timeout(Duration::from_secs(30), conn.next()).await;
+        match ready {
+            Ok(Some(Ok(frame))) => {
+                serde_json::from_slice::<Ready>(&frame).map_err(|e| Error::Spawn(e.to_string()))?;
+            }
             _ => {
                 let _ = child.start_kill();
                 let output = child.wait_with_output().await.ok();
                 let stderr = output.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
                 return Err(Error::Spawn(format!("the worker did not start: {}", stderr.trim())));
             }
-        };
-        let mut conn = Framed::new(conn, codec());
-        match conn.next().await {
-            Some(Ok(frame)) => {
-                serde_json::from_slice::<Ready>(&frame).map_err(|e| Error::Spawn(e.to_string()))?;
-            }
-            Some(Err(err)) => return Err(Error::Spawn(err.to_string())),
-            None => return Err(Error::Spawn("the worker exited while starting Python".into())),
         }
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -323,7 +357,7 @@ impl Utf8Chunks {
 /// Idle workers, kept warm per environment.
 pub struct Pool {
     exe: PathBuf,
-    socket_dir: PathBuf,
+    user: Option<WorkerUser>,
     cgroups: Cgroups,
     max_idle: usize,
     idle: Mutex<HashMap<EnvKey, Vec<Worker>>>,
@@ -331,8 +365,8 @@ pub struct Pool {
 
 impl Pool {
     /// A pool that starts workers with `exe` (the `rh-node` binary).
-    pub fn new(exe: PathBuf, socket_dir: PathBuf, cgroups: Cgroups, max_idle: usize) -> Pool {
-        Pool { exe, socket_dir, cgroups, max_idle, idle: Mutex::new(HashMap::new()) }
+    pub fn new(exe: PathBuf, cgroups: Cgroups, user: Option<WorkerUser>, max_idle: usize) -> Pool {
+        Pool { exe, cgroups, user, max_idle, idle: Mutex::new(HashMap::new()) }
     }
 
     /// A warm worker for `key`, or a new one.
@@ -349,7 +383,7 @@ impl Pool {
                 None => break,
             }
         }
-        Worker::spawn(&self.exe, &self.socket_dir, key.clone(), &self.cgroups).await
+        Worker::spawn(&self.exe, key.clone(), &self.cgroups, self.user.as_ref()).await
     }
 
     /// Returns a healthy worker to the pool; beyond the idle limit, the
@@ -369,7 +403,7 @@ impl Pool {
 
     /// Starts one idle worker for `key` ahead of demand.
     pub async fn prewarm(&self, key: EnvKey) -> Result<(), Error> {
-        let worker = Worker::spawn(&self.exe, &self.socket_dir, key, &self.cgroups).await?;
+        let worker = Worker::spawn(&self.exe, key, &self.cgroups, self.user.as_ref()).await?;
         self.release(worker);
         Ok(())
     }

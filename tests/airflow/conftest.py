@@ -71,6 +71,16 @@ def _wait_for_clusters(url: str, token: str, clusters: set[str], process: subpro
         time.sleep(0.1)
 
 
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder the remote code may write to as well: under a root test run,
+    nodes run calls as their unprivileged worker user (README, "Security model")."""
+    path = Path(tempfile.mkdtemp(prefix="rh-shared-"))
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, Any]]:
     """`rh-gateway dev` on 127.0.0.1: node `local-1` ready in cluster `local`; `cpu` and `train` come up

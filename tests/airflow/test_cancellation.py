@@ -63,8 +63,8 @@ def test_a_cancel_at_the_gateway_fails_the_task_without_retry_and_says_who_and_w
     assert len(gw.dispatches(labels={"dag_id": "rh_gateway_cancel", "run_id": run_id})) == 1
 
 
-def test_a_retry_after_a_remote_failure_starts_a_new_dispatch(airflow, gw, tmp_path):
-    marker = tmp_path / "first-call-done"
+def test_a_retry_after_a_remote_failure_starts_a_new_dispatch(airflow, gw, shared_tmp):
+    marker = shared_tmp / "first-call-done"
     result = airflow.dags_test("rh_retry", TEST_DAGS, "-c", f'{{"marker": "{marker}"}}')
     assert airflow.task_states("rh_retry") == {"flaky": ("success", 2)}, result.stdout[-6000:]
     assert airflow.xcom("rh_retry", "flaky") == "recovered"

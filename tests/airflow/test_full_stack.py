@@ -146,8 +146,8 @@ def services(airflow: Any) -> Iterator[AirflowServices]:
                 process.wait()
 
 
-def test_a_retry_after_the_task_process_dies_mid_wait_reattaches_to_the_same_dispatch(services, gw, tmp_path):
-    release = tmp_path / "release"
+def test_a_retry_after_the_task_process_dies_mid_wait_reattaches_to_the_same_dispatch(services, gw, shared_tmp):
+    release = shared_tmp / "release"
     run_id = services.trigger("rh_reattach", {"release": str(release)})
     handle, remote_pid = _running_dispatch(gw, "rh_reattach", services.processes[1])
     ti = services.wait_task("rh_reattach", run_id, "wait", lambda t: t["state"] == "running")

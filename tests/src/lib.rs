@@ -118,6 +118,9 @@ impl Stack {
         })?;
         let work = std::env::temp_dir().join(format!("rh-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&work)?;
+        // User code leaves marker files here, and under a root test run it
+        // runs as the node's unprivileged worker user.
+        std::fs::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
         let mut stack = Stack {
             url: format!("http://127.0.0.1:{port}"),
             port,

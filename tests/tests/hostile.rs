@@ -25,6 +25,8 @@ async fn hostile_outputs_end_the_dispatch_once_and_never_rerun_the_code() {
     let bundle = stack.fixture_bundle().await;
     let counters = stack.work.join("counters");
     std::fs::create_dir_all(&counters).unwrap();
+    // The user's code writes its counters here, as the node's worker user.
+    std::fs::set_permissions(&counters, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let rows = [
         ("nul_output", Expect::Succeeded(json!("ok"))),
         ("nul_result", Expect::Succeeded(json!({"text": "x\u{0}y"}))),
@@ -102,6 +104,25 @@ async fn user_code_sees_none_of_the_nodes_credentials() {
     let done = stack.wait(&id, 60).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"], json!([]), "the call saw the node's variables: {done}");
+
+    // Under a root daemon the call runs as `nobody`, and cannot read the
+    // node's saved identity, the daemon's home or its own executable's folder.
+    let root = nix::unistd::Uid::effective().is_root();
+    let identity = stack.work.join("node-n1/identity-probe");
+    std::fs::write(&identity, "secret").unwrap();
+    std::fs::set_permissions(&identity, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let probes = [identity.display().to_string(), "/etc/shadow".to_string()];
+    let id = stack.dispatch(&bundle, "pkg.jobs:privileges", json!([probes]), json!({})).await;
+    let done = stack.wait(&id, 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    if root {
+        assert_eq!(done["result"]["uid"], 65534, "{done}");
+        assert!(done["result"]["readable"].as_object().unwrap().values().all(|r| r == false), "{done}");
+        let home = done["result"]["home"].as_str().unwrap();
+        assert!(home.ends_with("worker-home"), "{done}");
+    } else {
+        eprintln!("not root: workers run as the daemon's own user; only the environment was checked");
+    }
 }
 
 #[tokio::test]
