@@ -3,7 +3,7 @@
 export CACHE ?= $(HOME)/.cache/runhouse-gateway
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 
-.PHONY: run test bench bench-sdk openapi sqlx-prepare fmt lint
+.PHONY: run test bench bench-sdk openapi shims sqlx-prepare fmt lint
 
 ## Run the local stack: private Postgres under ./.rh/, the gateway on 127.0.0.1:8080, one local node.
 run:
@@ -28,6 +28,10 @@ bench-sdk:
 ## Regenerate the committed OpenAPI document after an API change.
 openapi:
 	cargo run --locked -q -p gateway --bin rh-gateway -- openapi > openapi/gateway.json
+
+## Regenerate the orchestrator packages' parameter layer from providers/shims.toml and the OpenAPI document.
+shims:
+	python3 scripts/gen_shims.py
 
 ## Regenerate .sqlx/ after a query change (needs sqlx-cli; `make test` installs it).
 sqlx-prepare:

@@ -71,6 +71,10 @@ run_airflow() {
     ./scripts/airflow.sh 2>&1 | tee -a "$test_log"
 }
 phase "airflow provider (real Airflow 3.3 against a local stack)" run_airflow
+run_prefect() {
+    ./scripts/prefect.sh 2>&1 | tee -a "$test_log"
+}
+phase "shims and prefect integration (generator drift, real Prefect 3.9 server against a local stack)" run_prefect
 phase "bench smoke (no speed assertions)" "$with_pg" -- "$CARGO_TARGET_DIR/debug/rh-bench" --smoke
 
 echo

@@ -24,6 +24,9 @@ from ._native import GatewayError as _NativeGatewayError
 from ._native import NativeClient
 
 __all__ = [
+    "ACTIVE_STATES",
+    "TERMINAL_STATES",
+    "RemoteLogWriter",
     "Gateway",
     "RemoteFunction",
     "Dispatch",
@@ -32,6 +35,12 @@ __all__ = [
     "DispatchCancelled",
     "DispatchTimedOut",
 ]
+
+
+#: States a dispatch can still leave by itself: a retrying orchestrator task re-attaches to these.
+ACTIVE_STATES = frozenset({"queued", "running"})
+#: States that never change.
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 
 
 class GatewayError(Exception):
@@ -193,6 +202,45 @@ class Dispatch:
         return await asyncio.to_thread(self.result, timeout)
 
 
+class RemoteLogWriter:
+    """Turns a dispatch's output entries into one log line per remote line, as they arrive.
+
+    For orchestrator integrations that copy remote output into their own task logs.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._partial: Dict[str, str] = {}
+        #: The ``seq`` of the last entry written (to read on from after a reconnect).
+        self.last_seq = 0
+
+    def write(self, entry: Dict[str, Any]) -> None:
+        """Writes the complete lines of one entry; keeps an unfinished last line until its end arrives."""
+        self.last_seq = max(self.last_seq, int(entry.get("seq", 0)))
+        stream = entry.get("stream", "stdout")
+        if stream == "system":
+            self._log.warning("[gateway] %s", entry.get("text", "").rstrip())
+            return
+        text = self._partial.pop(stream, "") + entry.get("text", "")
+        *lines, rest = text.split("\n")
+        for line in lines:
+            self._emit(stream, line)
+        if rest:
+            self._partial[stream] = rest
+
+    def flush(self) -> None:
+        """Writes any unfinished last lines."""
+        for stream, rest in sorted(self._partial.items()):
+            self._emit(stream, rest)
+        self._partial.clear()
+
+    def _emit(self, stream: str, line: str) -> None:
+        if stream == "stderr":
+            self._log.info("[remote stderr] %s", line)
+        else:
+            self._log.info("[remote] %s", line)
+
+
 class RemoteFunction:
     """A function bound to a cluster. Call it like the local function."""
 
@@ -211,10 +259,13 @@ class RemoteFunction:
 
     def submit(self, args: Optional[List[Any]] = None, kwargs: Optional[Dict[str, Any]] = None, *,
                labels: Optional[Dict[str, str]] = None, timeout: Optional[int] = None,
-               idempotency_key: Optional[str] = None) -> Dispatch:
+               idempotency_key: Optional[str] = None, request: Optional[Dict[str, Any]] = None) -> Dispatch:
         """``dispatch()`` for callers that hold the arguments as data (orchestrators): the function's own
-        keyword arguments travel in ``kwargs``, so one named ``labels`` or ``timeout`` reaches it intact."""
-        body = dict(self._spec, args=list(args or []), kwargs=dict(kwargs or {}), cluster=self.cluster,
+        keyword arguments travel in ``kwargs``, so one named ``labels`` or ``timeout`` reaches it intact.
+        ``request`` holds further fields of the create request (``POST /v1/dispatches``) as the API
+        names them, so a field the gateway gains reaches it without a new parameter here."""
+        body = dict(request or {})
+        body.update(self._spec, args=list(args or []), kwargs=dict(kwargs or {}), cluster=self.cluster,
                     labels=labels or {})
         if timeout is not None:
             body["timeout_s"] = timeout

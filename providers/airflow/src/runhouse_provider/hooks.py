@@ -8,12 +8,34 @@ All gateway traffic goes through that SDK client; this module has no HTTP code.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from runhouse_gateway import Dispatch, Gateway, GatewayError, RemoteFunction
+
+
+#: How long a cancel from ``on_kill`` may take (Airflow sends SIGKILL 5 s after SIGTERM).
+CANCEL_BUDGET_S = 3.0
+
+
+def cancel_within_budget(handle: Dispatch, reason: str, log: Any) -> None:
+    """Cancels ``handle``, giving up after ``CANCEL_BUDGET_S`` (the task is going down either way)."""
+
+    def cancel() -> None:
+        try:
+            handle.cancel(reason=reason)
+        except Exception as err:  # noqa: BLE001 - logged; the task is going down anyway
+            log.error("Could not cancel dispatch %s: %s", handle.id, err)
+
+    log.warning("Cancelling dispatch %s: %s", handle.id, reason)
+    worker = threading.Thread(target=cancel, name="runhouse-cancel", daemon=True)
+    worker.start()
+    worker.join(CANCEL_BUDGET_S)
+    if worker.is_alive():
+        log.error("The cancel of dispatch %s did not finish within %s s", handle.id, CANCEL_BUDGET_S)
 
 
 @dataclass(frozen=True)

@@ -10,17 +10,16 @@ gateway cancel → task fails without retry).
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from runhouse_gateway import Dispatch, GatewayError
 
-from runhouse_provider.hooks import RunhouseHook, UsesRunhouseHook
+from runhouse_provider._generated import OperatorParameters
+from runhouse_provider.hooks import UsesRunhouseHook, cancel_within_budget
 from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
 from runhouse_provider.outcomes import ACTIVE_STATES, TERMINAL_STATES, RemoteLogWriter, result_or_raise
 from runhouse_provider.triggers import DEADLINE_PASSED, RunhouseTrigger
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
 STATE_KEY = "runhouse_dispatch"
 #: XCom key of the dispatch id.
 XCOM_DISPATCH_ID = "dispatch_id"
-#: How long ``on_kill`` waits for the cancel to be accepted (Airflow sends SIGKILL 5 s after SIGTERM).
-CANCEL_BUDGET_S = 3.0
 
 
 def airflow_labels(context: Context) -> dict[str, str]:
@@ -48,74 +45,26 @@ def airflow_labels(context: Context) -> dict[str, str]:
     }
 
 
-class RunhouseOperator(UsesRunhouseHook, BaseOperator):
-    """Runs a Python function on a Runhouse Gateway cluster and returns its JSON result.
+# The generated parameters come second: Airflow applies default_args only to an __init__ that
+# differs from the first base's, and this class's __init__ is the generated one.
+class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
+    __doc__ = "Runs a Python function on a Runhouse Gateway cluster and returns its JSON result.\n" + (
+        OperatorParameters.__doc__ or "").split("\n", 1)[1]
 
-    :param function: a registered function name (``rh deploy ... --name``). Give this or ``python_callable``.
-    :param python_callable: a function in an ordinary module of your DAG project. Its project folder (the
-        nearest folder above it with a ``pyproject.toml``, ``setup.py``, ``requirements.txt`` or ``.git``)
-        is packed and uploaded if the gateway lacks it, and the node imports the function from there.
-    :param cluster: where to run (default: the connection's default cluster, or for ``function`` its
-        registered cluster). Templated.
-    :param op_args: positional arguments (JSON values). Templated; may hold XComArgs such as ``other.output``.
-    :param op_kwargs: keyword arguments (JSON values). Templated. (Named as in PythonOperator: Airflow
-        reserves ``kwargs``.)
-    :param requirements: pip requirements the node installs (cached per set) for ``python_callable``.
-    :param labels: extra labels for the dispatch; the Airflow ones (dag_id, task_id, run_id, map_index,
-        try_number) are always added.
-    :param timeout: seconds the remote call may run before the node stops it (``timed_out``).
-    :param wait_for_completion: wait for the result (default). If False, return the dispatch id at once
-        (also the return XCom) for a :class:`~runhouse_provider.sensors.RunhouseSensor` to wait on.
-    :param deferrable: wait in the triggerer instead of holding a worker slot.
-    :param poll_interval: deferred only: the longest single long-poll, and how often output is copied.
-    :param stream_logs: copy the remote stdout/stderr into the task log as it arrives.
-    :param durable: record the dispatch id in the task state store so a retry re-attaches to it.
-    :param runhouse_conn_id: the ``runhouse`` connection.
-    """
-
-    template_fields: Sequence[str] = ("function", "cluster", "op_args", "op_kwargs", "requirements", "labels")
     template_fields_renderers = {"op_args": "json", "op_kwargs": "json", "labels": "json"}
     ui_color = "#e8f0fe"
     operator_extra_links = (RunhouseDispatchLink(),)
 
-    def __init__(
-        self,
-        *,
-        function: str | None = None,
-        python_callable: Callable[..., Any] | None = None,
-        cluster: str | None = None,
-        op_args: Sequence[Any] | None = None,
-        op_kwargs: dict[str, Any] | None = None,
-        requirements: Sequence[str] | None = None,
-        labels: dict[str, str] | None = None,
-        timeout: int | None = None,
-        wait_for_completion: bool = True,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poll_interval: float = 5.0,
-        stream_logs: bool = True,
-        durable: bool = True,
-        runhouse_conn_id: str = RunhouseHook.default_conn_name,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if (function is None) == (python_callable is None):
+    def _check_parameters(self) -> None:
+        if (self.function is None) == (self.python_callable is None):
             raise ValueError("give exactly one of function= (a registered name) and python_callable=")
-        if python_callable is not None and not callable(python_callable):
+        if self.python_callable is not None and not callable(self.python_callable):
             raise ValueError("python_callable must be callable")
-        self.function = function
-        self.python_callable = python_callable
-        self.cluster = cluster
+        op_args, op_kwargs = self.op_args, self.op_kwargs
         self.op_args = list(op_args or []) if not _is_lazy(op_args) else op_args
         self.op_kwargs = dict(op_kwargs or {}) if not _is_lazy(op_kwargs) else op_kwargs
-        self.requirements = list(requirements or [])
-        self.labels = dict(labels or {})
-        self.timeout = timeout
-        self.wait_for_completion = wait_for_completion
-        self.deferrable = deferrable
-        self.poll_interval = poll_interval
-        self.stream_logs = stream_logs
-        self.durable = durable
-        self.runhouse_conn_id = runhouse_conn_id
+        self.requirements = list(self.requirements or [])
+        self.labels = dict(self.labels or {})
         self._handle: Dispatch | None = None
         self._killed = False
 
@@ -157,7 +106,7 @@ class RunhouseOperator(UsesRunhouseHook, BaseOperator):
         """Airflow is stopping the task (mark failed/success, execution_timeout, worker SIGTERM): cancel.
 
         Runs in the SIGTERM handler with SIGKILL 5 s away, so the cancel gets at most
-        ``CANCEL_BUDGET_S``; the wait loop sees the dispatch end and returns by itself.
+        ``hooks.CANCEL_BUDGET_S``; the wait loop sees the dispatch end and returns by itself.
         """
         handle = self._handle
         if handle is None:
@@ -187,8 +136,8 @@ class RunhouseOperator(UsesRunhouseHook, BaseOperator):
         remote = self.hook.remote_function(function=self.function, python_callable=self.python_callable,
                                            cluster=self.cluster, requirements=self.requirements)
         labels = {**self.labels, **airflow_labels(context)}
-        handle = remote.submit(list(self.op_args), dict(self.op_kwargs), labels=labels, timeout=self.timeout,
-                               idempotency_key=self._idempotency_key(context))
+        handle = remote.submit(list(self.op_args), dict(self.op_kwargs), labels=labels,
+                               idempotency_key=self._idempotency_key(context), request=self.create_fields())
         if store is not None:
             store.set(STATE_KEY, {"dispatch_id": handle.id, "try_number": context["ti"].try_number})
         self.log.info("Dispatch %s created on cluster %s: %s", handle.id, handle.data.get("cluster"),
@@ -252,18 +201,7 @@ class RunhouseOperator(UsesRunhouseHook, BaseOperator):
         return result
 
     def _cancel_within_budget(self, handle: Dispatch, reason: str) -> None:
-        def cancel() -> None:
-            try:
-                handle.cancel(reason=reason)
-            except Exception as err:  # noqa: BLE001 - logged; the task is going down anyway
-                self.log.error("Could not cancel dispatch %s: %s", handle.id, err)
-
-        self.log.warning("Cancelling dispatch %s: %s", handle.id, reason)
-        worker = threading.Thread(target=cancel, name="runhouse-cancel", daemon=True)
-        worker.start()
-        worker.join(CANCEL_BUDGET_S)
-        if worker.is_alive():
-            self.log.error("The cancel of dispatch %s did not finish within %s s", handle.id, CANCEL_BUDGET_S)
+        cancel_within_budget(handle, reason, self.log)
 
     def _task_ref(self) -> str:
         return f"{self.dag_id}.{self.task_id}"

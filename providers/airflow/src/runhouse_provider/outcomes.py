@@ -1,4 +1,4 @@
-"""How a dispatch's end becomes an Airflow task's end, and its output a task log.
+"""How a dispatch's end becomes an Airflow task's end.
 
 The operator (sync and deferred) and the sensor must agree exactly on which
 outcomes retry, which fail for good and what the log says, so that mapping
@@ -11,11 +11,10 @@ import logging
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from runhouse_gateway import ACTIVE_STATES, TERMINAL_STATES, RemoteLogWriter
 
-#: States a dispatch can still leave by itself; a retry re-attaches to these.
-ACTIVE_STATES = frozenset({"queued", "running"})
-#: States that never change.
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+__all__ = ["ACTIVE_STATES", "TERMINAL_STATES", "RemoteLogWriter", "result_or_raise", "RemoteFailure", "RemoteTimeout",
+           "DispatchCancelledAtGateway"]
 
 
 class RemoteFailure(AirflowException):
@@ -69,39 +68,3 @@ def result_or_raise(data: dict[str, Any], log: logging.Logger | Any) -> Any:
     if state == "timed_out":
         raise RemoteTimeout(f"dispatch {dispatch_id} timed out: {failure.get('message', '')}")
     raise AirflowException(f"dispatch {dispatch_id} is still {state}")
-
-
-class RemoteLogWriter:
-    """Turns the gateway's output chunks into one task-log line per remote line, as they arrive."""
-
-    def __init__(self, log: logging.Logger | Any) -> None:
-        self._log = log
-        self._partial: dict[str, str] = {}
-        #: The ``seq`` of the last entry written (to read on from after a reconnect).
-        self.last_seq = 0
-
-    def write(self, entry: dict[str, Any]) -> None:
-        """Writes the complete lines of one entry; keeps an unfinished last line until its end arrives."""
-        self.last_seq = max(self.last_seq, int(entry.get("seq", 0)))
-        stream = entry.get("stream", "stdout")
-        if stream == "system":
-            self._log.warning("[gateway] %s", entry.get("text", "").rstrip())
-            return
-        text = self._partial.pop(stream, "") + entry.get("text", "")
-        *lines, rest = text.split("\n")
-        for line in lines:
-            self._emit(stream, line)
-        if rest:
-            self._partial[stream] = rest
-
-    def flush(self) -> None:
-        """Writes any unfinished last lines."""
-        for stream, rest in sorted(self._partial.items()):
-            self._emit(stream, rest)
-        self._partial.clear()
-
-    def _emit(self, stream: str, line: str) -> None:
-        if stream == "stderr":
-            self._log.info("[remote stderr] %s", line)
-        else:
-            self._log.info("[remote] %s", line)

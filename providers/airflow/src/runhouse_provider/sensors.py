@@ -9,14 +9,14 @@ on the gateway's long-poll.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 from runhouse_gateway import Dispatch
 
-from runhouse_provider.hooks import RunhouseHook, UsesRunhouseHook
+from runhouse_provider._generated import SensorParameters
+from runhouse_provider.hooks import UsesRunhouseHook, cancel_within_budget
 from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
 from runhouse_provider.outcomes import TERMINAL_STATES, RemoteLogWriter, result_or_raise
 from runhouse_provider.triggers import DEADLINE_PASSED, RunhouseTrigger
@@ -25,35 +25,30 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class RunhouseSensor(UsesRunhouseHook, BaseSensorOperator):
-    """Waits until the dispatch ``dispatch_id`` ends; its JSON result becomes the sensor's return XCom.
+# The generated parameters come second: Airflow applies default_args only to an __init__ that
+# differs from the first base's, and this class's __init__ is the generated one.
+class RunhouseSensor(UsesRunhouseHook, SensorParameters, BaseSensorOperator):
+    __doc__ = (
+        "Waits until the dispatch ``dispatch_id`` ends; its JSON result becomes the sensor's return XCom.\n\n"
+        "    A failed dispatch fails the sensor (retries apply); a cancelled one raises ``AirflowFailException``.\n"
+        "    ``mode`` (``poke``/``reschedule``), ``poke_interval`` and ``timeout`` work as for any sensor; when\n"
+        "    deferred, ``poke_interval`` is the longest single long-poll.\n"
+        + (SensorParameters.__doc__ or "").split("\n", 1)[1]
+    )
 
-    A failed dispatch fails the sensor (retries apply); a cancelled one raises ``AirflowFailException``.
-    The sensor never cancels the dispatch: it watches, it does not own.
-
-    :param dispatch_id: the dispatch to wait on. Templated, e.g.
-        ``"{{ ti.xcom_pull(task_ids='train', key='dispatch_id') }}"``.
-    :param deferrable: wait in the triggerer (long-polling the gateway) instead of poking.
-    :param stream_logs: copy the dispatch's output into the sensor's log (live when deferred, at the end
-        when poking).
-    :param runhouse_conn_id: the ``runhouse`` connection.
-
-    ``mode`` (``poke``/``reschedule``), ``poke_interval`` and ``timeout`` work as for any sensor; when
-    deferred, ``poke_interval`` is the longest single long-poll.
-    """
-
-    template_fields: Sequence[str] = ("dispatch_id",)
     ui_color = "#e8f0fe"
     operator_extra_links = (RunhouseDispatchLink(),)
 
-    def __init__(self, *, dispatch_id: str, runhouse_conn_id: str = RunhouseHook.default_conn_name,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 stream_logs: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.dispatch_id = dispatch_id
-        self.runhouse_conn_id = runhouse_conn_id
-        self.deferrable = deferrable
-        self.stream_logs = stream_logs
+    def _check_parameters(self) -> None:
+        self._killed = False
+
+    def on_kill(self) -> None:
+        """The sensor is being stopped while poking: with ``cancel_on_kill``, stop the watched dispatch too."""
+        if not self.cancel_on_kill or not self.dispatch_id:
+            return
+        self._killed = True
+        cancel_within_budget(self.hook.get_dispatch(self.dispatch_id), f"Airflow stopped sensor "
+                             f"{self.dag_id}.{self.task_id} (cancel_on_kill)", self.log)
 
     def execute(self, context: Context) -> Any:
         """Pokes as usual, or checks once and then defers to the trigger."""
@@ -69,7 +64,7 @@ class RunhouseSensor(UsesRunhouseHook, BaseSensorOperator):
         self.defer(
             trigger=RunhouseTrigger(dispatch_id=self.dispatch_id, runhouse_conn_id=self.runhouse_conn_id,
                                     poll_interval=float(self.poke_interval), deadline=deadline,
-                                    owns_dispatch=False, stream_logs=self.stream_logs),
+                                    owns_dispatch=self.cancel_on_kill, stream_logs=self.stream_logs),
             method_name="execute_complete",
         )
 

@@ -1,0 +1,24 @@
+"""Ordinary functions the Prefect tests run on the node."""
+
+import os
+import time
+
+
+def sleepy(seconds):
+    print(f"pid {os.getpid()}", flush=True)
+    time.sleep(seconds)
+    return seconds
+
+
+def fail_on_first_call(marker):
+    """Raises the first time (leaving ``marker`` behind), succeeds after."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first call fails on purpose")
+    print("second call succeeds")
+    return "recovered"
+
+
+def greet(name):
+    print(f"hello {name} from the node", flush=True)
+    return {"greeting": f"hello {name}"}
