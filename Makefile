@@ -19,6 +19,7 @@ bench:
 	cargo build --locked --release -p gateway -p node -p runhouse-gateway -p e2e --bins
 	$(CARGO_TARGET_DIR)/release/rh-bench
 	RH_SDK_RELEASE=1 RH_BIN_DIR=$(CARGO_TARGET_DIR)/release ./scripts/python-sdk.sh -s tests/python/bench_sdk.py
+	RH_BIN_DIR=$(CARGO_TARGET_DIR)/release ./scripts/prefect.sh -s tests/prefect/bench_prefect.py
 
 ## Only the Python SDK figures (release builds): call latency, calls/s from 8 threads, unchanged-code .to() time.
 bench-sdk:

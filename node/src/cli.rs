@@ -44,7 +44,8 @@ enum Command {
 /// Options of `rh-node run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The gateway's base URL.
+    /// The gateway's base URL, or several replicas' separated by commas
+    /// (the node uses one at a time and fails over to the next).
     #[arg(long, env = "RH_GATEWAY_URL")]
     pub gateway: String,
     /// A node token (a JWT with the `node` scope), e.g. from `rh-gateway token create --scope node`.

@@ -1,7 +1,14 @@
 //! Node → gateway calls: registration, heartbeats, reports, logs and bundle
 //! downloads. Reports and log batches are retried until the gateway
 //! acknowledges them, so a gateway restart loses nothing.
+//!
+//! A node may know several gateway replicas (they share one database, so
+//! any of them takes any request). It talks to one at a time and moves to
+//! the next when the current one cannot be reached or fails (5xx); a
+//! refusal (4xx) is an answer and moves nothing.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -10,7 +17,10 @@ use reqwest::StatusCode;
 #[derive(Clone)]
 pub struct GatewayClient {
     http: reqwest::Client,
-    base: String,
+    /// The replicas' base URLs, in the order given.
+    bases: Arc<Vec<String>>,
+    /// Index into `bases` of the replica in use.
+    current: Arc<AtomicUsize>,
     token: String,
 }
 
@@ -26,43 +36,67 @@ pub enum Error {
 }
 
 impl GatewayClient {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`) using a node token.
-    pub fn new(base: &str, token: &str) -> GatewayClient {
+    /// A client for `bases`: one gateway URL (e.g. `http://127.0.0.1:8080`)
+    /// or several replicas' separated by commas, using a node token.
+    pub fn new(bases: &str, token: &str) -> GatewayClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
             .build()
             .expect("reqwest client");
-        GatewayClient { http, base: base.trim_end_matches('/').to_owned(), token: token.to_owned() }
+        GatewayClient { http, bases: Arc::new(split_bases(bases)), current: Arc::default(), token: token.to_owned() }
+    }
+
+    /// The replica in use.
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// After `base` failed: use the next replica, unless another request moved on already.
+    fn fail_over(&self, base: &str) {
+        if self.bases.len() < 2 {
+            return;
+        }
+        let at = self.current.load(Ordering::Relaxed);
+        if self.bases[at % self.bases.len()] == base {
+            let next = (at + 1) % self.bases.len();
+            if self.current.compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                tracing::warn!(from = base, to = %self.bases[next], "gateway replica unavailable; failing over");
+            }
+        }
     }
 
     async fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<reqwest::Response, Error> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        check(response).await
+        let base = self.base().to_owned();
+        let sent = self.http.post(format!("{base}{path}")).bearer_auth(&self.token).json(body).send().await;
+        let result = match sent {
+            Ok(response) => check(response).await,
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        };
+        if let Err(Error::Unavailable(_)) = &result {
+            self.fail_over(&base);
+        }
+        result
     }
 
     /// Trades a single-use join token for this node's identity and token
     /// (no bearer token yet: the join token is the credential).
-    pub async fn join(base: &str, request: &wire::JoinNode) -> Result<wire::NodeJoined, Error> {
-        GatewayClient::new(base, "")
-            .http
-            .post(format!("{}/v1/nodes/join", base.trim_end_matches('/')))
-            .json(request)
-            .send()
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))
-            .map(check)?
-            .await?
-            .json()
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))
+    pub async fn join(bases: &str, request: &wire::JoinNode) -> Result<wire::NodeJoined, Error> {
+        let client = GatewayClient::new(bases, "");
+        let mut last = Error::Unavailable("no gateway URL".into());
+        for base in client.bases.iter() {
+            let sent = client.http.post(format!("{base}/v1/nodes/join")).json(request).send().await;
+            let result = match sent {
+                Ok(response) => check(response).await,
+                Err(e) => Err(Error::Unavailable(e.to_string())),
+            };
+            match result {
+                Ok(response) => return response.json().await.map_err(|e| Error::Unavailable(e.to_string())),
+                Err(err @ Error::Refused { .. }) => return Err(err),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
     }
 
     /// Registers this node.
@@ -117,10 +151,11 @@ impl GatewayClient {
     pub async fn bundle(&self, sha256: &str) -> Result<Vec<u8>, Error> {
         let mut attempts = 0;
         loop {
+            let base = self.base().to_owned();
             let result = async {
                 let response = self
                     .http
-                    .get(format!("{}/v1/bundles/{sha256}", self.base))
+                    .get(format!("{base}/v1/bundles/{sha256}"))
                     .bearer_auth(&self.token)
                     .send()
                     .await
@@ -129,6 +164,9 @@ impl GatewayClient {
                 response.bytes().await.map(|b| b.to_vec()).map_err(|e| Error::Unavailable(e.to_string()))
             }
             .await;
+            if let Err(Error::Unavailable(_)) = &result {
+                self.fail_over(&base);
+            }
             match result {
                 Err(Error::Unavailable(_)) if attempts < 10 => {
                     attempts += 1;
@@ -140,6 +178,17 @@ impl GatewayClient {
     }
 }
 
+/// `http://a:8080, http://b:8080/` → `["http://a:8080", "http://b:8080"]`.
+fn split_bases(bases: &str) -> Vec<String> {
+    let list: Vec<String> =
+        bases.split(',').map(|b| b.trim().trim_end_matches('/').to_owned()).filter(|b| !b.is_empty()).collect();
+    if list.is_empty() {
+        vec![String::new()]
+    } else {
+        list
+    }
+}
+
 async fn check(response: reqwest::Response) -> Result<reqwest::Response, Error> {
     let status = response.status();
     if status.is_success() {
@@ -148,5 +197,30 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, Error> 
         Err(Error::Refused { status, body: response.text().await.unwrap_or_default() })
     } else {
         Err(Error::Unavailable(format!("{status}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_list_is_split_and_trimmed() {
+        assert_eq!(split_bases("http://a:8080"), ["http://a:8080"]);
+        assert_eq!(split_bases(" http://a:8080/, http://b:8080 ,"), ["http://a:8080", "http://b:8080"]);
+    }
+
+    #[test]
+    fn failing_over_moves_once_per_failed_replica_and_wraps_around() {
+        let client = GatewayClient::new("http://a,http://b", "t");
+        assert_eq!(client.base(), "http://a");
+        client.fail_over("http://a");
+        client.fail_over("http://a"); // a second failure seen on the old replica moves nothing
+        assert_eq!(client.base(), "http://b");
+        client.fail_over("http://b");
+        assert_eq!(client.base(), "http://a");
+        let single = GatewayClient::new("http://a", "t");
+        single.fail_over("http://a");
+        assert_eq!(single.base(), "http://a");
     }
 }

@@ -183,3 +183,18 @@ def test_marking_a_deferred_task_failed_cancels_its_dispatch_from_the_trigger(se
         time.sleep(0.05)
     assert not _alive(remote_pid)
     assert services.task("rh_deferred", run_id, "sleep")["state"] == "failed"
+
+
+def test_marking_a_cancel_on_kill_sensor_failed_cancels_the_dispatch_it_watches(services, gw):
+    run_id = services.trigger("rh_sense_cancel")
+    handle, remote_pid = _running_dispatch(gw, "rh_sense_cancel", services.processes[1])
+    services.wait_task("rh_sense_cancel", run_id, "start", lambda t: t["state"] == "success")
+    services.wait_task("rh_sense_cancel", run_id, "sense", lambda t: t["state"] == "deferred")
+    _wait_for_log(services, "rh_sense_cancel", run_id, "Waiting on dispatch")
+    services.api("PATCH", f"/dags/rh_sense_cancel/dagRuns/{run_id}/taskInstances/sense", {"new_state": "failed"})
+    data = handle.wait(timeout=30)
+    assert data["state"] == "cancelled", f"{data['state']}\n{services.logs()}"
+    deadline = time.time() + 5
+    while _alive(remote_pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(remote_pid)

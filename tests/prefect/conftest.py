@@ -102,6 +102,10 @@ def prefect_server() -> Iterator[dict[str, Any]]:
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        # Runners and workers look for new and cancelling runs every second, not every 10-15 s.
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
     }
     log_path = home / "server.log"
     log = open(log_path, "w")
@@ -155,11 +159,18 @@ def shared_tmp() -> Iterator[Path]:
 class FlowProcess:
     """`python flows.py SHAPE ARG` in its own process, its output kept for failure messages."""
 
-    def __init__(self, env: dict[str, str], shape: str, arg: Any, log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], shape: str, arg: Any, log_dir: Path,
+                 argv: list[str] | None = None, cwd: Path = FLOWS) -> None:
         self.log_path = log_dir / f"flow-{shape}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen([sys.executable, str(FLOWS / "flows.py"), shape, json.dumps(arg)],
-                                        cwd=FLOWS, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        argv = argv or [sys.executable, str(FLOWS / "flows.py"), shape, json.dumps(arg)]
+        # Its own process group: a runner or worker is stopped with the flow runs it started.
+        self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    @classmethod
+    def command(cls, env: dict[str, str], argv: list[str], log_dir: Path, cwd: Path = FLOWS) -> "FlowProcess":
+        return cls(env, Path(argv[0]).name, None, log_dir, argv=argv, cwd=cwd)
 
     def output(self) -> str:
         self._log.flush()
@@ -169,9 +180,11 @@ class FlowProcess:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 @pytest.fixture

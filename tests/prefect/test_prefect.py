@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -55,6 +56,110 @@ def test_cancelling_the_flow_run_cancels_the_dispatch_and_kills_the_remote_proce
     flow.wait(timeout=60)
 
 
+def _cancel_and_check(gw: Any, api: str, flow_name: str, process: Any, shape: str) -> None:
+    handle, pid = _running_dispatch(gw, flow_name, process)
+    labels = handle.data["labels"]
+    sent = time.monotonic()
+    http("POST", f"{api}/flow_runs/{labels['flow_run_id']}/set_state",
+         {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})
+    data = handle.wait(timeout=30)
+    took = time.monotonic() - sent
+    assert data["state"] == "cancelled", data
+    wait_until("the remote process to be gone", lambda: not _alive(pid), timeout=10)
+    print(f"\n[cancellation] {shape}: dispatch cancelled {took:.2f} s after the flow run was set CANCELLING "
+          f"({data['cancellation']['reason']}); remote pid gone")
+
+
+def _create_run(api: str, flow_name: str, deployment: str, seconds: Any, process: Any,
+                parameter: str = "seconds") -> str:
+    def deployment_id() -> str | None:
+        assert process.process.poll() is None, process.output()[-5000:]
+        try:
+            return http("GET", f"{api}/deployments/name/{flow_name}/{deployment}")["id"]
+        except Exception:  # noqa: BLE001 - not registered yet
+            return None
+
+    found = wait_until(f"deployment {flow_name}/{deployment}", deployment_id, timeout=120, interval=0.2)
+    return http("POST", f"{api}/deployments/{found}/create_flow_run", {"parameters": {parameter: seconds}})["id"]
+
+
+def test_cancelling_a_served_flow_run_cancels_its_dispatch(run_flow, gw, prefect_server):
+    runner = run_flow("serve", None)
+    _create_run(prefect_server["api"], "rh-served", "rh-served", 600, runner)
+    _cancel_and_check(gw, prefect_server["api"], "rh-served", runner, "flow.serve()")
+
+
+def _flow_run_process(flow_run_id: str) -> int | None:
+    """The process a runner started for ``flow_run_id`` (it carries the id in its environment)."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_flow_run_rerun_after_its_process_is_killed_reattaches_to_the_running_dispatch(
+        run_flow, gw, prefect_server, shared_tmp):
+    api = prefect_server["api"]
+    release = shared_tmp / "release"
+    runner = run_flow("serve", None)
+    run_id = _create_run(api, "rh-reattach", "rh-reattach", str(release), runner, parameter="path")
+    handle, remote_pid = _running_dispatch(gw, "rh-reattach", runner)
+    victim = wait_until("the flow run's process", lambda: _flow_run_process(run_id), timeout=30)
+    os.kill(victim, 9)  # no handler runs: nothing can cancel or clean up
+    wait_until("the flow run to crash", lambda: http("GET", f"{api}/flow_runs/{run_id}")["state_type"] == "CRASHED",
+               timeout=60, interval=0.2)
+    assert handle.status() == "running" and _alive(remote_pid), "the remote call did not survive the kill"
+    # Re-run the same flow run, as the UI's "Retry" does: the runner picks it up again.
+    http("POST", f"{api}/flow_runs/{run_id}/set_state",
+         {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}, "force": True})
+
+    def reattached() -> bool:
+        logs = http("POST", f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        return any(f"Re-attaching to dispatch {handle.id}" in entry["message"] for entry in logs)
+
+    try:
+        wait_until("the re-run to re-attach", reattached, timeout=90, interval=0.2)
+    except AssertionError as err:
+        run = http("GET", f"{api}/flow_runs/{run_id}")
+        seen = [(d.id, d.data["state"], d.data["labels"]) for d in gw.dispatches(labels={"flow_run_id": run_id})]
+        raise AssertionError(f"{err}: run {run['state_type']} {run['run_count']}; dispatches {seen}; "
+                             f"runner: {runner.output()[-3000:]}") from None
+    release.touch()
+    wait_until("the flow run to complete", lambda: http("GET", f"{api}/flow_runs/{run_id}")["state_type"]
+               == "COMPLETED", timeout=60, interval=0.2)
+    dispatches = gw.dispatches(labels={"flow_run_id": run_id})
+    assert [d.id for d in dispatches] == [handle.id], "the re-run dispatched a second time"
+    assert dispatches[0].status() == "succeeded"
+
+
+def test_cancelling_a_process_worker_flow_run_cancels_its_dispatch(run_flow, gw, prefect_server, env, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import FLOWS, FlowProcess
+
+    prefect = str(Path(sys.executable).parent / "prefect")
+    created = subprocess.run([prefect, "work-pool", "create", "rh-pool", "--type", "process", "--overwrite"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = run_flow("deploy", "rh-pool")
+    assert deployed.wait(timeout=120) == 0, deployed.output()[-5000:]
+    worker = FlowProcess.command(env, [prefect, "worker", "start", "--pool", "rh-pool", "--type", "process"],
+                                 tmp_path, cwd=FLOWS)
+    try:
+        _create_run(prefect_server["api"], "rh-worker", "rh-worker", 600, worker)
+        _cancel_and_check(gw, prefect_server["api"], "rh-worker", worker, "process worker")
+    finally:
+        worker.kill()
+
+
 def test_a_dispatch_cancelled_at_the_gateway_fails_the_task_without_retrying(run_flow, gw):
     flow = run_flow("reverse", 600)
     handle, _ = _running_dispatch(gw, "rh-reverse", flow)
@@ -99,44 +204,65 @@ def test_the_example_pipeline_runs_end_to_end_with_remote_output_in_the_prefect_
     assert clusters == {"cpu", "train"}
 
 
-def test_the_credentials_block_is_saved_loaded_and_registered(prefect_server, stack, monkeypatch):
+def _python(env: dict[str, str], code: str) -> Any:
+    """Runs ``code`` in a fresh interpreter against the session's Prefect server (settings are read at
+    import, so an in-process test would talk to Prefect's ephemeral server instead)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_the_credentials_block_is_saved_loaded_and_registered(env, prefect_server, stack):
     import subprocess
     import sys
     from pathlib import Path
 
-    for key, value in prefect_server["env"].items():
-        monkeypatch.setenv(key, value)
     register = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register", "-m",
-                               "prefect_runhouse"], env=prefect_server["env"], capture_output=True, text=True,
-                              timeout=120)
+                               "prefect_runhouse"], env=env, capture_output=True, text=True, timeout=120)
     assert register.returncode == 0, register.stdout + register.stderr
     assert "Runhouse Credentials" in register.stdout + register.stderr
-    from prefect_runhouse import RunhouseCredentials
+    saved = _python(env, f"""
+from prefect_runhouse import RunhouseCredentials
+RunhouseCredentials(url={stack['url']!r}, token={stack['token']!r}, default_cluster="local").save("test-gw",
+                                                                                              overwrite=True)
+""")
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    documents = http("POST", f"{prefect_server['api']}/block_documents/filter",
+                     {"block_types": {"slug": {"any_": ["runhouse-credentials"]}}})
+    assert [d["name"] for d in documents] == ["test-gw"]
+    assert stack["token"] not in json.dumps(documents), "the token must be stored as a secret"
+    loaded = _python(env, """
+from prefect_runhouse import RunhouseCredentials
+creds = RunhouseCredentials.load("test-gw")
+print(creds.url, creds.default_cluster, creds.token.get_secret_value() == __import__("os").environ["RH_TOKEN"])
+print(repr(creds))
+print(len(creds.get_client().dispatches(limit=1)))
+""")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    first, shown, count = loaded.stdout.strip().splitlines()[-3:]
+    assert first == f"{stack['url']} local True"
+    assert stack["token"] not in shown
+    assert int(count) >= 0
 
-    RunhouseCredentials(url=stack["url"], token=stack["token"], default_cluster="local").save("test-gw",
-                                                                                             overwrite=True)
-    loaded = RunhouseCredentials.load("test-gw")
-    assert loaded.url == stack["url"] and loaded.default_cluster == "local"
-    assert loaded.token.get_secret_value() == stack["token"]
-    assert stack["token"] not in repr(loaded)
-    assert loaded.get_client().dispatches(limit=1) is not None
 
+def test_a_bad_token_gives_a_clear_error(env, stack):
+    result = _python(env, f"""
+from prefect import flow
+from runhouse_gateway import GatewayError
+from prefect_runhouse import RunhouseCredentials, trigger_dispatch
 
-def test_a_bad_token_gives_a_clear_error(prefect_server, stack, monkeypatch):
-    from prefect import flow
-    from runhouse_gateway import GatewayError
+bad = RunhouseCredentials(url={stack['url']!r}, token="not-a-token")
 
-    for key, value in prefect_server["env"].items():
-        monkeypatch.setenv(key, value)
-    from prefect_runhouse import RunhouseCredentials, trigger_dispatch
+@flow(name="rh-bad-token")
+def bad_token():
+    return trigger_dispatch("pkg.jobs:hello", "x", cluster="local", credentials=bad)
 
-    bad = RunhouseCredentials(url=stack["url"], token="not-a-token")
-
-    @flow(name="rh-bad-token")
-    def bad_token() -> Any:
-        return trigger_dispatch("pkg.jobs:hello", "x", cluster="local", credentials=bad)
-
-    with pytest.raises(GatewayError) as caught:
-        bad_token()
-    assert caught.value.status == 401, caught.value
-    assert "token" in str(caught.value).lower()
+try:
+    bad_token()
+except GatewayError as err:
+    print("STATUS", err.status, err)
+""")
+    line = next((l for l in result.stdout.splitlines() if l.startswith("STATUS ")), None)
+    assert line is not None, result.stdout[-3000:] + result.stderr[-3000:]
+    assert line.startswith("STATUS 401") and "token" in line.lower(), line

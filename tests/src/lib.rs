@@ -160,12 +160,23 @@ impl Stack {
 
     /// Starts `rh-node run` in cluster `cluster` and waits until it has registered.
     pub async fn start_node(&self, name: &str, cluster: &str, max_concurrent: u32) -> anyhow::Result<Process> {
+        self.start_node_with(name, cluster, max_concurrent, &self.url).await
+    }
+
+    /// `start_node` with the node's `--gateway` (one URL, or replicas' separated by commas).
+    pub async fn start_node_with(
+        &self,
+        name: &str,
+        cluster: &str,
+        max_concurrent: u32,
+        gateways: &str,
+    ) -> anyhow::Result<Process> {
         let binding = NodeBinding { cluster: cluster.into(), name: name.into() };
         let jti = uuid::Uuid::new_v4().to_string();
         let (token, _) = self.keys.mint_node("default", &binding, Duration::from_secs(3600), &jti)?;
         let log = std::fs::File::create(self.work.join(format!("node-{name}.log")))?;
         let child = Command::new(bin_dir().join("rh-node"))
-            .args(["run", "--gateway", &self.url, "--cluster", cluster, "--name", name])
+            .args(["run", "--gateway", gateways, "--cluster", cluster, "--name", name])
             .args(["--max-concurrent", &max_concurrent.to_string()])
             .arg("--work-dir")
             .arg(self.work.join(format!("node-{name}")))

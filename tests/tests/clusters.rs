@@ -335,3 +335,43 @@ async fn three_replicas_bring_up_a_local_cluster_of_two_with_exactly_two_nodes_a
     assert!(pids.iter().all(|pid| !process_gone(*pid)), "both node processes live: {cluster}");
     assert_eq!(cluster["nodes"].as_array().unwrap().len(), 2, "{cluster}");
 }
+
+#[tokio::test]
+async fn a_node_whose_first_gateway_replica_dies_keeps_working_through_the_second() {
+    let stack = Stack::start().await.unwrap();
+    let (first, first_url) = replica(&stack).await;
+    // The node knows both replicas and talks to `first` until it fails.
+    let _node = stack.start_node_with("n1", "local", 2, &format!("{first_url},{}", stack.url)).await.unwrap();
+    let run = |label: &'static str| {
+        let stack = &stack;
+        async move {
+            let (status, dispatch) = stack
+                .post(
+                    "/v1/dispatches",
+                    &json!({"function": "json:dumps", "args": [label], "cluster": "local", "labels": {"step": label}}),
+                )
+                .await;
+            assert!(status.is_success(), "{dispatch}");
+            result_of(stack, dispatch["id"].as_str().unwrap()).await
+        }
+    };
+    assert_eq!(run("before").await["state"], "succeeded");
+    drop(first);
+    // Reports, log batches and heartbeats now reach the surviving replica.
+    let done = run("after").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], json!("\"after\""));
+    let heartbeats = |_: ()| async {
+        let (_, nodes) = stack.get("/v1/nodes").await;
+        nodes["items"][0]["last_heartbeat_at"].as_str().map(str::to_owned)
+    };
+    let seen = heartbeats(()).await;
+    stack
+        .wait_until(Duration::from_secs(30), "a heartbeat through the surviving replica", || async {
+            heartbeats(()).await != seen
+        })
+        .await
+        .unwrap();
+    let (_, nodes) = stack.get("/v1/nodes").await;
+    assert_eq!(nodes["items"][0]["state"], "ready", "{nodes}");
+}

@@ -40,10 +40,45 @@ def reverse(seconds):
     return run_remote.with_options(retries=2)(jobs.sleepy, seconds, cluster="local")
 
 
-SHAPES = {"plain": plain, "submit": submitted, "async": in_async, "retry": retried, "reverse": reverse}
+@flow(name="rh-served", on_cancellation=[cancel_flow_run_dispatches])
+def served(seconds):
+    """Run by `flow.serve()`'s runner in a process of its own."""
+    return run_remote(jobs.sleepy, seconds, cluster="local")
+
+
+@flow(name="rh-worker", on_cancellation=[cancel_flow_run_dispatches])
+def by_worker(seconds):
+    """Run by a process worker from a deployment."""
+    return run_remote(jobs.sleepy, seconds, cluster="local")
+
+
+@flow(name="rh-reattach")
+def reattach(path):
+    """Waits on a remote call the test releases; its process is killed and the run re-run meanwhile."""
+    return run_remote(jobs.wait_for, path, cluster="local")
+
+
+def serve(_):
+    from prefect import serve as serve_all
+
+    serve_all(served.to_deployment(name="rh-served"), reattach.to_deployment(name="rh-reattach"),
+              print_starting_message=False)
+
+
+def deploy(pool):
+    from pathlib import Path
+
+    by_worker.from_source(source=str(Path(__file__).parent), entrypoint="flows.py:by_worker").deploy(
+        name="rh-worker", work_pool_name=pool, print_next_steps=False)
+    return "deployed"
+
+
+SHAPES = {"plain": plain, "submit": submitted, "async": in_async, "retry": retried, "reverse": reverse,
+          "serve": serve, "deploy": deploy}
 
 if __name__ == "__main__":
     shape, arg = sys.argv[1], json.loads(sys.argv[2])
     fn = SHAPES[shape]
-    result = asyncio.run(fn(arg)) if asyncio.iscoroutinefunction(fn.fn) else fn(arg)
+    is_async = asyncio.iscoroutinefunction(getattr(fn, "fn", fn))
+    result = asyncio.run(fn(arg)) if is_async else fn(arg)
     print("RESULT " + json.dumps(result), flush=True)

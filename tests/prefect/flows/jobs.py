@@ -22,3 +22,18 @@ def fail_on_first_call(marker):
 def greet(name):
     print(f"hello {name} from the node", flush=True)
     return {"greeting": f"hello {name}"}
+
+
+def wait_for(path, limit=300):
+    """Runs until ``path`` exists (the test creates it when it is ready to let the call finish)."""
+    print(f"pid {os.getpid()}", flush=True)
+    deadline = time.time() + limit
+    while not os.path.exists(path):
+        if time.time() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.05)
+    return "released"
+
+
+def noop():
+    return None

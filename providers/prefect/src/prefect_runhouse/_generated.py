@@ -52,7 +52,7 @@ def run_remote(
         requirements: pip requirements; the node runs the call in a cached environment per set. Only for a
             callable: a registered function brings its own.
         labels: Free key/value labels, such as an orchestrator's dag, run and task ids. The Prefect ones
-            (flow_name, flow_run_id, task_run_id, task_name, task_key, attempt) are always added.
+            (flow_name, flow_run_id, task_run_id, task_name, task_key, task_index, attempt) are always added.
         timeout: Ends the call as `timed_out` after this many seconds of running (1 to 2592000, 30 days).
         poll_interval: The longest single long-poll of the gateway: an ended dispatch is seen at once either
             way. Between polls the task checks whether its flow run is being cancelled, so this bounds that
@@ -135,7 +135,7 @@ def trigger_dispatch(
         requirements: pip requirements; the node runs the call in a cached environment per set. Only for a
             callable: a registered function brings its own.
         labels: Free key/value labels, such as an orchestrator's dag, run and task ids. The Prefect ones
-            (flow_name, flow_run_id, task_run_id, task_name, task_key, attempt) are always added.
+            (flow_name, flow_run_id, task_run_id, task_name, task_key, task_index, attempt) are always added.
         timeout: Ends the call as `timed_out` after this many seconds of running (1 to 2592000, 30 days).
         credentials: Where the gateway is (a `RunhouseCredentials` block). Default: `RH_GATEWAY_URL`, `RH_TOKEN`
             and `RH_CLUSTER` from the environment.

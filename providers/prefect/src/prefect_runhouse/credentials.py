@@ -7,6 +7,7 @@ here; this package has no HTTP code.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Optional
 
 from prefect.blocks.core import Block
@@ -45,5 +46,15 @@ class RunhouseCredentials(Block):
                    default_cluster=os.environ.get("RH_CLUSTER") or None)
 
     def get_client(self) -> Gateway:
-        """The SDK client. It never cancels on Ctrl-C by itself: the tasks own cancellation."""
-        return Gateway(self.url.rstrip("/"), self.token.get_secret_value(), cancel_on_interrupt=False)
+        """The SDK client (one per gateway and token in a process, so tasks reuse its connections).
+        It never cancels on Ctrl-C by itself: the tasks own cancellation."""
+        key = (self.url.rstrip("/"), self.token.get_secret_value())
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                client = _CLIENTS[key] = Gateway(key[0], key[1], cancel_on_interrupt=False)
+        return client
+
+
+_CLIENTS: dict[tuple[str, str], Gateway] = {}
+_CLIENTS_LOCK = threading.Lock()

@@ -88,7 +88,24 @@ def prefect_labels() -> dict[str, str]:
         labels["attempt"] = str(max(run.run_count, 1))
         if run.flow_run_id is not None:
             labels.setdefault("flow_run_id", str(run.flow_run_id))
+        labels["task_index"] = str(_task_index(labels.get("flow_run_id", ""), run.task_key, str(run.id)))
     return labels
+
+
+_TASK_INDEXES: dict[tuple[str, str], dict[str, int]] = {}
+_TASK_INDEXES_LOCK = threading.Lock()
+
+
+def _task_index(flow_run_id: str, task_key: str, task_run_id: str) -> int:
+    """Which run of this task within the flow run this is (0, 1, ...), in the order they start.
+
+    Prefect's task run ids and dynamic keys are new on every execution of a flow run, so a re-run
+    (after its process was killed) is matched to its earlier dispatches by (flow run, task key,
+    this index). A retry keeps its task run id, and so its index.
+    """
+    with _TASK_INDEXES_LOCK:
+        runs = _TASK_INDEXES.setdefault((flow_run_id, task_key), {})
+        return runs.setdefault(task_run_id, len(runs))
 
 
 def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
@@ -129,13 +146,24 @@ def _submit(call: RemoteCall, gw: Gateway, creds: RunhouseCredentials) -> Dispat
 
 
 def _previous_attempt(gw: Gateway, labels: dict[str, str]) -> Optional[Dispatch]:
-    """A retried task run's earlier dispatch that still runs or already succeeded."""
-    if labels.get("attempt", "1") == "1" or "task_run_id" not in labels:
+    """This task's earlier dispatch in the same flow run that still runs or already succeeded.
+
+    A task is the same across its retries and across a re-run of its flow run (after the process
+    running it was killed, say) by (flow run, task key, task index); the task run id changes
+    with a flow-run re-run, so it is not the key. Tasks started concurrently (`.submit()`, `.map()`)
+    are indexed in the order they start, which a re-run may not repeat.
+    """
+    if not {"flow_run_id", "task_key", "task_index"} <= labels.keys():
         return None
-    for handle in gw.dispatches(labels={"task_run_id": labels["task_run_id"]}, limit=20):
+    flow_ctx = FlowRunContext.get()
+    rerun = flow_ctx is not None and flow_ctx.flow_run is not None and flow_ctx.flow_run.run_count > 1
+    if labels.get("attempt") == "1" and not rerun:
+        return None  # the first attempt in the first execution of the flow run: nothing to find
+    same_task = {k: labels[k] for k in ("flow_run_id", "task_key", "task_index")}
+    for handle in gw.dispatches(labels=same_task, limit=20):
         state = handle.data["state"]
         if state in ACTIVE_STATES or state == "succeeded":
-            get_run_logger().info("Re-attaching to dispatch %s from attempt %s (%s)", handle.id,
+            get_run_logger().info("Re-attaching to dispatch %s from attempt %s of this task (%s)", handle.id,
                                   handle.data["labels"].get("attempt"), state)
             return handle
     return None
