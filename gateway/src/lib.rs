@@ -17,6 +17,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node_client;
 pub mod notify;
+pub mod schedule;
 pub mod startup;
 pub mod telemetry;
 
