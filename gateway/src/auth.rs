@@ -136,6 +136,17 @@ impl Caller {
         self.scopes.contains(scope.as_str()) || (scope != Scope::Node && self.scopes.contains(Scope::Admin.as_str()))
     }
 
+    /// The gateway acting for `project` as `sub` (a schedule firing), with `scopes`.
+    pub fn acting_for(project: &str, sub: String, scopes: &[Scope]) -> Caller {
+        Caller {
+            sub,
+            project: project.to_owned(),
+            jti: String::new(),
+            scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            node: None,
+        }
+    }
+
     /// The node this caller is, if it holds a node credential.
     pub fn node(&self) -> Option<&NodeBinding> {
         self.node.as_ref().filter(|_| self.scopes.contains(Scope::Node.as_str()))

@@ -35,6 +35,10 @@ pub enum Error {
     #[error("a cluster named `{name}` is already live; delete it first or pick another name")]
     ClusterExists { name: String },
 
+    /// The project already has a schedule by this name (409).
+    #[error("a schedule named `{name}` already exists; change it with PATCH, delete it first, or pick another name")]
+    ScheduleExists { name: String },
+
     /// The route takes a node credential and the token is not one (403).
     #[error(
         "this route takes a node credential (a `node` token issued to one node); \

@@ -48,6 +48,7 @@ impl Application {
         let app = App {
             provisioner: Arc::new(Notify::new()),
             orphan_sweep: Arc::new(Notify::new()),
+            scheduler: Arc::new(Notify::new()),
             providers,
             publisher,
             db,
@@ -71,15 +72,27 @@ impl Application {
                 hints,
                 shutdown.clone(),
             )),
-            spawn_step("placement", 1, app.placement.clone(), &app, &shutdown, &statuses, |app| async move {
-                app.placement_step().await
-            }),
-            spawn_step("node_reaper", 2, Arc::new(Notify::new()), &app, &shutdown, &statuses, |app| async move {
-                app.node_reaper_step().await
-            }),
+            spawn_step(
+                "placement",
+                Duration::from_secs(1),
+                app.placement.clone(),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.placement_step().await },
+            ),
+            spawn_step(
+                "node_reaper",
+                Duration::from_secs(2),
+                Arc::new(Notify::new()),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.node_reaper_step().await },
+            ),
             spawn_step(
                 "provisioner",
-                settings.compute.reconcile_interval_s.max(1).into(),
+                Duration::from_secs(settings.compute.reconcile_interval_s.max(1).into()),
                 app.provisioner.clone(),
                 &app,
                 &shutdown,
@@ -88,16 +101,32 @@ impl Application {
             ),
             spawn_step(
                 "orphan_sweep",
-                settings.compute.orphan_sweep_interval_s.max(1).into(),
+                Duration::from_secs(settings.compute.orphan_sweep_interval_s.max(1).into()),
                 app.orphan_sweep.clone(),
                 &app,
                 &shutdown,
                 &statuses,
                 |app| async move { app.orphan_sweep_step().await },
             ),
-            spawn_step("cancel_repair", 2, Arc::new(Notify::new()), &app, &shutdown, &statuses, |app| async move {
-                app.cancel_repair_step().await
-            }),
+            // Four times a second: a fire is at most a quarter second late.
+            spawn_step(
+                "schedule_firer",
+                Duration::from_millis(250),
+                app.scheduler.clone(),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.schedule_fire_step().await },
+            ),
+            spawn_step(
+                "cancel_repair",
+                Duration::from_secs(2),
+                Arc::new(Notify::new()),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.cancel_repair_step().await },
+            ),
         ];
         let state = AppState::new(Shared {
             app: app.clone(),
@@ -148,10 +177,10 @@ impl Application {
     }
 }
 
-/// Runs `step(app)` as a background task every `period_s` and when `activator` fires.
+/// Runs `step(app)` as a background task every `period` and when `activator` fires.
 fn spawn_step<F, Fut>(
     name: &'static str,
-    period_s: u64,
+    period: Duration,
     activator: Arc<Notify>,
     app: &App,
     shutdown: &CancellationToken,
@@ -163,9 +192,7 @@ where
     Fut: std::future::Future<Output = crate::Result<serde_json::Value>> + Send,
 {
     let app = app.clone();
-    background::spawn(name, Duration::from_secs(period_s), activator, shutdown.clone(), statuses.clone(), move || {
-        step(app.clone())
-    })
+    background::spawn(name, period, activator, shutdown.clone(), statuses.clone(), move || step(app.clone()))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

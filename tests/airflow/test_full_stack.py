@@ -123,7 +123,7 @@ def services(airflow: Any) -> Iterator[AirflowServices]:
             try:
                 health = running.api("GET", "/monitor/health")
                 if all(health.get(c, {}).get("status") == "healthy" for c in ("scheduler", "triggerer", "dag_processor")):
-                    for dag_id in ("rh_reattach", "rh_deferred"):
+                    for dag_id in ("rh_reattach", "rh_deferred", "rh_sense_cancel"):
                         # `airflow dags test` earlier in the session may have registered them paused.
                         running.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
                     break

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod error;
 pub mod log;
 pub mod node;
+pub mod schedule;
 
 pub use bundle::*;
 pub use cluster::*;
@@ -17,3 +18,4 @@ pub use dispatch::*;
 pub use error::ErrorBody;
 pub use log::*;
 pub use node::*;
+pub use schedule::*;

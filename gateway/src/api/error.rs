@@ -89,6 +89,7 @@ impl From<Error> for ApiError {
                     .with_field("idempotency_key")
             }
             Error::ClusterExists { .. } => ApiError::new(StatusCode::CONFLICT, "cluster_exists", err.to_string()),
+            Error::ScheduleExists { .. } => ApiError::new(StatusCode::CONFLICT, "schedule_exists", err.to_string()),
             Error::JoinRefused => ApiError::new(StatusCode::UNAUTHORIZED, "join_refused", err.to_string()),
             Error::MissingNodeCredential => {
                 ApiError::new(StatusCode::FORBIDDEN, "node_credential_required", err.to_string())

@@ -28,6 +28,7 @@ pub mod extract;
 pub mod health;
 pub mod logs;
 pub mod nodes;
+pub mod schedules;
 mod views;
 
 /// What every handler can reach. Cheap to clone: every request gets a copy.
@@ -73,6 +74,7 @@ impl std::ops::Deref for AppState {
         (name = "bundles", description = "Content-addressed code bundles."),
         (name = "functions", description = "Named functions: an entrypoint, bundle, requirements and default cluster."),
         (name = "clusters", description = "Compute the gateway provisions: local processes, existing hosts, EC2, Compute Engine."),
+        (name = "schedules", description = "Cron schedules that create dispatches, exactly once per instant across replicas."),
         (name = "nodes", description = "Routes node daemons and new machines call."),
         (name = "health", description = "Liveness, readiness and metrics; no token needed.")
     )
@@ -120,6 +122,9 @@ fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(clusters::cluster_join_token))
         .routes(routes!(clusters::node_join))
         .routes(routes!(clusters::node_binary))
+        .routes(routes!(schedules::schedule_create, schedules::schedule_list))
+        .routes(routes!(schedules::schedule_get, schedules::schedule_update, schedules::schedule_delete))
+        .routes(routes!(schedules::schedule_runs))
         .routes(routes!(nodes::node_register, nodes::node_list))
         .routes(routes!(nodes::node_heartbeat))
         .routes(routes!(health::background_tasks))

@@ -163,6 +163,12 @@ impl App {
         Ok((existing, Created::Existing))
     }
 
+    /// Checks that `req` would make a dispatch for `caller` (a schedule's template), without recording one.
+    pub(crate) async fn dispatch_validate(&self, caller: &Caller, req: &wire::CreateDispatch) -> Result<()> {
+        let target = self.dispatch_target(caller, req).await?;
+        validate_create(req, &target)
+    }
+
     /// One dispatch of the caller's project.
     pub async fn dispatch_get(&self, caller: &Caller, id: Uuid) -> Result<DispatchRow> {
         self.db.dispatch_get(Some(&caller.project), id).await?.ok_or_else(|| not_found(id))

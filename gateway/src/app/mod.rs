@@ -23,6 +23,7 @@ pub mod logs;
 pub mod node;
 pub mod placement;
 pub mod provision;
+pub mod schedule;
 
 /// The application: the data store, notification hubs, the node client and settings.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct App {
     pub provisioner: Arc<Notify>,
     /// Signals the orphan sweep.
     pub orphan_sweep: Arc<Notify>,
+    /// Signals the schedule firer (a schedule was created or changed).
+    pub scheduler: Arc<Notify>,
     /// The configured compute providers.
     pub providers: Providers,
     /// (project, sha) pairs known to be held (see [`App::bundle_held`]).

@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod hot;
 pub mod log;
 pub mod node;
+pub mod schedule;
 pub mod token;
 
 pub use bundle::{BundleRow, FunctionRow};

@@ -284,6 +284,12 @@ mod tests {
             ("0 0 31 2 *", "UTC", "cron", "never fires"),
             ("@sometimes", "UTC", "cron", "@sometimes"),
             ("0 * * * *", "Mars/Olympus", "timezone", "Mars/Olympus"),
+            ("*/0 * * * *", "UTC", "cron", "*/0"),
+            ("59-0 * * * *", "UTC", "cron", "59-0"),
+            ("0 0 0 0 0", "UTC", "cron", "0 0 0 0 0"),
+            ("* * * * * * *", "UTC", "cron", "7 fields"),
+            ("0 0 1/99999999999 * *", "UTC", "cron", "99999999999"),
+            ("", "UTC", "cron", "0 fields"),
         ];
         for (expr, tz, field, needle) in cases {
             let err = CronSpec::parse(expr, tz).unwrap_err();
