@@ -52,10 +52,66 @@ enum Command {
     },
     /// Package a function's project and register it under a name: `rh deploy path/to/file.py:func --name N --cluster C`.
     Deploy(DeployArgs),
+    /// Cron schedules: `rh schedule create|ls|show|pause|resume|rm`.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// Create one: `rh schedule create NAME --cron '0 2 * * *' module:qualname --arg 0.01 --cluster train`.
+    Create(Box<ScheduleCreateArgs>),
+    /// List the project's schedules.
+    Ls,
+    /// Show one, with its next fire times.
+    Show { name: String },
+    /// Stop firing until resumed.
+    Pause { name: String },
+    /// Fire again, from the next instant on.
+    Resume { name: String },
+    /// Delete one (its dispatches stay).
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+struct ScheduleCreateArgs {
+    name: String,
+    /// POSIX cron (5 fields, or 6 with seconds first) or @hourly/@daily/...
+    #[arg(long)]
+    cron: String,
+    /// The IANA zone the expression is read in.
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+    /// allow, skip, cancel_previous or queue: what a fire does while the previous run goes on.
+    #[arg(long, default_value = "allow")]
+    overlap: String,
+    /// none, latest or all: which fires missed while no gateway ran are made up.
+    #[arg(long, default_value = "latest")]
+    catchup: String,
+    #[arg(long, default_value_t = 10)]
+    max_catchup: u32,
+    /// Create it paused.
+    #[arg(long)]
+    paused: bool,
+    #[command(flatten)]
+    dispatch: TemplateArgs,
 }
 
 #[derive(Debug, Args)]
 struct DispatchArgs {
+    #[command(flatten)]
+    template: TemplateArgs,
+    /// Wait for the result, streaming the output.
+    #[arg(long)]
+    wait: bool,
+    /// On Ctrl-C while waiting, cancel the remote run without asking.
+    #[arg(long)]
+    cancel_on_interrupt: bool,
+}
+
+/// What to run: the part of a dispatch a schedule repeats.
+#[derive(Debug, Args)]
+struct TemplateArgs {
     /// `module:qualname`, or a deployed function's name.
     target: String,
     /// A positional argument as JSON (repeat; plain words are strings).
@@ -75,12 +131,6 @@ struct DispatchArgs {
     /// Seconds before the call is stopped as timed out.
     #[arg(long)]
     timeout: Option<u32>,
-    /// Wait for the result, streaming the output.
-    #[arg(long)]
-    wait: bool,
-    /// On Ctrl-C while waiting, cancel the remote run without asking.
-    #[arg(long)]
-    cancel_on_interrupt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +224,7 @@ impl Cli {
                 Ok(())
             }
             Command::Deploy(args) => deploy(&client, args, json).await,
+            Command::Schedule(command) => schedule(&client, command, json).await,
         }
     }
 }
@@ -182,7 +233,8 @@ fn parse_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-async fn dispatch(client: &Client, args: DispatchArgs, json: bool) -> Result<(), Failure> {
+/// The create request `args` describe.
+fn template(args: &TemplateArgs) -> Result<CreateDispatch, Failure> {
     let mut kwargs = serde_json::Map::new();
     for pair in &args.kwargs {
         let (name, value) =
@@ -197,18 +249,22 @@ async fn dispatch(client: &Client, args: DispatchArgs, json: bool) -> Result<(),
     }
     let (function, function_name) =
         if args.target.contains(':') { (Some(args.target.clone()), None) } else { (None, Some(args.target.clone())) };
-    let request = CreateDispatch {
+    Ok(CreateDispatch {
         function,
         function_name,
-        bundle: args.bundle,
+        bundle: args.bundle.clone(),
         requirements: vec![],
         args: args.args.iter().map(|a| parse_value(a)).collect(),
         kwargs,
-        cluster: args.cluster,
+        cluster: args.cluster.clone(),
         idempotency_key: None,
         labels,
         timeout_s: args.timeout,
-    };
+    })
+}
+
+async fn dispatch(client: &Client, args: DispatchArgs, json: bool) -> Result<(), Failure> {
+    let request = template(&args.template)?;
     let dispatch = client.dispatch_create(request).await?;
     if !args.wait {
         print_dispatches(&[dispatch], json, true);
@@ -323,6 +379,52 @@ async fn logs(client: &Client, id: DispatchId, follow: bool, json: bool) -> Resu
                 eprint!("{}", entry.text);
             }
         }
+    }
+    Ok(())
+}
+
+async fn schedule(client: &Client, command: ScheduleCommand, json: bool) -> Result<(), Failure> {
+    let change = |paused| wire::UpdateSchedule { paused: Some(paused), ..wire::UpdateSchedule::default() };
+    let shown = match command {
+        ScheduleCommand::Create(args) => {
+            fn choice<T: serde::de::DeserializeOwned>(flag: &str, value: &str) -> Result<T, Failure> {
+                serde_json::from_value(Value::String(value.to_owned()))
+                    .map_err(|_| Failure::Usage(format!("--{flag} cannot be `{value}`")))
+            }
+            let request = wire::CreateSchedule {
+                name: args.name.clone(),
+                cron: args.cron.clone(),
+                timezone: args.timezone.clone(),
+                dispatch: template(&args.dispatch)?,
+                overlap: choice("overlap", &args.overlap)?,
+                catchup: choice("catchup", &args.catchup)?,
+                max_catchup: args.max_catchup,
+                paused: args.paused,
+                start_at: None,
+                end_at: None,
+            };
+            vec![client.schedule_create(&request).await?]
+        }
+        ScheduleCommand::Ls => client.schedule_list().await?.items,
+        ScheduleCommand::Show { name } => vec![client.schedule_get(&name).await?],
+        ScheduleCommand::Pause { name } => vec![client.schedule_update(&name, &change(true)).await?],
+        ScheduleCommand::Resume { name } => vec![client.schedule_update(&name, &change(false)).await?],
+        ScheduleCommand::Rm { name } => {
+            client.schedule_delete(&name).await?;
+            if !json {
+                println!("deleted schedule {name}");
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown).expect("schedules serialize"));
+        return Ok(());
+    }
+    for schedule in &shown {
+        let next = schedule.next_fire_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
+        let state = if schedule.paused { "paused" } else { "active" };
+        println!("{}\t{}\t{}\t{state}\tnext {next}", schedule.name, schedule.cron, schedule.timezone);
     }
     Ok(())
 }

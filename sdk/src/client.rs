@@ -155,24 +155,7 @@ impl Client {
 
     /// A page of dispatches.
     pub async fn dispatch_list(&self, query: &ListDispatches) -> Result<DispatchPage, Error> {
-        let mut pairs: Vec<(&str, String)> = Vec::new();
-        pairs.extend(query.state.iter().map(|s| ("state", s.clone())));
-        pairs.extend(query.label.iter().map(|l| ("label", l.clone())));
-        if let Some(cluster) = &query.cluster {
-            pairs.push(("cluster", cluster.clone()));
-        }
-        if let Some(after) = query.created_after {
-            pairs.push(("created_after", after.to_rfc3339()));
-        }
-        if let Some(before) = query.created_before {
-            pairs.push(("created_before", before.to_rfc3339()));
-        }
-        if let Some(limit) = query.limit {
-            pairs.push(("limit", limit.to_string()));
-        }
-        if let Some(cursor) = &query.cursor {
-            pairs.push(("cursor", cursor.clone()));
-        }
+        let pairs = list_pairs(query);
         self.send(|| self.request(Method::GET, "/v1/dispatches").query(&pairs)).await
     }
 
@@ -302,6 +285,61 @@ impl Client {
     pub async fn node_list(&self) -> Result<NodeList, Error> {
         self.send(|| self.request(Method::GET, "/v1/nodes")).await
     }
+
+    /// Creates a schedule.
+    pub async fn schedule_create(&self, request: &wire::CreateSchedule) -> Result<wire::Schedule, Error> {
+        self.send(|| self.request(Method::POST, "/v1/schedules").json(request)).await
+    }
+
+    /// The project's schedules.
+    pub async fn schedule_list(&self) -> Result<wire::ScheduleList, Error> {
+        self.send(|| self.request(Method::GET, "/v1/schedules")).await
+    }
+
+    /// One schedule and its next fire times.
+    pub async fn schedule_get(&self, name: &str) -> Result<wire::Schedule, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/schedules/{name}"))).await
+    }
+
+    /// Changes a schedule (pause, resume, edit).
+    pub async fn schedule_update(&self, name: &str, change: &wire::UpdateSchedule) -> Result<wire::Schedule, Error> {
+        self.send(|| self.request(Method::PATCH, &format!("/v1/schedules/{name}")).json(change)).await
+    }
+
+    /// Deletes a schedule (its dispatches stay).
+    pub async fn schedule_delete(&self, name: &str) -> Result<(), Error> {
+        self.send_raw(|| self.request(Method::DELETE, &format!("/v1/schedules/{name}"))).await?;
+        Ok(())
+    }
+
+    /// A page of a schedule's dispatches, newest first.
+    pub async fn schedule_runs(&self, name: &str, query: &ListDispatches) -> Result<DispatchPage, Error> {
+        let pairs = list_pairs(query);
+        self.send(|| self.request(Method::GET, &format!("/v1/schedules/{name}/runs")).query(&pairs)).await
+    }
+}
+
+/// The query string of a dispatch listing.
+fn list_pairs(query: &ListDispatches) -> Vec<(&'static str, String)> {
+    let mut pairs: Vec<(&'static str, String)> = Vec::new();
+    pairs.extend(query.state.iter().map(|s| ("state", s.clone())));
+    pairs.extend(query.label.iter().map(|l| ("label", l.clone())));
+    if let Some(cluster) = &query.cluster {
+        pairs.push(("cluster", cluster.clone()));
+    }
+    if let Some(after) = query.created_after {
+        pairs.push(("created_after", after.to_rfc3339()));
+    }
+    if let Some(before) = query.created_before {
+        pairs.push(("created_before", before.to_rfc3339()));
+    }
+    if let Some(limit) = query.limit {
+        pairs.push(("limit", limit.to_string()));
+    }
+    if let Some(cursor) = &query.cursor {
+        pairs.push(("cursor", cursor.clone()));
+    }
+    pairs
 }
 
 /// What following a dispatch's output yields.

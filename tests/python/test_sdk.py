@@ -212,3 +212,27 @@ def test_reattaching_and_listing(gw):
     assert again.result(timeout=30) == 11
     assert [d.id for d in gw.dispatches(labels={"suite": "reattach"})] == [handle.id]
     assert [e["to_state"] for e in again.events()][-1] == "succeeded"
+
+
+def test_a_schedule_runs_a_function_every_second_and_can_be_paused_and_deleted(gw):
+    add = gw.function(jobs.add).to("local")
+    schedule = gw.schedule("sdk-every-second", "* * * * * *", add, 20, 22, overlap="skip")
+    assert len(schedule.data["upcoming"]) == 5
+    assert schedule.data["dispatch"]["args"] == [20, 22]
+    assert [s.name for s in gw.schedules()] == ["sdk-every-second"]
+    deadline = time.monotonic() + 30
+    while not schedule.runs(state="succeeded"):
+        assert time.monotonic() < deadline, "no run succeeded"
+        time.sleep(0.1)
+    run = schedule.runs(state="succeeded")[0]
+    assert run.result() == 42
+    assert run.data["labels"]["schedule"] == "sdk-every-second" and "scheduled_for" in run.data["labels"]
+    assert schedule.pause().data["paused"] is True and schedule.data["upcoming"] == []
+    assert schedule.resume().data["next_fire_at"] is not None
+    schedule.delete()
+    with pytest.raises(GatewayError) as caught:
+        schedule.refresh()
+    assert caught.value.status == 404
+    with pytest.raises(GatewayError) as caught:
+        gw.schedule("sdk-bad", "not cron", add)
+    assert caught.value.status == 422 and "cron" in caught.value.message

@@ -159,6 +159,33 @@ impl Stack {
     }
 
     /// Starts `rh-node run` in cluster `cluster` and waits until it has registered.
+    /// Starts one more `rh-gateway serve` replica of this stack's database on
+    /// a free port, with the default local work folder (keyed by the
+    /// installation); returns it and its URL once it is ready.
+    pub async fn replica(&self) -> anyhow::Result<(Process, String)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(self.work.join(format!("replica-{port}.log")))?;
+        let child = Command::new(bin_dir().join("rh-gateway"))
+            .arg("serve")
+            .env("RH_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &self.database_url)
+            .env("RH_GATEWAY_AUTH__HS256_SECRET", SECRET)
+            .env("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")
+            .env_remove("RH_GATEWAY_COMPUTE__LOCAL_WORK_DIR")
+            .env_remove("RH_GATEWAY_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start a gateway replica")?;
+        let process = Process(child);
+        let url = format!("http://127.0.0.1:{port}");
+        self.wait_until(Duration::from_secs(30), "the replica to be ready", || async {
+            self.client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await?;
+        Ok((process, url))
+    }
+
     pub async fn start_node(&self, name: &str, cluster: &str, max_concurrent: u32) -> anyhow::Result<Process> {
         self.start_node_with(name, cluster, max_concurrent, &self.url).await
     }

@@ -157,3 +157,54 @@ async fn a_wrong_token_gets_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unauthenticated") && stderr.contains("malformed"), "{stderr}");
 }
+
+#[tokio::test]
+async fn schedules_are_created_listed_paused_resumed_and_removed_from_the_cli() {
+    let stack = Stack::start().await.unwrap();
+    let created = json(&rh(
+        &stack,
+        &[
+            "schedule",
+            "create",
+            "nightly",
+            "--cron",
+            "30 2 * * *",
+            "--timezone",
+            "Europe/Berlin",
+            "--overlap",
+            "skip",
+            "pipeline.train:fit",
+            "--arg",
+            "0.01",
+            "--cluster",
+            "train",
+            "--json",
+        ],
+    ));
+    assert_eq!(created[0]["name"], "nightly");
+    assert_eq!(created[0]["overlap"], "skip");
+    assert_eq!(created[0]["dispatch"]["args"], serde_json::json!([0.01]));
+    assert_eq!(created[0]["upcoming"].as_array().unwrap().len(), 5);
+
+    let listed = rh(&stack, &["schedule", "ls"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.starts_with("nightly\t30 2 * * *\tEurope/Berlin\tactive\tnext 20"), "{text}");
+
+    let paused = json(&rh(&stack, &["schedule", "pause", "nightly", "--json"]));
+    assert_eq!(paused[0]["paused"], true);
+    let resumed = json(&rh(&stack, &["schedule", "resume", "nightly", "--json"]));
+    assert_eq!(resumed[0]["paused"], false);
+    assert!(resumed[0]["next_fire_at"].is_string());
+
+    let bad = rh(&stack, &["schedule", "create", "x", "--cron", "*/5 * * *", "m:f", "--cluster", "c"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("4 fields"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = rh(&stack, &["schedule", "create", "x", "--cron", "@daily", "--overlap", "sometimes", "m:f"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad choice is a usage error");
+
+    let removed = rh(&stack, &["schedule", "rm", "nightly"]);
+    assert!(removed.status.success());
+    let gone = rh(&stack, &["schedule", "show", "nightly"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));
+}

@@ -246,31 +246,8 @@ async fn a_local_node_that_dies_is_replaced_under_its_name() {
     assert_eq!(cluster["nodes"][0]["name"], "solo-1");
 }
 
-/// Starts one more `rh-gateway serve` replica of `stack`'s database on a free
-/// port, with the default local work folder (keyed by the installation).
 async fn replica(stack: &Stack) -> (Process, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(stack.work.join(format!("replica-{port}.log"))).unwrap();
-    let child = std::process::Command::new(bin_dir().join("rh-gateway"))
-        .arg("serve")
-        .env("RH_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &stack.database_url)
-        .env("RH_GATEWAY_AUTH__HS256_SECRET", e2e::SECRET)
-        .env("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")
-        .env_remove("RH_GATEWAY_COMPUTE__LOCAL_WORK_DIR")
-        .env_remove("RH_GATEWAY_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    stack
-        .wait_until(Duration::from_secs(30), "the replica to be ready", || async {
-            stack.client.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await
-        .unwrap();
-    (Process(child), url)
+    stack.replica().await.unwrap()
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@ __all__ = [
     "RemoteLogWriter",
     "Gateway",
     "RemoteFunction",
+    "Schedule",
     "Dispatch",
     "GatewayError",
     "RemoteError",
@@ -334,6 +335,53 @@ class _FunctionSpec:
         return RemoteFunction(self._gateway, spec, cluster)
 
 
+class Schedule:
+    """A cron schedule on the gateway: it creates a dispatch at every instant its expression names."""
+
+    def __init__(self, gateway: "Gateway", data: Dict[str, Any]) -> None:
+        self._gateway = gateway
+        self._data = data
+        self.name: str = data["name"]
+
+    def __repr__(self) -> str:
+        state = "paused" if self._data["paused"] else f"next {self._data.get('next_fire_at')}"
+        return f"<Schedule {self.name} {self._data['cron']!r} {state}>"
+
+    @property
+    def data(self) -> Dict[str, Any]:
+        """The schedule as last read: cron, timezone, dispatch template, policies, ``upcoming`` fire times."""
+        return self._data
+
+    def refresh(self) -> "Schedule":
+        self._data = _call(self._gateway._native.schedule_get, self.name)
+        return self
+
+    def update(self, **changes: Any) -> "Schedule":
+        """Changes fields (``cron``, ``timezone``, ``overlap``, ``catchup``, ``paused``...)."""
+        self._data = _call(self._gateway._native.schedule_update, self.name, json.dumps(changes, default=str))
+        return self
+
+    def pause(self) -> "Schedule":
+        return self.update(paused=True)
+
+    def resume(self) -> "Schedule":
+        """Fires again, from the next instant after now."""
+        return self.update(paused=False)
+
+    def runs(self, state: Optional[Union[str, List[str]]] = None, limit: int = 50) -> List[Dispatch]:
+        """Its dispatches, newest first."""
+        states = [state] if isinstance(state, str) else list(state or [])
+        page = _call(self._gateway._native.schedule_runs, self.name, json.dumps({"state": states, "limit": limit}))
+        return [Dispatch(self._gateway, d) for d in page["items"]]
+
+    def delete(self) -> None:
+        """Deletes it; the dispatches it made stay."""
+        try:
+            self._gateway._native.schedule_delete(self.name)
+        except _NativeGatewayError as err:
+            raise GatewayError(*err.args) from None
+
+
 class Gateway:
     """A connection to a Runhouse Gateway."""
 
@@ -369,3 +417,43 @@ class Gateway:
     def dispatch(self, id: str) -> Dispatch:
         """Re-attaches to a dispatch by id."""
         return Dispatch(self, _call(self._native.get, id))
+
+    def schedule(self, name: str, cron: str, fn_or_remote: Union["RemoteFunction", Callable[..., Any], str],
+                 *args: Any, cluster: Optional[str] = None, timezone: str = "UTC", overlap: str = "allow",
+                 catchup: str = "latest", max_catchup: int = 10, paused: bool = False,
+                 start_at: Optional[str] = None, end_at: Optional[str] = None,
+                 labels: Optional[Dict[str, str]] = None, timeout: Optional[int] = None,
+                 **kwargs: Any) -> Schedule:
+        """Runs ``fn_or_remote(*args, **kwargs)`` at every instant of ``cron`` (in ``timezone``).
+
+        ``fn_or_remote`` is a RemoteFunction (``gw.function(f).to("cpu")``), a function (packed and
+        uploaded as ``.to(cluster)`` does; give ``cluster``), or a registered function's name.
+        ``overlap``: allow, skip, cancel_previous or queue; ``catchup``: none, latest or all.
+        """
+        if isinstance(fn_or_remote, RemoteFunction):
+            remote = fn_or_remote
+        elif isinstance(fn_or_remote, str):
+            remote = self.registered(fn_or_remote, cluster)
+        elif callable(fn_or_remote):
+            if not cluster:
+                raise ValueError("scheduling a function needs cluster=...")
+            remote = self.function(fn_or_remote).to(cluster)
+        else:
+            raise TypeError("expected a RemoteFunction, a function or a registered function's name")
+        template = dict(remote._spec, args=list(args), kwargs=kwargs, labels=labels or {})
+        if remote.cluster or cluster:
+            template["cluster"] = remote.cluster or cluster
+        if timeout is not None:
+            template["timeout_s"] = timeout
+        body: Dict[str, Any] = {"name": name, "cron": cron, "timezone": timezone, "dispatch": template,
+                                "overlap": overlap, "catchup": catchup, "max_catchup": max_catchup,
+                                "paused": paused}
+        if start_at is not None:
+            body["start_at"] = start_at
+        if end_at is not None:
+            body["end_at"] = end_at
+        return Schedule(self, _call(self._native.schedule_create, json.dumps(body)))
+
+    def schedules(self) -> List[Schedule]:
+        """The project's schedules, by name."""
+        return [Schedule(self, s) for s in _call(self._native.schedule_list)["items"]]

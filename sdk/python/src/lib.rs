@@ -111,6 +111,36 @@ impl NativeClient {
         to_json(&block_on(py, self.client.logs(dispatch_id(id)?, offset))?)
     }
 
+    /// Creates a schedule from a `CreateSchedule` JSON body; returns the schedule JSON.
+    fn schedule_create(&self, py: Python<'_>, request: &str) -> PyResult<String> {
+        let request = from_json(request, "schedule request")?;
+        to_json(&block_on(py, async { self.client.schedule_create(&request).await })?)
+    }
+
+    fn schedule_get(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        to_json(&block_on(py, self.client.schedule_get(name))?)
+    }
+
+    fn schedule_list(&self, py: Python<'_>) -> PyResult<String> {
+        to_json(&block_on(py, self.client.schedule_list())?)
+    }
+
+    /// Changes a schedule with an `UpdateSchedule` JSON body; returns the schedule JSON.
+    fn schedule_update(&self, py: Python<'_>, name: &str, change: &str) -> PyResult<String> {
+        let change = from_json(change, "schedule change")?;
+        to_json(&block_on(py, async { self.client.schedule_update(name, &change).await })?)
+    }
+
+    fn schedule_delete(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        block_on(py, self.client.schedule_delete(name))
+    }
+
+    /// A page of the schedule's dispatches; `query` is a `ListDispatches` JSON object.
+    fn schedule_runs(&self, py: Python<'_>, name: &str, query: &str) -> PyResult<String> {
+        let query = from_json(query, "list query")?;
+        to_json(&block_on(py, async { self.client.schedule_runs(name, &query).await })?)
+    }
+
     /// An iterator of log entries (JSON) that follows the output live until
     /// the dispatch ends; then `ended()` holds the dispatch JSON it ended as.
     fn follow(&self, id: &str, offset: i64) -> PyResult<LogFollower> {

@@ -217,6 +217,33 @@ async fn main() -> anyhow::Result<()> {
         vec![list_p99],
     ));
 
+    // Replicas: a dispatch created through this gateway, waited on through another.
+    let wake = cross_replica_wake(&stack, &token, &noop, if plan.smoke { 5 } else { 300 }).await?;
+    figures.push(fig(
+        "cross_replica_wake_p99_ms",
+        "wait through another replica: dispatch finished -> waiter answered (p99)",
+        "ms",
+        "<= 100",
+        vec![wake],
+    ));
+
+    // Schedules: from a fire's instant to its dispatch being recorded.
+    let (fire_p50, fire_p99) = fire_times(&stack, &token, if plan.smoke { 2 } else { 30 }).await?;
+    figures.push(fig(
+        "schedule_fire_p50_ms",
+        "schedule fire: instant -> dispatch recorded (p50)",
+        "ms",
+        "",
+        vec![fire_p50],
+    ));
+    figures.push(fig(
+        "schedule_fire_p99_ms",
+        "schedule fire: instant -> dispatch recorded (p99)",
+        "ms",
+        "<= 1000",
+        vec![fire_p99],
+    ));
+
     print_table(&plan, &figures, floor_ms);
     println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
     if !plan.smoke {
@@ -454,6 +481,63 @@ async fn cancel_to_gone(stack: &Stack, token: &str, bundle: &str, n: usize) -> a
         latencies.push(ms(started.elapsed()));
     }
     Ok(quantile(&latencies, 0.99))
+}
+
+/// `n` dispatches created through the stack's gateway and long-polled
+/// through a second replica: p99 of (answer received - `finished_at`), in ms.
+async fn cross_replica_wake(stack: &Stack, token: &str, body: &Value, n: usize) -> anyhow::Result<f64> {
+    let (_replica, other) = stack.replica().await?;
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = create(&stack.client, &stack.url, token, body).await?;
+        let done = wait(&stack.client, &other, token, &id, 30).await?;
+        let answered = chrono::Utc::now();
+        let finished: chrono::DateTime<chrono::Utc> =
+            done["finished_at"].as_str().context("the wait answered before the dispatch ended")?.parse()?;
+        latencies.push((answered - finished).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    Ok(quantile(&latencies, 0.99))
+}
+
+/// A schedule firing every second for `fires` instants: p50 and p99 of
+/// (dispatch `created_at` - `scheduled_for`), in ms.
+async fn fire_times(stack: &Stack, token: &str, fires: usize) -> anyhow::Result<(f64, f64)> {
+    let url = &stack.url;
+    let body = json!({"name": "bench-fire", "cron": "* * * * * *",
+        "dispatch": {"function": "json:dumps", "args": [1], "cluster": "local"}});
+    let response = stack.client.post(format!("{url}/v1/schedules")).bearer_auth(token).json(&body).send().await?;
+    anyhow::ensure!(response.status().is_success(), "schedule create: {}", response.text().await?);
+    let runs = || async {
+        let page: Value = stack
+            .client
+            .get(format!("{url}/v1/schedules/bench-fire/runs?limit=500"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok::<_, anyhow::Error>(page["items"].as_array().cloned().unwrap_or_default())
+    };
+    let deadline = Instant::now() + Duration::from_secs(fires as u64 + 30);
+    let items = loop {
+        let items = runs().await?;
+        if items.len() >= fires {
+            break items;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the schedule fired only {} times", items.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    stack.client.delete(format!("{url}/v1/schedules/bench-fire")).bearer_auth(token).send().await?;
+    let mut lateness: Vec<f64> = items
+        .iter()
+        .filter_map(|run| {
+            let created: chrono::DateTime<chrono::Utc> = run["created_at"].as_str()?.parse().ok()?;
+            let due: chrono::DateTime<chrono::Utc> = run["labels"]["scheduled_for"].as_str()?.parse().ok()?;
+            Some((created - due).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    lateness.sort_by(f64::total_cmp);
+    Ok((quantile(&lateness, 0.5), quantile(&lateness, 0.99)))
 }
 
 fn is_zombie(pid: i32) -> bool {
