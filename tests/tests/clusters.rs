@@ -91,7 +91,8 @@ async fn a_dispatch_to_a_profile_brings_the_cluster_up_later_ones_reuse_it_and_a
     if first["state"] == "queued" {
         assert!(first["queued_reason"].as_str().is_some_and(|r| r.contains("cluster `train`")), "{first}");
     }
-    assert_eq!(result_of(&stack, first["id"].as_str().unwrap()).await["state"], "succeeded");
+    let done = result_of(&stack, first["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
     let (_, cluster) = stack.get("/v1/clusters/train").await;
     assert_eq!(cluster["profile"], "train");
 
