@@ -202,11 +202,6 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// The paths the sandbox binds back (for logs and tests).
-    pub fn bound(&self) -> impl Iterator<Item = &Path> {
-        self.binds.iter().map(|b| b.target.as_path())
-    }
-
     /// Makes the mounts and drops to the worker user. Runs between `fork`
     /// and `exec`: system calls only, no allocation.
     pub fn enter(&self) -> std::io::Result<()> {
