@@ -353,3 +353,131 @@ async fn a_node_whose_first_gateway_replica_dies_keeps_working_through_the_secon
     let (_, nodes) = stack.get("/v1/nodes").await;
     assert_eq!(nodes["items"][0]["state"], "ready", "{nodes}");
 }
+
+/// The parent pid of a live process.
+fn parent_of(pid: i32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// How many lines of the replicas' logs (killed ones included) carry `message`.
+fn logged(stack: &Stack, message: &str) -> usize {
+    std::fs::read_dir(&stack.work)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("replica-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| l.contains(message)).count())
+        .sum()
+}
+
+#[tokio::test]
+async fn killing_the_replica_that_started_a_clusters_nodes_leaves_exactly_two_and_autostop_stops_them_once() {
+    let mut stack = Stack::start().await.unwrap();
+    drop(stack.gateway.take());
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&stack).await);
+    }
+    let admin = stack.admin_token();
+    let call = |url: String, method: reqwest::Method, path: String, body: Option<Value>| {
+        let (client, admin) = (stack.client.clone(), admin.clone());
+        async move {
+            let mut request = client.request(method, format!("{url}{path}")).bearer_auth(admin);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let spec = json!({"name": "pair", "spec": {"provider": "local", "count": 2, "autostop_idle_minutes": 0.25}});
+    let (status, created) = call(replicas[0].1.clone(), reqwest::Method::POST, "/v1/clusters".into(), Some(spec)).await;
+    assert_eq!(status, 201, "{created}");
+    let cluster = |url: &str| call(url.to_owned(), reqwest::Method::GET, "/v1/clusters/pair".into(), None);
+    stack
+        .wait_until(Duration::from_secs(60), "the cluster to be ready", || async {
+            cluster(&replicas[1].1).await.1["state"] == "ready"
+        })
+        .await
+        .unwrap();
+    let (_, ready) = cluster(&replicas[1].1).await;
+    let first = pids_of(&ready);
+    assert_eq!(first.len(), 2, "{ready}");
+
+    // The local provider's nodes are children of the replica that started
+    // them and die with it; SIGKILL that one, with no chance to clean up.
+    let parent = parent_of(first[0]).expect("the node process is live");
+    assert_eq!(parent_of(first[1]), Some(parent), "one replica started both nodes: {ready}");
+    let index = replicas.iter().position(|(p, _)| p.pid() == parent).expect("a replica is the nodes' parent");
+    let (mut creator, _) = replicas.remove(index);
+    creator.kill_9();
+
+    // The survivors write the vanished machines off and start two more: never more.
+    let live = |cluster: &Value| -> Vec<i32> {
+        let open = cluster["instances"].as_array().unwrap().iter().filter(|i| i["state"] != "terminated");
+        open.filter_map(|i| i["provider_id"].as_str()?.parse().ok()).filter(|pid| !process_gone(*pid)).collect()
+    };
+    stack
+        .wait_until(Duration::from_secs(60), "two replacement nodes", || async {
+            let (_, now) = cluster(&replicas[0].1).await;
+            now["state"] == "ready"
+                && live(&now).len() == 2
+                && now["nodes"].as_array().unwrap().iter().filter(|n| n["state"] == "ready").count() == 2
+        })
+        .await
+        .unwrap();
+    let (_, now) = cluster(&replicas[1].1).await;
+    let second = live(&now);
+    assert!(first.iter().all(|pid| process_gone(*pid)), "the first nodes died with their replica: {now}");
+    assert!(second.iter().all(|pid| !first.contains(pid)), "{now}");
+    let survivors: Vec<u32> = replicas.iter().map(|(p, _)| p.pid()).collect();
+    assert!(second.iter().all(|pid| parent_of(*pid).is_some_and(|p| survivors.contains(&p))), "{now}");
+    let instances = now["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 4, "two machines, replaced once each: {now}");
+    // No other node process hangs off a live replica.
+    let mut children: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| parent_of(*pid).is_some_and(|p| survivors.contains(&p)))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "rh-node"))
+        .filter(|pid| !process_gone(*pid))
+        .collect();
+    children.sort();
+    let mut expected = second.clone();
+    expected.sort();
+    assert_eq!(children, expected, "the replicas' node processes are exactly the cluster's: {now}");
+
+    let (status, dispatch) = call(
+        replicas[1].1.clone(),
+        reqwest::Method::POST,
+        "/v1/dispatches".into(),
+        Some(json!({"function": "json:dumps", "args": ["after"], "cluster": "pair"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{dispatch}");
+    let wait = format!("/v1/dispatches/{}/wait?timeout_s=60", dispatch["id"].as_str().unwrap());
+    let (_, done) = call(replicas[0].1.clone(), reqwest::Method::GET, wait, None).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    // Idle for 15 s: one replica stops the cluster, once, and its nodes exit.
+    stack
+        .wait_until(Duration::from_secs(60), "autostop", || async {
+            cluster(&replicas[0].1).await.1["state"] == "terminated"
+        })
+        .await
+        .unwrap();
+    let (_, ended) = cluster(&replicas[1].1).await;
+    assert!(ended["state_reason"].as_str().unwrap().contains("autostop"), "{ended}");
+    stack
+        .wait_until(Duration::from_secs(20), "the node processes to exit", || async {
+            second.iter().all(|pid| process_gone(*pid))
+        })
+        .await
+        .unwrap();
+    assert!(ended["instances"].as_array().unwrap().iter().all(|i| i["state"] == "terminated"), "{ended}");
+    assert_eq!(logged(&stack, "machine vanished"), 2, "each first machine was written off once");
+    assert_eq!(logged(&stack, "cluster stopping"), 1, "one replica stopped the cluster");
+    assert_eq!(logged(&stack, "machine terminated"), 2, "each replacement was terminated once");
+    assert_eq!(logged(&stack, "cluster terminated"), 1);
+}

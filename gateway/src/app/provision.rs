@@ -223,6 +223,7 @@ impl App {
                 Ok(()) => {
                     self.db.instance_update(&instance.instance_key, InstanceState::Terminated, None).await?;
                     self.revoke_node_token(&instance).await?;
+                    tracing::info!(cluster = %cluster.name, node = %instance.node_name, provider_id = ?instance.provider_id, "machine terminated");
                 }
                 Err(err) => {
                     remaining += 1;

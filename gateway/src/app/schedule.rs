@@ -24,6 +24,8 @@ const UPCOMING: usize = 5;
 const FIRE_GRACE_S: i64 = 60;
 /// Most schedules one firer step handles (the rest wait for the next step).
 const MAX_PER_STEP: usize = 100;
+/// How often the firer looks for due schedules when nothing wakes it sooner.
+pub const FIRER_PERIOD: std::time::Duration = std::time::Duration::from_millis(250);
 const MAX_CRON: usize = 255;
 const MAX_TIMEZONE: usize = 64;
 
@@ -217,6 +219,19 @@ impl App {
                 None => first_fire(&spec, due.after, row.start_at, row.end_at),
             };
             claim.advance(next, last).await?;
+        }
+        // The period bounds how late a fire can be; a timer set for the next
+        // due instant makes it fire on time.
+        if let Some(next) = self.db.schedule_next_due().await? {
+            // (+1 ms: the timer's clock is not the wall clock the instant is on.)
+            let wait = (next - Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(1);
+            if wait < FIRER_PERIOD {
+                let scheduler = self.scheduler.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    scheduler.notify_one();
+                });
+            }
         }
         Ok(json!({ "fired": fired, "skipped": skipped, "held": held }))
     }

@@ -165,4 +165,13 @@ impl DataStore {
         .await?;
         Ok(row.map(|row| ScheduleClaim { tx, row }))
     }
+
+    /// The earliest instant an unpaused schedule is due.
+    pub async fn schedule_next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let next =
+            sqlx::query_scalar!("select min(next_fire_at) from schedule where not paused and next_fire_at is not null")
+                .fetch_one(self.pool())
+                .await?;
+        Ok(next)
+    }
 }
