@@ -39,6 +39,17 @@ pub enum Error {
     #[error("a schedule named `{name}` already exists; change it with PATCH, delete it first, or pick another name")]
     ScheduleExists { name: String },
 
+    /// A live instance has this name, with other arguments (409).
+    #[error(
+        "an instance named `{name}` is already live ({state}) with other arguments; \
+         attach with the same ones, delete it first, or pick another name"
+    )]
+    ObjectExists { name: String, state: &'static str },
+
+    /// The instance cannot take method calls in its state (409).
+    #[error("instance `{name}` is {state}{}; delete it and create it again", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    ObjectUnavailable { name: String, state: &'static str, reason: String },
+
     /// The route takes a node credential and the token is not one (403).
     #[error(
         "this route takes a node credential (a `node` token issued to one node); \

@@ -117,4 +117,19 @@ impl NodeClient {
             s => Err(format!("node answered {s}")),
         }
     }
+
+    /// Asks the node to stop an instance's worker (404: it has none; also done).
+    pub async fn stop_instance(&self, node: &NodeEndpoint, instance_id: uuid::Uuid) -> Result<(), String> {
+        let response = self
+            .http
+            .post(format!("{}/instances/{instance_id}/stop", node.address.trim_end_matches('/')))
+            .bearer_auth(Self::token(node))
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        match response.status() {
+            s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
+            s => Err(format!("node answered {s}")),
+        }
+    }
 }

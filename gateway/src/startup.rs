@@ -119,6 +119,15 @@ impl Application {
                 |app| async move { app.schedule_fire_step().await },
             ),
             spawn_step(
+                "objects",
+                Duration::from_secs(1),
+                Arc::new(Notify::new()),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.object_step().await },
+            ),
+            spawn_step(
                 "cancel_repair",
                 Duration::from_secs(2),
                 Arc::new(Notify::new()),

@@ -31,6 +31,7 @@ pub fn router(state: NodeState) -> Router {
     Router::new()
         .route("/calls", post(start).get(list))
         .route("/calls/{id}/cancel", post(cancel))
+        .route("/instances/{id}/stop", post(stop_instance))
         .route("/healthz", get(|| async { Json(wire::Health { status: "ok".into() }) }))
         .with_state(state)
 }
@@ -103,4 +104,12 @@ async fn cancel(
 
 async fn list(_: FromGateway, State(state): State<NodeState>) -> Json<wire::RunningCalls> {
     Json(wire::RunningCalls { items: state.calls.running() })
+}
+
+async fn stop_instance(_: FromGateway, State(state): State<NodeState>, Path(id): Path<uuid::Uuid>) -> Response {
+    if state.calls.stop_instance(id) {
+        StatusCode::ACCEPTED.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "not_found", format!("this node does not host instance {id}"))
+    }
 }

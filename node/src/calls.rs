@@ -13,13 +13,17 @@ use tokio_util::sync::CancellationToken;
 use crate::bundles::BundleCache;
 use crate::envs::EnvCache;
 use crate::gateway::GatewayClient;
-use crate::protocol::{CallRequest, CallResponse};
-use crate::worker::{self, EnvKey, Output, Pool};
+use crate::protocol::{CallRequest, CallResponse, HostRequest};
+use crate::worker::{self, EnvKey, HostedCall, HostedCalls, Output, Pool};
 
 /// Output is shipped at least this often while a call runs.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
 /// ... or as soon as this much is buffered.
 const LOG_BATCH_BYTES: usize = 64 * 1024;
+/// How long a cancelled method call of an instance has to stop before its
+/// thread is left behind (it is blocked outside Python) and it is reported
+/// cancelled anyway.
+pub const METHOD_CANCEL_GRACE: Duration = Duration::from_millis(500);
 
 /// Why a call was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,39 @@ enum Ending {
     Prepared(String, String),
     Cancelled,
     TimedOut(u32),
+    /// A method call that did not stop when cancelled (true) or at its
+    /// timeout (false): its thread runs on, its result is discarded.
+    Abandoned {
+        cancelled: bool,
+        timeout_s: u32,
+    },
+}
+
+/// What a call runs.
+enum Work {
+    Function {
+        module: String,
+        qualname: String,
+    },
+    /// Construct `module:qualname` as instance `id` and host it.
+    Construct {
+        id: uuid::Uuid,
+        module: String,
+        qualname: String,
+    },
+    Method {
+        id: uuid::Uuid,
+        method: String,
+    },
+}
+
+/// An instance this node hosts: its worker's request channel (dropping it
+/// stops the worker), its calls, and the node slot it holds while it lives.
+struct Hosted {
+    requests: mpsc::Sender<HostRequest>,
+    calls: HostedCalls,
+    pid: u32,
+    _slot: OwnedSemaphorePermit,
 }
 
 struct Entry {
@@ -56,6 +93,8 @@ pub struct Calls {
     gateway: GatewayClient,
     /// The largest result the gateway stores (learned at registration).
     max_result_bytes: Arc<AtomicUsize>,
+    /// Instances hosted here, by id.
+    instances: Arc<Mutex<HashMap<uuid::Uuid, Hosted>>>,
 }
 
 /// What a node assumes the gateway stores until it says otherwise.
@@ -79,6 +118,7 @@ impl Calls {
             envs,
             gateway,
             max_result_bytes: Arc::new(AtomicUsize::new(DEFAULT_MAX_RESULT_BYTES)),
+            instances: Arc::default(),
         }
     }
 
@@ -89,15 +129,30 @@ impl Calls {
 
     /// Admits and starts a call. Starting a call the node already has is a no-op.
     pub fn start(&self, call: wire::StartCall) -> Result<(), StartError> {
-        let Some((module, qualname)) = call.function.split_once(':') else {
-            return Err(StartError::BadFunction(call.function));
+        let work = match &call.instance {
+            Some(wire::InstanceCall { instance_id, method: Some(method) }) => {
+                Work::Method { id: *instance_id, method: method.clone() }
+            }
+            instance => {
+                let Some((module, qualname)) = call.function.split_once(':') else {
+                    return Err(StartError::BadFunction(call.function));
+                };
+                let (module, qualname) = (module.to_owned(), qualname.to_owned());
+                match instance {
+                    Some(instance) => Work::Construct { id: instance.instance_id, module, qualname },
+                    None => Work::Function { module, qualname },
+                }
+            }
         };
-        let (module, qualname) = (module.to_owned(), qualname.to_owned());
         let mut entries = self.entries.lock().expect("calls lock poisoned");
         if entries.contains_key(&call.dispatch_id) {
             return Ok(());
         }
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| StartError::Full(self.max))?;
+        // A method call runs in its instance's worker, on the slot the instance holds.
+        let permit = match work {
+            Work::Method { .. } => None,
+            _ => Some(self.slots.clone().try_acquire_owned().map_err(|_| StartError::Full(self.max))?),
+        };
         let entry = Entry { cancel: CancellationToken::new(), started_at: Utc::now(), pid: Arc::default() };
         let (cancel, pid) = (entry.cancel.clone(), entry.pid.clone());
         entries.insert(call.dispatch_id, entry);
@@ -105,10 +160,24 @@ impl Calls {
         let calls = self.clone();
         tokio::spawn(async move {
             let id = call.dispatch_id;
-            calls.run(call, module, qualname, cancel, pid, permit).await;
+            calls.run(call, work, cancel, pid, permit).await;
             calls.entries.lock().expect("calls lock poisoned").remove(&id);
         });
         Ok(())
+    }
+
+    /// The instances hosted here.
+    pub fn instances(&self) -> Vec<uuid::Uuid> {
+        self.instances.lock().expect("instances lock poisoned").keys().copied().collect()
+    }
+
+    /// Stops an instance: its worker is killed and its node slot freed. False if not hosted here.
+    pub fn stop_instance(&self, id: uuid::Uuid) -> bool {
+        let hosted = self.instances.lock().expect("instances lock poisoned").remove(&id);
+        if let Some(hosted) = &hosted {
+            tracing::info!(instance_id = %id, pid = hosted.pid, "stopping instance");
+        }
+        hosted.is_some()
     }
 
     /// Stops a call: its worker gets SIGTERM, then SIGKILL. False if unknown.
@@ -138,11 +207,10 @@ impl Calls {
     async fn run(
         &self,
         call: wire::StartCall,
-        module: String,
-        qualname: String,
+        work: Work,
         cancel: CancellationToken,
         pid: Arc<AtomicU32>,
-        permit: OwnedSemaphorePermit,
+        mut permit: Option<OwnedSemaphorePermit>,
     ) {
         let id = call.dispatch_id;
         let (output_tx, output_rx) = mpsc::channel::<Output>(1024);
@@ -155,12 +223,29 @@ impl Calls {
             }
         };
         let started = std::time::Instant::now();
-        let execute = self.execute(&call, module, qualname, &output_tx, &pid);
-        // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
-        let ending = tokio::select! {
-            ending = execute => ending,
-            _ = cancel.cancelled() => Ending::Cancelled,
-            _ = timeout => Ending::TimedOut(call.timeout_s.unwrap_or(0)),
+        let timeout_s = call.timeout_s.unwrap_or(0);
+        let ending = match work {
+            Work::Function { module, qualname } => {
+                let execute = self.execute(&call, module, qualname, &output_tx, &pid);
+                // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
+                tokio::select! {
+                    ending = execute => ending,
+                    _ = cancel.cancelled() => Ending::Cancelled,
+                    _ = timeout => Ending::TimedOut(timeout_s),
+                }
+            }
+            Work::Construct { id, module, qualname } => {
+                let slot = permit.take().expect("a constructor holds a node slot");
+                // Dropping `construct` on cancel or timeout stops the worker and frees the slot.
+                tokio::select! {
+                    ending = self.construct(&call, id, module, qualname, &output_tx, &pid, slot) => ending,
+                    _ = cancel.cancelled() => Ending::Cancelled,
+                    _ = timeout => Ending::TimedOut(timeout_s),
+                }
+            }
+            Work::Method { id, method } => {
+                self.call_method(&call, id, method, &output_tx, &pid, &cancel, timeout).await
+            }
         };
         // The worker is back in the pool (or gone): the slot is free while the report travels.
         drop(permit);
@@ -184,6 +269,143 @@ impl Calls {
         tracing::debug!(dispatch_id = %id, ?executed, reported = ?started.elapsed(), "call done");
     }
 
+    /// The environment a call runs in: its bundle unpacked, its requirements installed.
+    async fn env_key(&self, call: &wire::StartCall) -> Result<EnvKey, Ending> {
+        let bundle_dir = match &call.bundle {
+            None => None,
+            Some(sha) => match self.bundles.ensure(sha).await {
+                Ok(dir) => Some(dir),
+                Err(message) => return Err(Ending::Prepared("bundle_unavailable".into(), message)),
+            },
+        };
+        let site_dir = match self.envs.ensure(&call.requirements).await {
+            Ok(dir) => dir,
+            Err(message) => return Err(Ending::Prepared("requirements_failed".into(), message)),
+        };
+        Ok(EnvKey { bundle_dir, site_dir })
+    }
+
+    /// Constructs an instance in a worker of its own. If the constructor
+    /// returns, the worker stays, hosting the instance, and keeps `slot`.
+    #[allow(clippy::too_many_arguments)]
+    async fn construct(
+        &self,
+        call: &wire::StartCall,
+        id: uuid::Uuid,
+        module: String,
+        qualname: String,
+        output: &mpsc::Sender<Output>,
+        pid: &AtomicU32,
+        slot: OwnedSemaphorePermit,
+    ) -> Ending {
+        let key = match self.env_key(call).await {
+            Ok(key) => key,
+            Err(ending) => return ending,
+        };
+        let worker = match self.pool.dedicated(&key).await {
+            Ok(worker) => worker,
+            Err(err) => return Ending::Prepared("worker_start_failed".into(), err.to_string()),
+        };
+        let worker_pid = worker.pid();
+        pid.store(worker_pid, Ordering::Relaxed);
+        let call_id = call.dispatch_id.to_string();
+        let calls = HostedCalls::default();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        calls.expect(call_id.clone(), HostedCall { output: output.clone(), done: done_tx });
+        let (requests, requests_rx) = mpsc::channel(256);
+        let request = CallRequest {
+            module,
+            qualname,
+            args: serde_json::to_string(&call.args).expect("args serialize"),
+            kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
+            host: Some(call_id),
+        };
+        let instances = self.instances.clone();
+        let host_calls = calls.clone();
+        tokio::spawn(async move {
+            worker.host(&request, requests_rx, host_calls).await;
+            // The worker is gone: this node no longer hosts the instance.
+            let mut instances = instances.lock().expect("instances lock poisoned");
+            if instances.get(&id).is_some_and(|h| h.pid == worker_pid) {
+                instances.remove(&id);
+                tracing::warn!(instance_id = %id, pid = worker_pid, "an instance's worker exited");
+            }
+        });
+        let outcome = done_rx.await.unwrap_or_else(|_| Err(worker::Error::Died("the instance worker exited".into())));
+        if let Ok(CallResponse::Returned { .. }) = &outcome {
+            let hosted = Hosted { requests, calls, pid: worker_pid, _slot: slot };
+            // An older worker of this instance (a restart placed here again) stops as it drops.
+            self.instances.lock().expect("instances lock poisoned").insert(id, hosted);
+            tracing::info!(instance_id = %id, pid = worker_pid, "instance ready");
+        }
+        Ending::Finished(outcome)
+    }
+
+    /// Calls a method of an instance hosted here, on a thread of its worker.
+    /// A cancel or timeout raises `DispatchCancelled` in that thread; if the
+    /// call does not stop within [`METHOD_CANCEL_GRACE`], it is left to
+    /// finish and reported cancelled (or timed out) now, marked abandoned.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_method(
+        &self,
+        call: &wire::StartCall,
+        id: uuid::Uuid,
+        method: String,
+        output: &mpsc::Sender<Output>,
+        pid: &AtomicU32,
+        cancel: &CancellationToken,
+        timeout: impl std::future::Future<Output = ()>,
+    ) -> Ending {
+        let lost = || {
+            Ending::Prepared(
+                "instance_lost".into(),
+                format!("this node no longer hosts instance {id} (its worker exited, or the node restarted)"),
+            )
+        };
+        let hosted = self
+            .instances
+            .lock()
+            .expect("instances lock poisoned")
+            .get(&id)
+            .map(|h| (h.requests.clone(), h.calls.clone(), h.pid));
+        let Some((requests, calls, worker_pid)) = hosted else { return lost() };
+        pid.store(worker_pid, Ordering::Relaxed);
+        let call_id = call.dispatch_id.to_string();
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        calls.expect(call_id.clone(), HostedCall { output: output.clone(), done: done_tx });
+        let request = HostRequest::Method {
+            call: call_id.clone(),
+            method,
+            args: serde_json::to_string(&call.args).expect("args serialize"),
+            kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
+        };
+        if requests.send(request).await.is_err() {
+            calls.forget(&call_id);
+            return lost();
+        }
+        let finished = |done: Result<Result<CallResponse, worker::Error>, _>| {
+            Ending::Finished(done.unwrap_or_else(|_| Err(worker::Error::Died("the instance worker exited".into()))))
+        };
+        tokio::pin!(timeout);
+        let cancelled = tokio::select! {
+            done = &mut done_rx => return finished(done),
+            _ = cancel.cancelled() => true,
+            _ = &mut timeout => false,
+        };
+        let _ = requests.send(HostRequest::Cancel { call: call_id.clone() }).await;
+        let timeout_s = call.timeout_s.unwrap_or(0);
+        match tokio::time::timeout(METHOD_CANCEL_GRACE, &mut done_rx).await {
+            // It stopped (or ended anyway): the cancel or timeout stands.
+            Ok(_) if cancelled => Ending::Cancelled,
+            Ok(_) => Ending::TimedOut(timeout_s),
+            Err(_) => {
+                calls.forget(&call_id);
+                tracing::warn!(dispatch_id = %call.dispatch_id, instance_id = %id, "a method call did not stop; its thread is left to finish");
+                Ending::Abandoned { cancelled, timeout_s }
+            }
+        }
+    }
+
     async fn execute(
         &self,
         call: &wire::StartCall,
@@ -192,18 +414,10 @@ impl Calls {
         output: &mpsc::Sender<Output>,
         pid: &AtomicU32,
     ) -> Ending {
-        let bundle_dir = match &call.bundle {
-            None => None,
-            Some(sha) => match self.bundles.ensure(sha).await {
-                Ok(dir) => Some(dir),
-                Err(message) => return Ending::Prepared("bundle_unavailable".into(), message),
-            },
+        let key = match self.env_key(call).await {
+            Ok(key) => key,
+            Err(ending) => return ending,
         };
-        let site_dir = match self.envs.ensure(&call.requirements).await {
-            Ok(dir) => dir,
-            Err(message) => return Ending::Prepared("requirements_failed".into(), message),
-        };
-        let key = EnvKey { bundle_dir, site_dir };
         let mut worker = match self.pool.acquire(&key).await {
             Ok(worker) => worker,
             Err(err) => return Ending::Prepared("worker_start_failed".into(), err.to_string()),
@@ -214,6 +428,7 @@ impl Calls {
             qualname,
             args: serde_json::to_string(&call.args).expect("args serialize"),
             kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
+            host: None,
         };
         let result = worker.call(&request, output).await;
         if result.is_ok() {
@@ -232,6 +447,7 @@ fn failure_report(code: &str, message: String) -> wire::Report {
         failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type: None, traceback: None }),
         reason: None,
         logs: Vec::new(),
+        abandoned: false,
     }
 }
 
@@ -243,6 +459,7 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
         failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type, traceback }),
         reason: None,
         logs: Vec::new(),
+        abandoned: false,
     };
     match ending {
         Ending::Finished(Ok(CallResponse::Returned { result })) if result.len() > max_result_bytes => failure_report(
@@ -261,6 +478,7 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
                 failure: None,
                 reason: None,
                 logs: Vec::new(),
+                abandoned: false,
             },
             // The worker checks results before sending them; this is the last guard, never a silent null.
             Err(err) => failure_report("result_not_json", format!("the result could not be read back as JSON: {err}")),
@@ -280,6 +498,7 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
             failure: None,
             reason: Some("the node stopped the call".into()),
             logs: Vec::new(),
+            abandoned: false,
         },
         Ending::TimedOut(seconds) => wire::Report {
             kind: wire::ReportKind::TimedOut,
@@ -293,6 +512,37 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
             }),
             reason: None,
             logs: Vec::new(),
+            abandoned: false,
+        },
+        Ending::Abandoned { cancelled: true, .. } => wire::Report {
+            kind: wire::ReportKind::CancelConfirmed,
+            expected_generation: None,
+            result: None,
+            failure: None,
+            reason: Some(format!(
+                "the method did not stop within {} ms of the cancel (it is blocked outside Python, in C code or a \
+                 system call); its thread was left to finish and its result will be discarded",
+                METHOD_CANCEL_GRACE.as_millis()
+            )),
+            logs: Vec::new(),
+            abandoned: true,
+        },
+        Ending::Abandoned { timeout_s, .. } => wire::Report {
+            kind: wire::ReportKind::TimedOut,
+            expected_generation: None,
+            result: None,
+            failure: Some(wire::DispatchFailure {
+                code: "timed_out".into(),
+                message: format!(
+                    "the call ran longer than its timeout_s of {timeout_s}s and did not stop (it is blocked outside \
+                     Python); its thread was left to finish and its result will be discarded"
+                ),
+                remote_type: None,
+                traceback: None,
+            }),
+            reason: None,
+            logs: Vec::new(),
+            abandoned: true,
         },
     }
 }

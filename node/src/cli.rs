@@ -214,7 +214,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = &mut stop => break,
             _ = interval.tick() => {}
         }
-        let heartbeat = wire::Heartbeat { running: calls.running().into_iter().map(|c| c.dispatch_id).collect() };
+        let heartbeat = wire::Heartbeat {
+            running: calls.running().into_iter().map(|c| c.dispatch_id).collect(),
+            instances: calls.instances(),
+        };
         match gateway.heartbeat(node_id.0, &heartbeat).await {
             Ok(()) => {}
             Err(gateway::Error::Refused { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => {

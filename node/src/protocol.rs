@@ -24,6 +24,31 @@ pub struct CallRequest {
     pub args: String,
     /// JSON text of the keyword arguments (an object).
     pub kwargs: String,
+    /// Construct `module:qualname` (a class) as an instance and host it: the
+    /// call's id, for its output and outcome frames. See [`HostRequest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// Daemon → hosting worker, after the constructor.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HostRequest {
+    /// Call `method` of the instance on a new thread.
+    Method { call: String, method: String, args: String, kwargs: String },
+    /// Raise `DispatchCancelled` in that call's thread.
+    Cancel { call: String },
+}
+
+/// Hosting worker → daemon.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HostEvent {
+    /// Output a call's thread wrote (through `sys.stdout`/`sys.stderr`).
+    Output { call: String, stream: String, text: String },
+    /// A call (the constructor first) ended; `payload` is the result's JSON
+    /// text when `ok`, else a failure as [`CallResponse::Failed`] holds it.
+    Done { call: String, ok: bool, payload: String },
 }
 
 /// Worker → daemon: how the call ended.
@@ -90,7 +115,13 @@ mod tests {
     #[test]
     fn a_frame_round_trips_and_a_closed_stream_reads_as_none() {
         let mut buffer = Vec::new();
-        let sent = CallRequest { module: "m".into(), qualname: "f".into(), args: "[1]".into(), kwargs: "{}".into() };
+        let sent = CallRequest {
+            module: "m".into(),
+            qualname: "f".into(),
+            args: "[1]".into(),
+            kwargs: "{}".into(),
+            host: None,
+        };
         write_frame(&mut buffer, &sent).unwrap();
         let mut reader = std::io::Cursor::new(buffer);
         let got: CallRequest = read_frame(&mut reader).unwrap().unwrap();

@@ -63,20 +63,13 @@ def _unfaithful(value):
                 stack.append((child, depth + 1))
     return None
 
-def call(module, qualname, args_json, kwargs_json):
-    try:
-        target = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except BaseException as exc:
-        _flush()
-        return False, _failure("entrypoint_not_found", exc, f"cannot load {module}:{qualname}: {_type_name(type(exc))}: {exc}")
-    try:
-        result = target(*json.loads(args_json), **json.loads(kwargs_json))
-    except BaseException as exc:
-        return False, _failure("user_exception", exc)
-    finally:
-        _flush()
+def _resolve(module, qualname):
+    target = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+def _encode(result):
     try:
         why = None if isinstance(result, str) else _unfaithful(result)
         if why is None:
@@ -91,6 +84,193 @@ def call(module, qualname, args_json, kwargs_json):
                    "return lists, dicts with string keys, strings, numbers, booleans or None",
         "traceback": None,
     })
+
+def call(module, qualname, args_json, kwargs_json):
+    try:
+        target = _resolve(module, qualname)
+    except BaseException as exc:
+        _flush()
+        return False, _failure("entrypoint_not_found", exc, f"cannot load {module}:{qualname}: {_type_name(type(exc))}: {exc}")
+    try:
+        result = target(*json.loads(args_json), **json.loads(kwargs_json))
+    except BaseException as exc:
+        return False, _failure("user_exception", exc)
+    finally:
+        _flush()
+    return _encode(result)
+
+
+# --- Instance hosting -------------------------------------------------------
+# A worker that constructs a class keeps the object and serves its methods,
+# each call on its own thread. It owns the control socket from then on:
+# frames in are {"kind": "method" | "cancel", ...}; frames out are
+# {"kind": "output", "call", "stream", "text"} and {"kind": "done", "call",
+# "ok", "payload"} (payload as `call` returns it).
+
+import ctypes, inspect, os, socket, struct, threading, time
+
+class DispatchCancelled(BaseException):
+    """Raised in a method call's thread when its dispatch is cancelled."""
+
+_local = threading.local()
+_real_sleep = time.sleep
+
+def _sleep(seconds):
+    """time.sleep of a hosting worker: a call's thread wakes when its call is cancelled."""
+    cancelled = getattr(_local, "cancelled", None)
+    if cancelled is None:
+        return _real_sleep(seconds)
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    if cancelled.wait(seconds):
+        raise DispatchCancelled("the call was cancelled")
+
+class _CallOutput:
+    """sys.stdout/sys.stderr of a hosting worker: what a call's thread
+    writes goes to that call's log; anything else to the worker's own fd."""
+
+    def __init__(self, stream, fallback, send):
+        self._stream = stream
+        self._fallback = fallback
+        self._send = send
+        self.encoding = "utf-8"
+        self.errors = "replace"
+
+    def write(self, text):
+        call = getattr(_local, "call", None)
+        if call is None:
+            return self._fallback.write(text)
+        if text:
+            self._send({"kind": "output", "call": call, "stream": self._stream, "text": str(text)})
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        if getattr(_local, "call", None) is None:
+            self._fallback.flush()
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        return self._fallback.fileno()
+
+    @property
+    def buffer(self):
+        return self._fallback.buffer
+
+def host(fd, call_id, module, qualname, args_json, kwargs_json):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(fd))
+    lock = threading.Lock()
+
+    def send(message):
+        body = json.dumps(message).encode()
+        with lock:
+            sock.sendall(struct.pack(">I", len(body)) + body)
+
+    def recv_exact(n):
+        chunks = []
+        while n:
+            chunk = sock.recv(n)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv():
+        header = recv_exact(4)
+        if header is None:
+            return None
+        body = recv_exact(struct.unpack(">I", header)[0])
+        return None if body is None else json.loads(body)
+
+    def done(call, ok, payload):
+        send({"kind": "done", "call": call, "ok": ok, "payload": payload})
+
+    sys.stdout = _CallOutput("stdout", sys.__stdout__, send)
+    sys.stderr = _CallOutput("stderr", sys.__stderr__, send)
+    # Code imported from here on sleeps interruptibly (see _sleep).
+    time.sleep = _sleep
+
+    _local.call = call_id
+    try:
+        cls = _resolve(module, qualname)
+    except BaseException as exc:
+        _local.call = None
+        return done(call_id, False, _failure("entrypoint_not_found", exc, f"cannot load {module}:{qualname}: {_type_name(type(exc))}: {exc}"))
+    if not inspect.isclass(cls):
+        _local.call = None
+        return done(call_id, False, json.dumps({
+            "code": "not_a_class", "remote_type": _type_name(type(cls)), "traceback": None,
+            "message": f"{module}:{qualname} is a {_type_name(type(cls))}, not a class; call functions with a dispatch",
+        }))
+    try:
+        obj = cls(*json.loads(args_json), **json.loads(kwargs_json))
+    except BaseException as exc:
+        _local.call = None
+        return done(call_id, False, _failure("user_exception", exc))
+    _local.call = None
+    done(call_id, True, "null")
+
+    threads = {}
+    cancels = {}
+
+    def run(call, method, args_json, kwargs_json):
+        _local.call = call
+        _local.cancelled = cancels[call]
+        try:
+            try:
+                target = getattr(obj, method)
+            except AttributeError as exc:
+                ok, payload = False, _failure("method_not_found", exc, f"{_type_name(cls)} has no method `{method}`")
+            else:
+                if not callable(target):
+                    ok, payload = False, json.dumps({
+                        "code": "method_not_found", "remote_type": _type_name(type(target)), "traceback": None,
+                        "message": f"`{method}` of {_type_name(cls)} is a {_type_name(type(target))}, not a method",
+                    })
+                else:
+                    try:
+                        result = target(*json.loads(args_json), **json.loads(kwargs_json))
+                    except DispatchCancelled as exc:
+                        ok, payload = False, _failure("cancelled", exc, "the call was cancelled")
+                    except BaseException as exc:
+                        ok, payload = False, _failure("user_exception", exc)
+                    else:
+                        ok, payload = _encode(result)
+        except DispatchCancelled as exc:
+            ok, payload = False, _failure("cancelled", exc, "the call was cancelled")
+        finally:
+            _local.call = None
+            _local.cancelled = None
+            threads.pop(call, None)
+            cancels.pop(call, None)
+        try:
+            done(call, ok, payload)
+        except OSError:
+            pass
+
+    while True:
+        message = recv()
+        if message is None:
+            return
+        if message["kind"] == "method":
+            thread = threading.Thread(target=run, name=f"call-{message['call']}", daemon=True,
+                                      args=(message["call"], message["method"], message["args"], message["kwargs"]))
+            threads[message["call"]] = thread
+            cancels[message["call"]] = threading.Event()
+            thread.start()
+        elif message["kind"] == "cancel":
+            cancelled = cancels.get(message["call"])
+            if cancelled is not None:
+                cancelled.set()
+            thread = threads.get(message["call"])
+            if thread is not None and thread.ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(DispatchCancelled))
 "#;
 
 /// Runs the worker until the daemon closes the socket. Extra import paths
@@ -112,14 +292,24 @@ pub fn worker_main(fd: i32, paths: &[String]) -> anyhow::Result<()> {
         sys.setattr("argv", vec!["rh-worker"])?;
         let code = CString::new(RUNNER).expect("runner has no NUL");
         let module = PyModule::from_code(py, &code, c"rh_runner.py", c"rh_runner")?;
-        Ok(module.getattr("call")?.unbind())
+        Ok(module.unbind().into_any())
     })?;
     let python = Python::attach(|py| py.version().to_owned());
     write_frame(&mut stream, &Ready { pid: std::process::id(), python })?;
     while let Some(request) = read_frame::<_, CallRequest>(&mut stream)? {
+        if let Some(call_id) = request.host {
+            // From here on the Python side owns the socket; it returns when the daemon closes it.
+            Python::attach(|py| {
+                let host = runner.getattr(py, "host")?;
+                host.call1(py, (fd, call_id, request.module, request.qualname, request.args, request.kwargs)).map(drop)
+            })?;
+            return Ok(());
+        }
         let response = Python::attach(|py| -> PyResult<CallResponse> {
-            let (ok, payload): (bool, String) =
-                runner.call1(py, (request.module, request.qualname, request.args, request.kwargs))?.extract(py)?;
+            let (ok, payload): (bool, String) = runner
+                .getattr(py, "call")?
+                .call1(py, (request.module, request.qualname, request.args, request.kwargs))?
+                .extract(py)?;
             if ok {
                 return Ok(CallResponse::Returned { result: payload });
             }

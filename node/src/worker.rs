@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::cgroup::{Cgroups, WorkerCgroup};
-use crate::protocol::{CallRequest, CallResponse, Ready, MAX_FRAME};
+use crate::protocol::{CallRequest, CallResponse, HostEvent, HostRequest, Ready, MAX_FRAME};
 use crate::sandbox::WorkerUser;
 
 /// The descriptor a worker reads its calls from and answers on.
@@ -213,6 +213,57 @@ impl Worker {
         Ok(response)
     }
 
+    /// Makes this worker the host of an instance: sends the constructor
+    /// (`construct`, with `host` set), then relays [`HostRequest`]s from
+    /// `requests` and routes what the worker sends to the calls in `calls`,
+    /// until `requests` closes (the instance is stopped: the worker is
+    /// killed as it drops) or the worker dies. Calls still waiting then get
+    /// the worker's death.
+    pub async fn host(
+        mut self,
+        construct: &CallRequest,
+        mut requests: mpsc::Receiver<HostRequest>,
+        calls: HostedCalls,
+    ) {
+        let body = serde_json::to_vec(construct).expect("a call request serializes");
+        let ended = if self.conn.send(axum::body::Bytes::from(body)).await.is_err() {
+            self.death()
+        } else {
+            let mut out_buf = vec![0u8; 16 * 1024];
+            let mut err_buf = vec![0u8; 16 * 1024];
+            let (mut out_open, mut err_open) = (true, true);
+            loop {
+                tokio::select! {
+                    frame = self.conn.next() => match frame.map(|f| f.map(|bytes| serde_json::from_slice::<HostEvent>(&bytes))) {
+                        Some(Ok(Ok(event))) => calls.deliver(event).await,
+                        Some(Ok(Err(err))) => tracing::warn!(error = %err, "an instance worker sent an unreadable frame"),
+                        _ => break self.death_after_exit().await,
+                    },
+                    request = requests.recv() => match request {
+                        Some(request) => {
+                            let body = serde_json::to_vec(&request).expect("a host request serializes");
+                            if self.conn.send(axum::body::Bytes::from(body)).await.is_err() {
+                                break self.death_after_exit().await;
+                            }
+                        }
+                        // Stopped: dropping the worker kills it.
+                        None => break Error::Died("the instance was stopped".into()),
+                    },
+                    // Output of threads no call owns: the node's log, not a dispatch's.
+                    read = self.stdout.read(&mut out_buf), if out_open => match read {
+                        Ok(0) | Err(_) => out_open = false,
+                        Ok(n) => tracing::info!(pid = self.pid, "instance output: {}", String::from_utf8_lossy(&out_buf[..n]).trim_end()),
+                    },
+                    read = self.stderr.read(&mut err_buf), if err_open => match read {
+                        Ok(0) | Err(_) => err_open = false,
+                        Ok(n) => tracing::info!(pid = self.pid, "instance stderr: {}", String::from_utf8_lossy(&err_buf[..n]).trim_end()),
+                    },
+                }
+            }
+        };
+        calls.fail_all(&ended);
+    }
+
     /// True if the process is still alive.
     pub fn is_alive(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
@@ -354,6 +405,66 @@ impl Utf8Chunks {
     }
 }
 
+/// The calls an instance worker is running, by call id: where each one's
+/// output goes and who waits for its end.
+#[derive(Clone, Default)]
+pub struct HostedCalls(std::sync::Arc<Mutex<HashMap<String, HostedCall>>>);
+
+/// One call of an instance worker.
+pub struct HostedCall {
+    pub output: mpsc::Sender<Output>,
+    pub done: tokio::sync::oneshot::Sender<Result<CallResponse, Error>>,
+}
+
+impl HostedCalls {
+    /// Expects `call`: its output and end go to `call`'s channels.
+    pub fn expect(&self, id: String, call: HostedCall) {
+        self.0.lock().expect("hosted calls lock poisoned").insert(id, call);
+    }
+
+    /// Stops expecting `id`: whatever it still sends is dropped.
+    pub fn forget(&self, id: &str) {
+        self.0.lock().expect("hosted calls lock poisoned").remove(id);
+    }
+
+    async fn deliver(&self, event: HostEvent) {
+        match event {
+            HostEvent::Output { call, stream, text } => {
+                let output = self.0.lock().expect("hosted calls lock poisoned").get(&call).map(|c| c.output.clone());
+                if let Some(output) = output {
+                    let stream = if stream == "stderr" { wire::LogStream::Stderr } else { wire::LogStream::Stdout };
+                    let _ = output.send(Output { stream, text }).await;
+                }
+            }
+            HostEvent::Done { call, ok, payload } => {
+                let Some(waiter) = self.0.lock().expect("hosted calls lock poisoned").remove(&call) else { return };
+                let response = if ok {
+                    Ok(CallResponse::Returned { result: payload })
+                } else {
+                    match serde_json::from_str::<wire::DispatchFailure>(&payload) {
+                        Ok(f) => Ok(CallResponse::Failed {
+                            code: f.code,
+                            message: f.message,
+                            remote_type: f.remote_type,
+                            traceback: f.traceback,
+                        }),
+                        Err(err) => Err(Error::Died(format!("the instance worker sent an unreadable outcome: {err}"))),
+                    }
+                };
+                let _ = waiter.done.send(response);
+            }
+        }
+    }
+
+    fn fail_all(&self, why: &Error) {
+        let calls: Vec<HostedCall> =
+            self.0.lock().expect("hosted calls lock poisoned").drain().map(|(_, call)| call).collect();
+        for call in calls {
+            let _ = call.done.send(Err(Error::Died(why.to_string())));
+        }
+    }
+}
+
 /// Idle workers, kept warm per environment.
 pub struct Pool {
     exe: PathBuf,
@@ -399,6 +510,12 @@ impl Pool {
             }
         }
         idle.entry(worker.key.clone()).or_default().push(worker);
+    }
+
+    /// A worker of its own for `key`, never taken from or given back to the
+    /// pool (an instance lives in it).
+    pub async fn dedicated(&self, key: &EnvKey) -> Result<Worker, Error> {
+        Worker::spawn(&self.exe, key.clone(), &self.cgroups, self.user.as_ref()).await
     }
 
     /// Starts one idle worker for `key` ahead of demand.

@@ -55,6 +55,23 @@ enum Command {
     /// Cron schedules: `rh schedule create|ls|show|pause|resume|rm`.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Remote objects: `rh instance ls|show|rm` (call methods with `rh dispatch --instance N --method M`).
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceCommand {
+    /// List the project's instances.
+    Ls {
+        /// Deleted ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one, with its latest events.
+    Show { name: String },
+    /// Delete one: its calls are cancelled and its worker stopped.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,8 +129,14 @@ struct DispatchArgs {
 /// What to run: the part of a dispatch a schedule repeats.
 #[derive(Debug, Args)]
 struct TemplateArgs {
-    /// `module:qualname`, or a deployed function's name.
-    target: String,
+    /// `module:qualname`, or a deployed function's name (not with `--instance`).
+    target: Option<String>,
+    /// Call a method of this instance instead of a function.
+    #[arg(long, requires = "method", conflicts_with_all = ["target", "cluster", "bundle"])]
+    instance: Option<String>,
+    /// The method of `--instance` to call.
+    #[arg(long, requires = "instance")]
+    method: Option<String>,
     /// A positional argument as JSON (repeat; plain words are strings).
     #[arg(long = "arg")]
     args: Vec<String>,
@@ -225,6 +248,7 @@ impl Cli {
             }
             Command::Deploy(args) => deploy(&client, args, json).await,
             Command::Schedule(command) => schedule(&client, command, json).await,
+            Command::Instance(command) => instance(&client, command, json).await,
         }
     }
 }
@@ -247,8 +271,16 @@ fn template(args: &TemplateArgs) -> Result<CreateDispatch, Failure> {
             pair.split_once('=').ok_or_else(|| Failure::Usage(format!("--label must be key=value, got `{pair}`")))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
-    let (function, function_name) =
-        if args.target.contains(':') { (Some(args.target.clone()), None) } else { (None, Some(args.target.clone())) };
+    let (function, function_name) = match (&args.target, &args.instance) {
+        (Some(target), _) if target.contains(':') => (Some(target.clone()), None),
+        (Some(target), _) => (None, Some(target.clone())),
+        (None, Some(_)) => (None, None),
+        (None, None) => {
+            return Err(Failure::Usage(
+                "name what to run: `module:qualname`, a deployed function, or --instance NAME --method M".into(),
+            ))
+        }
+    };
     Ok(CreateDispatch {
         function,
         function_name,
@@ -260,6 +292,8 @@ fn template(args: &TemplateArgs) -> Result<CreateDispatch, Failure> {
         idempotency_key: None,
         labels,
         timeout_s: args.timeout,
+        instance: args.instance.clone(),
+        method: args.method.clone(),
     })
 }
 
@@ -425,6 +459,46 @@ async fn schedule(client: &Client, command: ScheduleCommand, json: bool) -> Resu
         let next = schedule.next_fire_at.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339());
         let state = if schedule.paused { "paused" } else { "active" };
         println!("{}\t{}\t{}\t{state}\tnext {next}", schedule.name, schedule.cron, schedule.timezone);
+    }
+    Ok(())
+}
+
+async fn instance(client: &Client, command: InstanceCommand, json: bool) -> Result<(), Failure> {
+    let (shown, single) = match command {
+        InstanceCommand::Ls { all } => (client.instance_list(all).await?.items, false),
+        InstanceCommand::Show { name } => (vec![client.instance_get(&name).await?], true),
+        InstanceCommand::Rm { name } => (vec![client.instance_delete(&name).await?], true),
+    };
+    if json {
+        let text = if single { serde_json::to_string_pretty(&shown[0]) } else { serde_json::to_string_pretty(&shown) };
+        println!("{}", text.expect("instances serialize"));
+        return Ok(());
+    }
+    let state = |i: &wire::Instance| serde_json::to_value(i.state).ok().and_then(|v| v.as_str().map(str::to_owned));
+    let rows: Vec<[String; 5]> = shown
+        .iter()
+        .map(|i| {
+            [
+                i.name.clone(),
+                state(i).unwrap_or_default(),
+                i.cluster.clone(),
+                i.class.clone(),
+                i.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    print_table(["NAME", "STATE", "CLUSTER", "CLASS", "CREATED"], &rows);
+    if single {
+        let instance = &shown[0];
+        if let Some(reason) = &instance.state_reason {
+            println!("reason: {reason}");
+        }
+        if let Some(failure) = &instance.failure {
+            println!("failure: {}: {}", failure.code, failure.message);
+        }
+        for event in &instance.events {
+            println!("{}  {:<18} {}", event.at.format("%Y-%m-%d %H:%M:%S"), event.kind, event.message);
+        }
     }
     Ok(())
 }

@@ -312,6 +312,26 @@ impl Client {
         Ok(())
     }
 
+    /// Creates an instance (or attaches to the live one of that name and fields).
+    pub async fn instance_create(&self, request: &wire::CreateInstance) -> Result<wire::Instance, Error> {
+        self.send(|| self.request(Method::POST, "/v1/instances").json(request)).await
+    }
+
+    /// The project's instances (`all`: deleted ones too).
+    pub async fn instance_list(&self, all: bool) -> Result<wire::InstanceList, Error> {
+        self.send(|| self.request(Method::GET, "/v1/instances").query(&[("all", all)])).await
+    }
+
+    /// One instance and its latest events.
+    pub async fn instance_get(&self, name: &str) -> Result<wire::Instance, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/instances/{name}"))).await
+    }
+
+    /// Deletes an instance: its calls are cancelled and its worker stopped.
+    pub async fn instance_delete(&self, name: &str) -> Result<wire::Instance, Error> {
+        self.send(|| self.request(Method::DELETE, &format!("/v1/instances/{name}"))).await
+    }
+
     /// A page of a schedule's dispatches, newest first.
     pub async fn schedule_runs(&self, name: &str, query: &ListDispatches) -> Result<DispatchPage, Error> {
         let pairs = list_pairs(query);

@@ -149,6 +149,16 @@ pub struct CreateDispatch {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2592000)]
     pub timeout_s: Option<u32>,
+    /// Calls `method` of this live instance (`POST /v1/instances`) instead
+    /// of a function: give it with `method`, and without `function`,
+    /// `function_name`, `bundle`, `requirements` or `cluster` (the instance has them).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
+    pub instance: Option<String>,
+    /// The method of `instance` to call.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
+    pub method: Option<String>,
 }
 
 /// `POST /v1/dispatches/{id}/cancel`.
@@ -210,6 +220,11 @@ pub struct Dispatch {
     pub args: Vec<Value>,
     pub kwargs: serde_json::Map<String, Value>,
     pub cluster: String,
+    /// The instance whose constructor (without `method`) or method this runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     pub state: DispatchState,
     /// Why a `queued` dispatch has not started (e.g. its cluster is being
     /// provisioned). Filled in by create, get and wait.
@@ -343,6 +358,11 @@ pub struct Report {
     /// report in one commit. Entries follow the `POST .../logs` rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<crate::LogEntry>,
+    /// With `cancel_confirmed` or `timed_out` of an instance's method call:
+    /// the call did not stop (it was blocked outside Python), so its thread
+    /// was left to finish and its result will be discarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abandoned: bool,
 }
 
 /// `GET /healthz` and `GET /readyz`.

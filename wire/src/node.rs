@@ -82,6 +82,9 @@ pub struct NodeRegistered {
 pub struct Heartbeat {
     /// Every dispatch the node is running or still has a report pending for.
     pub running: Vec<DispatchId>,
+    /// Every instance the node hosts.
+    #[serde(default)]
+    pub instances: Vec<uuid::Uuid>,
 }
 
 /// Whether a node is reachable.
@@ -136,6 +139,9 @@ pub struct StartCall {
     #[serde(default)]
     pub requirements: Vec<String>,
     pub timeout_s: Option<u32>,
+    /// Set when the call constructs an instance or calls its method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<crate::InstanceCall>,
 }
 
 /// Gateway → node: stop a call.

@@ -90,6 +90,15 @@ impl From<Error> for ApiError {
             }
             Error::ClusterExists { .. } => ApiError::new(StatusCode::CONFLICT, "cluster_exists", err.to_string()),
             Error::ScheduleExists { .. } => ApiError::new(StatusCode::CONFLICT, "schedule_exists", err.to_string()),
+            Error::ObjectExists { .. } => ApiError::new(StatusCode::CONFLICT, "instance_exists", err.to_string()),
+            Error::ObjectUnavailable { state, .. } => {
+                let code = match state.as_bytes() {
+                    b"failed" => "instance_failed",
+                    b"lost" => "instance_lost",
+                    _ => "instance_deleted",
+                };
+                ApiError::new(StatusCode::CONFLICT, code, err.to_string())
+            }
             Error::JoinRefused => ApiError::new(StatusCode::UNAUTHORIZED, "join_refused", err.to_string()),
             Error::MissingNodeCredential => {
                 ApiError::new(StatusCode::FORBIDDEN, "node_credential_required", err.to_string())

@@ -26,6 +26,7 @@ pub mod dispatches;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod instances;
 pub mod logs;
 pub mod nodes;
 pub mod schedules;
@@ -75,6 +76,7 @@ impl std::ops::Deref for AppState {
         (name = "functions", description = "Named functions: an entrypoint, bundle, requirements and default cluster."),
         (name = "clusters", description = "Compute the gateway provisions: local processes, existing hosts, EC2, Compute Engine."),
         (name = "schedules", description = "Cron schedules that create dispatches, exactly once per instant across replicas."),
+        (name = "instances", description = "Remote objects: a class constructed once on a node, its methods called as dispatches."),
         (name = "nodes", description = "Routes node daemons and new machines call."),
         (name = "health", description = "Liveness, readiness and metrics; no token needed.")
     )
@@ -125,6 +127,8 @@ fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::schedule_create, schedules::schedule_list))
         .routes(routes!(schedules::schedule_get, schedules::schedule_update, schedules::schedule_delete))
         .routes(routes!(schedules::schedule_runs))
+        .routes(routes!(instances::instance_create, instances::instance_list))
+        .routes(routes!(instances::instance_get, instances::instance_delete))
         .routes(routes!(nodes::node_register, nodes::node_list))
         .routes(routes!(nodes::node_heartbeat))
         .routes(routes!(health::background_tasks))

@@ -29,6 +29,8 @@ impl From<DispatchRow> for wire::Dispatch {
             args: serde_json::from_value(row.args).unwrap_or_default(),
             kwargs: serde_json::from_value(row.kwargs).unwrap_or_default(),
             cluster,
+            instance_id: row.object_id,
+            method: row.method,
             state: row.state.into(),
             queued_reason: None,
             generation: row.generation,
@@ -115,5 +117,49 @@ impl From<crate::db::FunctionRow> for wire::Function {
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
+    }
+}
+
+/// An object row (and its latest events) as `wire::Instance`.
+pub fn instance_view(row: crate::db::ObjectRow, events: Vec<crate::db::ObjectEventRow>) -> wire::Instance {
+    use crate::db::ObjectState;
+    let cluster = if row.cluster_project == row.project {
+        row.cluster
+    } else {
+        format!("{}/{}", row.cluster_project, row.cluster)
+    };
+    wire::Instance {
+        id: row.object_id,
+        project: row.project,
+        name: row.name,
+        class: row.class_ref,
+        bundle: row.bundle,
+        requirements: serde_json::from_value(row.requirements).unwrap_or_default(),
+        args: serde_json::from_value(row.init_args).unwrap_or_default(),
+        kwargs: serde_json::from_value(row.init_kwargs).unwrap_or_default(),
+        cluster,
+        max_concurrency: row.max_concurrency as u32,
+        idle_stop_minutes: row.idle_stop_minutes,
+        restart: if row.restart == "on_lost" { wire::InstanceRestart::OnLost } else { wire::InstanceRestart::Never },
+        state: match row.state {
+            ObjectState::Starting => wire::InstanceState::Starting,
+            ObjectState::Ready => wire::InstanceState::Ready,
+            ObjectState::Failed => wire::InstanceState::Failed,
+            ObjectState::Lost => wire::InstanceState::Lost,
+            ObjectState::Deleted => wire::InstanceState::Deleted,
+        },
+        state_reason: row.state_reason,
+        failure: row.failure.and_then(|f| serde_json::from_value(f).ok()),
+        node_id: row.node_id,
+        constructor_id: row.constructor_id.map(wire::DispatchId),
+        restarts: row.restarts,
+        created_by: row.created_by,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        ready_at: row.ready_at,
+        events: events
+            .into_iter()
+            .map(|e| wire::InstanceEvent { seq: e.event_id, kind: e.kind, message: e.message, at: e.created_at })
+            .collect(),
     }
 }

@@ -109,9 +109,14 @@ impl App {
         let request_hash = request_hash(&req);
         let target = self.dispatch_target(caller, &req).await?;
         validate_create(&req, &target)?;
-        if target.cluster.project == caller.project {
+        if target.cluster.project == caller.project && target.object.is_none() {
             self.cluster_ensure_for_dispatch(&target.cluster, &caller.sub).await?;
         }
+        let mut labels = req.labels;
+        if let Some(object) = &target.object {
+            labels.insert("instance".into(), object.name.clone());
+        }
+        let (object_id, method) = target.object.map(|o| (o.id, o.method)).unzip();
         let new = NewDispatch {
             dispatch_id: Uuid::now_v7(),
             project: caller.project.clone(),
@@ -126,9 +131,17 @@ impl App {
             cluster_project: target.cluster.project,
             idempotency_key: req.idempotency_key,
             requester: caller.sub.clone(),
-            labels: serde_json::to_value(&req.labels).map_err(|e| Error::Internal(e.into()))?,
+            labels: serde_json::to_value(&labels).map_err(|e| Error::Internal(e.into()))?,
             timeout_s: req.timeout_s.map(|t| t as i32),
+            object_id,
+            method,
         };
+        self.dispatch_insert(new).await
+    }
+
+    /// Records `new` and places it (now, if a slot is free; else through the
+    /// placement task), or returns the dispatch its idempotency key already made.
+    pub(crate) async fn dispatch_insert(&self, new: NewDispatch) -> Result<(DispatchRow, Created)> {
         // The insert and everything that follows its commit run in their own
         // task: a client that disconnects mid-request can neither leave half a
         // write nor a committed dispatch that nobody forwards or places.
@@ -298,7 +311,7 @@ impl App {
             expected_generation: report.expected_generation,
             logs,
         };
-        match self.dispatch_apply(actor.clone(), id, event, outcome).await {
+        let applied = match self.dispatch_apply(actor.clone(), id, event, outcome).await {
             // The database refused what the node sent: the dispatch must still end.
             Err(Error::Internal(err)) if event.target().is_terminal() => {
                 tracing::error!(dispatch_id = %id, error = ?err, "cannot store a node's outcome; failing the dispatch");
@@ -306,7 +319,16 @@ impl App {
                 self.dispatch_apply(actor, id, Event::Fail, Outcome::failed("outcome_unstorable", message)).await
             }
             other => other,
+        }?;
+        if let (true, Some(object_id), Some(method)) = (report.abandoned, applied.object_id, &applied.method) {
+            let how = if event == Event::TimeOut { "timed out" } else { "was cancelled" };
+            let message = format!(
+                "call {id} of `{method}` {how} but did not stop (blocked outside Python); its thread was left \
+                 to finish and its result will be discarded"
+            );
+            self.db.object_event(object_id, "call_abandoned", &message).await?;
         }
+        Ok(applied)
     }
 
     /// Applies `event` through the state machine: one statement that moves
@@ -360,6 +382,10 @@ impl App {
                         self.placement_wanted(row.cluster_key());
                     } else if row.state.is_terminal() {
                         self.slot_freed(&row.cluster_key());
+                        if row.object_id.is_some() {
+                            // An object slot freed, or a constructor made its object ready.
+                            self.placement.notify_one();
+                        }
                     } else if row.state == DispatchState::Cancelling && event == Event::Cancel {
                         let app = self.clone();
                         let row = row.clone();
@@ -430,12 +456,20 @@ struct Target {
     bundle: Option<String>,
     requirements: Vec<String>,
     cluster: ClusterKey,
+    /// The object whose method is called.
+    object: Option<ObjectTarget>,
+}
+
+struct ObjectTarget {
+    id: Uuid,
+    name: String,
+    method: String,
 }
 
 impl App {
     /// The cluster a dispatch names: `name` (the caller's project's) or
     /// `owner/name`, a cluster another project shares with the caller's.
-    async fn cluster_for_dispatch(&self, caller: &Caller, text: &str) -> Result<ClusterKey> {
+    pub(crate) async fn cluster_for_dispatch(&self, caller: &Caller, text: &str) -> Result<ClusterKey> {
         let key = parse_cluster_ref(&caller.project, text)?;
         if key.project != caller.project && !self.db.cluster_shared_with(&key, &caller.project).await? {
             return Err(Error::invalid(
@@ -447,6 +481,36 @@ impl App {
     }
 
     async fn dispatch_target(&self, caller: &Caller, req: &wire::CreateDispatch) -> Result<Target> {
+        if let Some(name) = &req.instance {
+            let given = [
+                ("function", req.function.is_some()),
+                ("function_name", req.function_name.is_some()),
+                ("bundle", req.bundle.is_some()),
+                ("requirements", !req.requirements.is_empty()),
+                ("cluster", req.cluster.is_some()),
+            ];
+            if let Some((field, _)) = given.iter().find(|(_, given)| *given) {
+                return Err(Error::invalid(
+                    *field,
+                    format!("a method call names `instance` and `method`, not `{field}`: the instance has its code and cluster"),
+                ));
+            }
+            let method = req.method.clone().ok_or_else(|| {
+                Error::invalid("method", "missing field `method`: the method of the instance to call")
+            })?;
+            super::object::validate_method(&method)?;
+            let object = self.object_for_call(caller, name).await?;
+            return Ok(Target {
+                function: format!("{}.{method}", object.class_ref),
+                bundle: object.bundle,
+                requirements: serde_json::from_value(object.requirements).unwrap_or_default(),
+                cluster: ClusterKey::new(&object.cluster_project, &object.cluster),
+                object: Some(ObjectTarget { id: object.object_id, name: object.name, method }),
+            });
+        }
+        if req.method.is_some() {
+            return Err(Error::invalid("method", "`method` calls a method of an `instance`; name the instance too"));
+        }
         let registered = match &req.function_name {
             None => None,
             Some(name) => Some(self.db.function_get(&caller.project, name).await?.ok_or_else(|| {
@@ -489,7 +553,7 @@ impl App {
         } else {
             req.requirements.clone()
         };
-        Ok(Target { function, bundle, requirements, cluster })
+        Ok(Target { function, bundle, requirements, cluster, object: None })
     }
 }
 
@@ -515,7 +579,7 @@ fn cursor_decode(cursor: &str) -> Result<Uuid> {
 /// the same idempotency key can be told from a conflicting reuse.
 fn request_hash(req: &wire::CreateDispatch) -> String {
     // serde_json's map sorts keys, so the encoding is canonical.
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "function": req.function,
         "function_name": req.function_name,
         "bundle": req.bundle,
@@ -526,6 +590,11 @@ fn request_hash(req: &wire::CreateDispatch) -> String {
         "labels": req.labels,
         "timeout_s": req.timeout_s,
     });
+    // Only when given, so requests from before method calls hash as they did.
+    if req.instance.is_some() || req.method.is_some() {
+        canonical["instance"] = serde_json::json!(req.instance);
+        canonical["method"] = serde_json::json!(req.method);
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 

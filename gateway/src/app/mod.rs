@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod dispatch;
 pub mod logs;
 pub mod node;
+pub mod object;
 pub mod placement;
 pub mod provision;
 pub mod schedule;

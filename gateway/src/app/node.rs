@@ -154,6 +154,7 @@ impl App {
                 tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "heartbeat repair failed");
             }
         }
+        self.object_heartbeat(node_id, &node.name, &heartbeat.instances).await?;
         if node.running < i64::from(node.max_concurrent) {
             self.placement.notify_one();
         }

@@ -50,6 +50,16 @@ impl App {
                 }
             }
         }
+        for object_id in self.db.dispatch_placeable_objects().await? {
+            if placed >= MAX_PLACEMENTS_PER_STEP {
+                break;
+            }
+            let batch = self.db.dispatch_place_object_batch(object_id, PLACEMENT_BATCH).await?;
+            placed += batch.len();
+            for (row, node) in batch {
+                self.dispatch_placed(row, node);
+            }
+        }
         Ok(json!({ "placed": placed }))
     }
 
@@ -76,6 +86,7 @@ impl App {
             bundle: row.bundle.clone(),
             requirements: serde_json::from_value(row.requirements.clone()).unwrap_or_default(),
             timeout_s: row.timeout_s.map(|t| t as u32),
+            instance: row.object_id.map(|id| wire::InstanceCall { instance_id: id, method: row.method.clone() }),
         };
         match self.nodes.start(&node, &call).await {
             Ok(()) => {

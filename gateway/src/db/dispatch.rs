@@ -78,6 +78,8 @@ dispatch_rows! {
     cluster_project: String,
     acked_at: Option<DateTime<Utc>>,
     requeues: i32,
+    object_id: Option<Uuid>,
+    method: Option<String>,
 }
 
 impl DispatchRow {
@@ -119,6 +121,9 @@ pub struct NewDispatch {
     pub requester: String,
     pub labels: Value,
     pub timeout_s: Option<i32>,
+    /// The object this constructs (without `method`) or calls `method` of.
+    pub object_id: Option<Uuid>,
+    pub method: Option<String>,
 }
 
 /// A state change, applied in one statement: the row moves along the entry
@@ -183,27 +188,46 @@ impl DataStore {
         let row = sqlx::query_as!(
             PlacedRow,
             r#"
-            with slot as (
+            with node_free as (
+                -- A function call or a constructor: a free slot of a ready node.
                 select s.node_id, s.slot
                 from node_slot s
                 join node n on n.node_id = s.node_id
-                where n.project = $15 and n.cluster = $6 and n.state = 'ready'
-                  and s.dispatch_id is null and s.slot < n.max_concurrent
+                where $17::text is null and n.project = $15 and n.cluster = $6 and n.state = 'ready'
+                  and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
                   and not exists (
-                      select 1 from dispatch q where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6
+                      select 1 from dispatch q
+                      where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6 and q.method is null
                   )
                 order by s.slot
                 limit 1
                 for update of s skip locked
             ),
+            object_free as (
+                -- A method call: a free slot of its ready object, on its ready node.
+                select o.node_id, s.slot
+                from object_slot s
+                join object o on o.object_id = s.object_id
+                join node n on n.node_id = o.node_id
+                where $17::text is not null and s.object_id = $16 and o.state = 'ready' and n.state = 'ready'
+                  and s.dispatch_id is null and s.slot < o.max_concurrency
+                  and not exists (
+                      select 1 from dispatch q where q.state = 'queued' and q.object_id = $16 and q.method is not null
+                  )
+                order by s.slot
+                limit 1
+                for update of s skip locked
+            ),
+            slot as (select node_id, slot from node_free union all select node_id, slot from object_free),
             inserted as (
                 insert into dispatch (
                     dispatch_id, project, function_ref, args, kwargs, cluster,
                     idempotency_key, request_hash, requester, labels, timeout_s,
-                    function_name, bundle, requirements, cluster_project, state, generation, node_id, started_at
+                    function_name, bundle, requirements, cluster_project, object_id, method,
+                    state, generation, node_id, started_at
                 )
-                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
                        case when slot.node_id is null then 'queued' else 'running' end::dispatch_state,
                        case when slot.node_id is null then 1 else 2 end,
                        slot.node_id,
@@ -214,8 +238,13 @@ impl DataStore {
             ),
             occupied as (
                 update node_slot s set dispatch_id = i.dispatch_id
-                from inserted i, slot
-                where s.node_id = slot.node_id and s.slot = slot.slot
+                from inserted i, node_free f
+                where s.node_id = f.node_id and s.slot = f.slot
+            ),
+            object_occupied as (
+                update object_slot s set dispatch_id = i.dispatch_id
+                from inserted i, object_free f
+                where s.object_id = $16 and s.slot = f.slot
             ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
@@ -239,7 +268,7 @@ impl DataStore {
                 i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
                 i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
-                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!",
+                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from inserted i
             left join node n on n.node_id = i.node_id
@@ -259,6 +288,8 @@ impl DataStore {
             new.bundle,
             new.requirements,
             new.cluster_project,
+            new.object_id,
+            new.method,
         )
         .fetch_optional(hot.conn())
         .await;
@@ -275,7 +306,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
             from dispatch
             where project = $1 and idempotency_key = $2
             "#,
@@ -298,7 +329,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
             from dispatch
             where dispatch_id = $1 and ($2::text is null or project = $2)
             "#,
@@ -327,7 +358,7 @@ impl DataStore {
                        state as "state: DispatchState", generation, idempotency_key, request_hash,
                        requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                        created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                       log_bytes, log_truncated, cluster_project, acked_at, requeues
+                       log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
                 from dispatch
                 where project = $1
                   and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
@@ -360,7 +391,7 @@ impl DataStore {
                    d.state as "state: DispatchState", d.generation, d.idempotency_key, d.request_hash,
                    d.requester, d.labels, d.timeout_s, d.result, d.failure, d.cancelled_by, d.cancel_reason,
                    d.created_at, d.started_at, d.cancel_requested_at, d.finished_at, d.updated_at,
-                   d.log_bytes, d.log_truncated, d.cluster_project, d.acked_at, d.requeues
+                   d.log_bytes, d.log_truncated, d.cluster_project, d.acked_at, d.requeues, d.object_id, d.method
             from dispatch_label l
             join dispatch d on d.dispatch_id = l.dispatch_id
             where l.project = $1 and l.key = $9 and l.value = $10
@@ -454,7 +485,7 @@ impl DataStore {
                 labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
                 created_at as "created_at!", started_at, cancel_requested_at, finished_at,
                 updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!",
-                cluster_project as "cluster_project!", acked_at, requeues as "requeues!"
+                cluster_project as "cluster_project!", acked_at, requeues as "requeues!", object_id, method
             from updated
             "#,
             change.dispatch_id,
@@ -504,7 +535,7 @@ impl DataStore {
                 from node_slot s
                 join node n on n.node_id = s.node_id
                 where n.project = $2 and n.cluster = $1 and n.state = 'ready'
-                  and s.dispatch_id is null and s.slot < n.max_concurrent
+                  and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
                 order by s.slot
                 limit 1
@@ -512,7 +543,8 @@ impl DataStore {
             ),
             next as (
                 select dispatch_id from dispatch
-                where state = 'queued' and cluster_project = $2 and cluster = $1 and exists (select 1 from slot)
+                where state = 'queued' and cluster_project = $2 and cluster = $1 and method is null
+                  and exists (select 1 from slot)
                 order by dispatch_id
                 limit 1
                 for update skip locked
@@ -543,7 +575,7 @@ impl DataStore {
                 u.labels as "labels!", u.timeout_s, u.result, u.failure, u.cancelled_by, u.cancel_reason,
                 u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
                 u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
-                u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!",
+                u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from updated u
             join node n on n.node_id = u.node_id
@@ -556,6 +588,125 @@ impl DataStore {
         Ok(row.map(PlacedRow::split).and_then(|(row, node)| node.map(|node| (row, node))))
     }
 
+    /// Places up to `max` queued method calls of object `object_id`, oldest
+    /// first, each on a free slot of the object (on its node), as
+    /// [`Self::dispatch_place_batch`] does for a cluster.
+    #[tracing::instrument(skip_all, fields(object_id = %object_id))]
+    pub async fn dispatch_place_object_batch(&self, object_id: Uuid, max: usize) -> Result<Vec<Placed>> {
+        let mut placed = Vec::new();
+        while placed.len() < max {
+            let row = sqlx::query_as!(
+                PlacedRow,
+                r#"
+                with slot as (
+                    select o.node_id, s.slot
+                    from object_slot s
+                    join object o on o.object_id = s.object_id
+                    join node n on n.node_id = o.node_id
+                    where s.object_id = $1 and o.state = 'ready' and n.state = 'ready'
+                      and s.dispatch_id is null and s.slot < o.max_concurrency
+                    order by s.slot
+                    limit 1
+                    for update of s skip locked
+                ),
+                next as (
+                    select dispatch_id from dispatch
+                    where state = 'queued' and object_id = $1 and method is not null and exists (select 1 from slot)
+                    order by dispatch_id
+                    limit 1
+                    for update skip locked
+                ),
+                updated as (
+                    update dispatch d set state = 'running', generation = d.generation + 1, node_id = slot.node_id,
+                                          started_at = now(), updated_at = now()
+                    from slot
+                    where d.dispatch_id = (select dispatch_id from next)
+                    returning d.*
+                ),
+                occupied as (
+                    update object_slot s set dispatch_id = u.dispatch_id
+                    from updated u, slot
+                    where s.object_id = $1 and s.slot = slot.slot
+                ),
+                event as (
+                    insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+                    select u.dispatch_id, 'queued', u.state, u.generation, 'gateway', 'placed on its instance on node ' || n.name
+                    from updated u join node n on n.node_id = u.node_id
+                )
+                select
+                    u.dispatch_id as "dispatch_id!", u.project as "project!", u.function_ref as "function_ref!",
+                    u.function_name, u.bundle, u.requirements as "requirements!",
+                    u.args as "args!", u.kwargs as "kwargs!", u.cluster as "cluster!", u.node_id,
+                    u.state as "state!: DispatchState", u.generation as "generation!",
+                    u.idempotency_key, u.request_hash as "request_hash!", u.requester as "requester!",
+                    u.labels as "labels!", u.timeout_s, u.result, u.failure, u.cancelled_by, u.cancel_reason,
+                    u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
+                    u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
+                    u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method,
+                    n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
+                from updated u
+                join node n on n.node_id = u.node_id
+                "#,
+                object_id,
+            )
+            .fetch_optional(self.pool())
+            .await?;
+            match row.map(PlacedRow::split) {
+                Some((row, Some(node))) => placed.push((row, node)),
+                _ => break,
+            }
+        }
+        Ok(placed)
+    }
+
+    /// Ready objects that have queued method calls and a free slot.
+    pub async fn dispatch_placeable_objects(&self) -> Result<Vec<Uuid>> {
+        let ids = sqlx::query_scalar!(
+            r#"
+            select o.object_id from object o
+            join node n on n.node_id = o.node_id
+            where o.state = 'ready' and n.state = 'ready'
+              and exists (select 1 from dispatch q where q.state = 'queued' and q.object_id = o.object_id
+                                                     and q.method is not null)
+              and exists (select 1 from object_slot s where s.object_id = o.object_id and s.dispatch_id is null
+                                                        and s.slot < o.max_concurrency)
+            "#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids)
+    }
+
+    /// The calls of `object_id` (its constructors and method calls) in one of `states`, oldest first.
+    pub async fn dispatch_of_object(
+        &self,
+        object_id: Uuid,
+        states: &[DispatchState],
+        limit: i64,
+    ) -> Result<Vec<DispatchRow>> {
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+            from dispatch
+            where object_id = $1 and state = any($2::dispatch_state[])
+            order by dispatch_id
+            limit $3
+            "#,
+            object_id,
+            states as &[DispatchState],
+            limit
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
     /// Which of `clusters` have queued dispatches.
     pub async fn dispatch_clusters_with_queued(&self, clusters: &[ClusterKey]) -> Result<Vec<ClusterKey>> {
         let projects: Vec<String> = clusters.iter().map(|c| c.project.clone()).collect();
@@ -565,6 +716,7 @@ impl DataStore {
             select c.project as "project!", c.name as "name!" from unnest($1::text[], $2::text[]) as c (project, name)
             where exists (
                 select 1 from dispatch q where q.state = 'queued' and q.cluster_project = c.project and q.cluster = c.name
+                                         and q.method is null
             )
             "#,
             &projects,
@@ -585,10 +737,12 @@ impl DataStore {
               and exists (
                   select 1 from dispatch q
                   where q.state = 'queued' and q.cluster_project = n.project and q.cluster = n.cluster
+                    and q.method is null
               )
               and exists (
                   select 1 from node_slot s
-                  where s.node_id = n.node_id and s.dispatch_id is null and s.slot < n.max_concurrent
+                  where s.node_id = n.node_id and s.dispatch_id is null and s.object_id is null
+                    and s.slot < n.max_concurrent
               )
             "#
         )
@@ -607,7 +761,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
             from dispatch
             where node_id = $1 and state in ('running', 'cancelling')
             "#,
@@ -628,7 +782,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
             from dispatch
             where cluster_project = $1 and cluster = $2 and state = 'queued'
             order by dispatch_id
@@ -653,7 +807,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
             from dispatch
             where state = 'cancelling' and updated_at < now() - make_interval(secs => $1)
             order by updated_at

@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod hot;
 pub mod log;
 pub mod node;
+pub mod object;
 pub mod schedule;
 pub mod token;
 
@@ -25,6 +26,7 @@ pub use cluster::{ClusterKey, ClusterRow, ClusterState, InstanceRow, InstanceSta
 pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, Transition};
 pub use log::{LogRow, LogStream};
 pub use node::{NewNode, NodeEndpoint, NodeKey, NodeRow, NodeState};
+pub use object::{NewObject, ObjectEventRow, ObjectRow, ObjectState};
 
 /// Exclusive right to one background step among all replicas, while held.
 pub struct Lease {
