@@ -8,12 +8,13 @@ Inputs: providers/shims.toml (the orchestrator-facing parameters) and
 openapi/gateway.json (the create request, which documents and bounds every
 parameter that maps onto it). Outputs, one module per package:
 
-- Airflow: `OperatorParameters` and `SensorParameters`, mixins whose
+- Airflow: `OperatorParameters`, `SensorParameters` and
+  `InstanceOperatorParameters`, mixins whose
   `__init__` carries the constructor parameters, their docstrings and
   `template_fields`, and `create_fields()`, the create-request fields the
   SDK passes through;
 - Prefect: the task functions (`run_remote`, `trigger_dispatch`,
-  `wait_for_dispatch` and their `_async` twins) with their signatures and
+  `wait_for_dispatch`, `create_instance` and their `_async` twins) with their signatures and
   docstrings, each handing a `RemoteCall` to the hand-written lifecycle.
 
 Only the standard library is used, so it runs anywhere Python 3.11 does.
@@ -50,6 +51,8 @@ class Param:
     default: str | None = None
     optional: bool = False
     api: str | None = None
+    #: The request schema `api` names a property of.
+    schema: str = "CreateDispatch"
     via: str = "request"
     kind: str | None = None
     templated: bool = False
@@ -73,19 +76,21 @@ class Param:
 def load(spec_path: Path = SPEC, openapi_path: Path = OPENAPI) -> list[Param]:
     """The spec's parameters, documented from the OpenAPI document where they map onto the API."""
     spec = tomllib.loads(spec_path.read_text())
-    create = json.loads(openapi_path.read_text())["components"]["schemas"]["CreateDispatch"]["properties"]
+    schemas = json.loads(openapi_path.read_text())["components"]["schemas"]
     params = []
     for raw in spec["param"]:
         api = raw.get("api")
+        schema = raw.get("api_schema", "CreateDispatch")
         doc = " ".join(raw.get("doc", "").split())
         if api is not None:
-            if api not in create:
-                raise SystemExit(f"{spec_path}: parameter {raw['name']!r} maps onto {api!r}, which CreateDispatch lacks")
-            doc = " ".join(filter(None, [_api_doc(create[api]), doc]))
+            properties = schemas[schema]["properties"]
+            if api not in properties:
+                raise SystemExit(f"{spec_path}: parameter {raw['name']!r} maps onto {api!r}, which {schema} lacks")
+            doc = " ".join(filter(None, [_api_doc(properties[api]), doc]))
         default = raw.get("default")
         params.append(Param(
             name=raw["name"], type=raw["type"], doc=doc, shims=list(raw["shims"]), default=default,
-            optional=raw.get("optional", default == "None"), api=api,
+            optional=raw.get("optional", default == "None"), api=api, schema=schema,
             via=raw.get("via", "request" if api else "sdk"), kind=raw.get("kind"),
             templated=raw.get("templated", False),
             names={o: raw[f"{o}_name"] for o in ("airflow", "prefect") if f"{o}_name" in raw},
@@ -173,13 +178,15 @@ def airflow(params: list[Param]) -> str:
                 f"        return {_call_create_fields(ps, 'airflow', 'self.')}", ""]
         return out
 
-    lines = [HEADER + '"""The parameter layer of RunhouseOperator and RunhouseSensor (generated)."""', "",
+    lines = [HEADER + '"""The parameter layer of RunhouseOperator, RunhouseSensor and RunhouseInstanceOperator '
+             '(generated)."""', "",
              "from __future__ import annotations", "",
              "from collections.abc import Callable, Sequence", "from typing import Any", "",
              "from airflow.sdk import conf", "", "from runhouse_provider.hooks import RunhouseHook", "", ""]
     lines += _create_fields([p for p in params if "airflow.operator" in p.shims], "airflow") + ["", ""]
     lines += mixin("OperatorParameters", "airflow.operator", "RunhouseOperator") + [""]
-    lines += mixin("SensorParameters", "airflow.sensor", "RunhouseSensor")
+    lines += mixin("SensorParameters", "airflow.sensor", "RunhouseSensor") + [""]
+    lines += mixin("InstanceOperatorParameters", "airflow.instance", "RunhouseInstanceOperator")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -198,6 +205,10 @@ PREFECT_TASKS = [
     ("wait_for_dispatch", "prefect.wait", "wait",
      "Waits for a dispatch (long-polling the gateway) and returns its JSON result.",
      "The result. Raises as `run_remote` does, and `TimeoutError` when `timeout` passes first."),
+    ("create_instance", "prefect.instance", "instance",
+     "Constructs a class once on a Runhouse Gateway cluster as a named instance (or attaches to the live one "
+     "of that name), for `run_remote(instance=..., method=...)` calls in this and other flows.",
+     "The instance's name. Raises `RemoteError` if its constructor raised."),
 ]
 
 
@@ -216,7 +227,8 @@ def prefect(params: list[Param]) -> str:
         varargs = [p for p in ps if p.kind == "varargs"]
         varkw = [p for p in ps if p.kind == "varkw"]
         keyword = [p for p in ps if p.kind is None]
-        sig = [f"{p.name_for('prefect')}: {p.annotation()}" for p in positional]
+        sig = [f"{p.name_for('prefect')}: {p.annotation()}"
+               + (f" = {p.default_for('prefect')}" if p.default_for("prefect") is not None else "") for p in positional]
         sig += [f"*{p.name_for('prefect')}: Any" for p in varargs] or (["*"] if keyword else [])
         for p in keyword:
             default = p.default_for("prefect")

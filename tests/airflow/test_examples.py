@@ -26,3 +26,29 @@ def test_fire_and_forget_then_a_deferred_sensor_returns_the_result(airflow, gw):
     best = airflow.xcom("trigger_and_sense", "wait")
     assert best["C"] in (0.01, 0.1, 1.0, 10.0, 100.0) and best["accuracy"] >= 0.9, result.stdout[-6000:]
     assert f"[remote] best C={best['C']}" in result.stdout
+
+
+def test_a_trainer_instance_is_constructed_once_and_trained_across_tasks(airflow, gw):
+    from runhouse_gateway import GatewayError
+
+    try:
+        gw.instance("iris-trainer").delete()
+    except GatewayError as err:
+        assert err.status == 404
+    result = airflow.dags_test("trainer_instance")
+    states = airflow.task_states("trainer_instance")
+    assert states == {t: ("success", 1) for t in ("construct", "epoch_0", "epoch_1", "evaluate")}, \
+        result.stdout[-6000:]
+    assert airflow.xcom("trainer_instance", "construct") == "iris-trainer"
+    assert airflow.xcom("trainer_instance", "epoch_0")["epochs_run"] == 1
+    assert airflow.xcom("trainer_instance", "epoch_1")["epochs_run"] == 2
+    evaluated = airflow.xcom("trainer_instance", "evaluate")
+    assert evaluated["epochs_run"] == 2 and evaluated["constructed"] == 1, evaluated
+    assert evaluated["test_accuracy"] > 0.5, evaluated
+    assert "[remote] trainer ready" in result.stdout, "the constructor's output is in the task log"
+    assert "[remote] epoch 1: train accuracy" in result.stdout
+    # Every method call is a dispatch of the instance, labelled with its task.
+    run_id = airflow.latest_run_id("trainer_instance")
+    calls = gw.dispatches(labels={"dag_id": "trainer_instance", "run_id": run_id, "instance": "iris-trainer"})
+    assert sorted(d.data["labels"]["task_id"] for d in calls) == ["epoch_0", "epoch_1", "evaluate"]
+    gw.instance("iris-trainer").delete()

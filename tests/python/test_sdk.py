@@ -236,3 +236,48 @@ def test_a_schedule_runs_a_function_every_second_and_can_be_paused_and_deleted(g
     with pytest.raises(GatewayError) as caught:
         gw.schedule("sdk-bad", "not cron", add)
     assert caught.value.status == 422 and "cron" in caught.value.message
+
+
+def test_a_class_is_constructed_once_and_its_methods_keep_state(gw, capsys):
+    import models
+
+    Trainer = gw.cls(models.Trainer).to("local")
+    t = Trainer(0.01, name="bert-ft")
+    assert "loading bert-base at lr=0.01" in capsys.readouterr().out, "the constructor's output is echoed"
+    assert t.train_epoch(0) == {"epoch": 0, "epochs_run": 1}
+    assert "epoch 0 done" in capsys.readouterr().out
+    # Another thread, the same object, at the same time.
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda e: t.train_epoch(e), range(1, 5)))
+    # Another client attaches by name and sees the same state.
+    t2 = Gateway().instance("bert-ft")
+    assert t2.evaluate() == {"epochs_run": 5, "lr": 0.01, "model": "bert-base"}
+    # Methods also give a Dispatch handle, and an async twin.
+    handle = t2.train_epoch.dispatch(5)
+    assert handle.result() == {"epoch": 5, "epochs_run": 6}
+    assert asyncio.run(t.evaluate.async_())["epochs_run"] == 6
+    with pytest.raises(RemoteError) as caught:
+        t.explode()
+    assert caught.value.remote_type == "ZeroDivisionError"
+    # The same name with the same arguments attaches; with others it is refused.
+    assert Trainer(0.01, name="bert-ft").evaluate()["epochs_run"] == 6
+    with pytest.raises(GatewayError) as refused:
+        Trainer(0.5, name="bert-ft")
+    assert refused.value.status == 409
+    assert [i.name for i in gw.instances()] == ["bert-ft"]
+    t.delete()
+    assert t.data["state"] == "deleted"
+    with pytest.raises(GatewayError) as gone:
+        t2.evaluate()
+    assert gone.value.code == "instance_deleted"
+
+
+def test_a_constructor_that_raises_surfaces_as_a_remote_error(gw):
+    import models
+
+    with pytest.raises(RemoteError) as caught:
+        gw.cls(models.Fragile).to("local")(name="fragile")
+    assert caught.value.remote_type == "MemoryError"
+    assert "model does not fit" in caught.value.remote_traceback
+    assert gw.instance("fragile").state() == "failed"
+    gw.instance("fragile").delete()

@@ -134,3 +134,23 @@ async fn the_readme_schedules_walkthrough_works_verbatim() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines, ["heartbeat", "5", "\"tick\"", "True", "204"], "{stdout}");
 }
+
+#[tokio::test]
+async fn the_readme_objects_walkthrough_works_verbatim() {
+    let stdout = run_block("objects").await;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "starting",
+            "1",
+            "2",
+            "{'items': ['tea', 'milk'], 'owner': 'ada'}",
+            "ready",
+            "ready",
+            "deleted",
+            "instance_deleted"
+        ],
+        "{stdout}"
+    );
+}

@@ -5,6 +5,10 @@
     train = gw.function(my_module.train).to("gpu")  # packs and uploads the project if it changed
     result = train(0.01, epochs=3)                  # runs remotely, streams its output here
 
+    Trainer = gw.cls(my_module.Trainer).to("gpu")  # a class: constructed once, remotely
+    t = Trainer(lr=0.01, name="bert-ft")            # or gw.instance("bert-ft") from anywhere else
+    t.train_epoch(0)                                # each method call is a dispatch
+
 Every HTTP call, retry and token is handled by the Rust client underneath
 (``runhouse_gateway._native``); blocking calls release the GIL, so threads
 can drive several remote calls at once.
@@ -29,6 +33,8 @@ __all__ = [
     "RemoteLogWriter",
     "Gateway",
     "RemoteFunction",
+    "RemoteClass",
+    "RemoteInstance",
     "Schedule",
     "Dispatch",
     "GatewayError",
@@ -251,6 +257,8 @@ class RemoteFunction:
         self.cluster = cluster
 
     def __repr__(self) -> str:
+        if "instance" in self._spec:
+            return f"<RemoteMethod {self._spec['method']} of instance {self._spec['instance']}>"
         return f"<RemoteFunction {self._spec.get('function') or self._spec.get('function_name')} on {self.cluster}>"
 
     def dispatch(self, *args: Any, labels: Optional[Dict[str, str]] = None, timeout: Optional[int] = None,
@@ -292,6 +300,9 @@ class RemoteFunction:
         """``__call__`` without blocking the event loop."""
         return await asyncio.to_thread(self.__call__, *args, **kwargs)
 
+    #: The same as ``acall`` (the name instance methods are usually reached by: ``t.embed.async_(...)``).
+    async_ = acall
+
 
 class _FunctionSpec:
     def __init__(self, gateway: "Gateway", target: Union[Callable[..., Any], str], name: Optional[str],
@@ -303,6 +314,18 @@ class _FunctionSpec:
 
     def to(self, cluster: str) -> RemoteFunction:
         """Packs the function's project (uploading it only if the gateway lacks it) and binds it to ``cluster``."""
+        entrypoint, sha = self._pack()
+        spec: Dict[str, Any] = {"function": entrypoint, "bundle": sha, "requirements": self._requirements}
+        if self._name:
+            _call(self._gateway._native.register, json.dumps(
+                {"name": self._name, "function": entrypoint, "bundle": sha, "requirements": self._requirements,
+                 "cluster": cluster}))
+            spec = {"function_name": self._name}
+        return RemoteFunction(self._gateway, spec, cluster)
+
+    def _pack(self) -> "tuple[str, str]":
+        """Packs the target's project (uploading it only if the gateway lacks it); returns its
+        ``module:qualname`` and the bundle's sha256."""
         if isinstance(self._target, str):
             entrypoint, source = self._target, os.getcwd()
             if ":" not in entrypoint:
@@ -326,13 +349,113 @@ class _FunctionSpec:
                 module_name = module
             entrypoint = f"{module_name}:{fn.__qualname__}"
         self.uploaded = uploaded
-        spec: Dict[str, Any] = {"function": entrypoint, "bundle": sha, "requirements": self._requirements}
-        if self._name:
-            _call(self._gateway._native.register, json.dumps(
-                {"name": self._name, "function": entrypoint, "bundle": sha, "requirements": self._requirements,
-                 "cluster": cluster}))
-            spec = {"function_name": self._name}
-        return RemoteFunction(self._gateway, spec, cluster)
+        return entrypoint, sha
+
+
+class RemoteInstance:
+    """A live remote object. Its methods are called like local ones; each call is a dispatch.
+
+    ``t.method(...)`` runs remotely, streaming output here, and returns the result (remote
+    exceptions raise RemoteError); ``t.method.dispatch(...)`` returns a Dispatch at once;
+    ``await t.method.acall(...)`` (or ``.async_``) does not block the event loop. Any number of
+    threads, processes and pipelines may call one instance at once.
+    """
+
+    def __init__(self, gateway: "Gateway", data: Dict[str, Any]) -> None:
+        self._gateway = gateway
+        self._data = data
+        self.name: str = data["name"]
+
+    def __repr__(self) -> str:
+        return f"<RemoteInstance {self.name} of {self._data['class']} {self._data['state']}>"
+
+    def __getattr__(self, method: str) -> RemoteFunction:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return RemoteFunction(self._gateway, {"instance": self.name, "method": method}, None)
+
+    def method(self, name: str) -> RemoteFunction:
+        """The method ``name``, for names that ``t.<name>`` cannot reach."""
+        return RemoteFunction(self._gateway, {"instance": self.name, "method": name}, None)
+
+    @property
+    def data(self) -> Dict[str, Any]:
+        """The instance as last read: state, node, constructor dispatch, restarts, events..."""
+        return self._data
+
+    def refresh(self) -> "RemoteInstance":
+        self._data = _call(self._gateway._native.instance_get, self.name)
+        return self
+
+    def state(self) -> str:
+        """starting, ready, failed, lost or deleted."""
+        return self.refresh()._data["state"]
+
+    def events(self) -> List[Dict[str, Any]]:
+        """Its latest events: constructed, lost, restarted, calls abandoned..."""
+        return self.refresh()._data.get("events", [])
+
+    def wait_ready(self, echo: bool = True) -> "RemoteInstance":
+        """Waits for the constructor (echoing its output with ``echo``); raises RemoteError if it failed."""
+        constructor = self._data.get("constructor_id")
+        if constructor and self._data["state"] == "starting":
+            handle = Dispatch(self._gateway, {"id": constructor, "state": "queued"})
+            with handle._cancel_on_interrupt():
+                ended = handle._echo_output() if echo else None
+            handle._outcome(ended or handle.wait())
+        self.refresh()
+        if self._data["state"] == "failed":
+            failure = self._data.get("failure") or {}
+            raise RemoteError(failure.get("remote_type") or failure.get("code", "failed"), failure.get("message", ""),
+                              failure.get("traceback") or "", constructor or "")
+        return self
+
+    def delete(self) -> None:
+        """Deletes it: its calls are cancelled and its worker stopped."""
+        self._data = _call(self._gateway._native.instance_delete, self.name)
+
+
+class RemoteClass:
+    """A class bound to a cluster. Calling it constructs an instance there, once."""
+
+    def __init__(self, gateway: "Gateway", spec: Dict[str, Any], cluster: str) -> None:
+        self._gateway = gateway
+        self._spec = spec
+        self.cluster = cluster
+
+    def __repr__(self) -> str:
+        return f"<RemoteClass {self._spec['class']} on {self.cluster}>"
+
+    def __call__(self, *args: Any, name: Optional[str] = None, **kwargs: Any) -> RemoteInstance:
+        """Constructs ``cls(*args, **kwargs)`` remotely as instance ``name`` (default: the class name
+        in lower case) and waits for the constructor, echoing its output. If a live instance of that
+        name exists with the same arguments, attaches to it instead; with other arguments, GatewayError 409."""
+        return self.new(name or self._spec["class"].rsplit(".", 1)[-1].rsplit(":", 1)[-1].lower(),
+                        list(args), kwargs)
+
+    def new(self, name: str, args: Optional[List[Any]] = None, kwargs: Optional[Dict[str, Any]] = None, *,
+            max_concurrency: Optional[int] = None, idle_stop_minutes: Optional[float] = None,
+            restart: str = "never", wait: bool = True) -> RemoteInstance:
+        """``__call__`` for callers that hold the constructor's arguments as data (a constructor
+        parameter called ``name`` goes in ``kwargs``), with the instance's options:
+        ``max_concurrency`` (method calls at once, default 8), ``idle_stop_minutes``, and
+        ``restart`` (``never`` or ``on_lost``: construct it again when its node is lost)."""
+        body: Dict[str, Any] = dict(self._spec, name=name, args=list(args or []), kwargs=dict(kwargs or {}),
+                                    cluster=self.cluster, restart=restart)
+        if max_concurrency is not None:
+            body["max_concurrency"] = max_concurrency
+        if idle_stop_minutes is not None:
+            body["idle_stop_minutes"] = idle_stop_minutes
+        instance = RemoteInstance(self._gateway, _call(self._gateway._native.instance_create, json.dumps(body)))
+        return instance.wait_ready() if wait else instance
+
+
+class _ClassSpec(_FunctionSpec):
+    def to(self, cluster: str) -> RemoteClass:  # type: ignore[override]
+        """Packs the class's project (uploading it only if the gateway lacks it) and binds it to ``cluster``."""
+        entrypoint, sha = self._pack()
+        return RemoteClass(self._gateway, {"class": entrypoint, "bundle": sha, "requirements": self._requirements},
+                           cluster)
 
 
 class Schedule:
@@ -398,6 +521,22 @@ class Gateway:
                  requirements: Optional[List[str]] = None) -> _FunctionSpec:
         """A function (or ``"module:qualname"``) to run remotely; follow with ``.to(cluster)``."""
         return _FunctionSpec(self, fn, name, requirements)
+
+    def cls(self, cls: Union[type, str], requirements: Optional[List[str]] = None) -> _ClassSpec:
+        """A class (or ``"module:Qualname"``) to construct remotely; follow with ``.to(cluster)``."""
+        return _ClassSpec(self, cls, None, requirements)
+
+    def instance(self, name: str) -> RemoteInstance:
+        """Attaches to the live instance ``name`` (made by any client, process or pipeline)."""
+        return RemoteInstance(self, _call(self._native.instance_get, name))
+
+    def method(self, instance: str, method: str) -> RemoteFunction:
+        """Method ``method`` of instance ``instance``, without reading the instance first."""
+        return RemoteFunction(self, {"instance": instance, "method": method}, None)
+
+    def instances(self, all: bool = False) -> List[RemoteInstance]:
+        """The project's live instances (``all``: deleted ones too), by name."""
+        return [RemoteInstance(self, i) for i in _call(self._native.instance_list, all)["items"]]
 
     def registered(self, name: str, cluster: Optional[str] = None) -> RemoteFunction:
         """A function registered under ``name`` (``rh deploy`` or ``function(..., name=)``), bound to

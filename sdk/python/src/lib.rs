@@ -141,6 +141,25 @@ impl NativeClient {
         to_json(&block_on(py, async { self.client.schedule_runs(name, &query).await })?)
     }
 
+    /// Creates an instance from a `CreateInstance` JSON body (or attaches to
+    /// the live one of that name and fields); returns the instance JSON.
+    fn instance_create(&self, py: Python<'_>, request: &str) -> PyResult<String> {
+        let request = from_json(request, "instance request")?;
+        to_json(&block_on(py, async { self.client.instance_create(&request).await })?)
+    }
+
+    fn instance_get(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        to_json(&block_on(py, self.client.instance_get(name))?)
+    }
+
+    fn instance_list(&self, py: Python<'_>, all: bool) -> PyResult<String> {
+        to_json(&block_on(py, self.client.instance_list(all))?)
+    }
+
+    fn instance_delete(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        to_json(&block_on(py, self.client.instance_delete(name))?)
+    }
+
     /// An iterator of log entries (JSON) that follows the output live until
     /// the dispatch ends; then `ended()` holds the dispatch JSON it ended as.
     fn follow(&self, id: &str, offset: i64) -> PyResult<LogFollower> {

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
-from runhouse_gateway import Dispatch, Gateway, GatewayError, RemoteFunction
+from runhouse_gateway import Dispatch, Gateway, GatewayError, RemoteClass, RemoteFunction
 
 
 #: How long a cancel from ``on_kill`` may take (Airflow sends SIGKILL 5 s after SIGTERM).
@@ -129,6 +129,19 @@ class RunhouseHook(BaseHook):
         spec = gw.function(python_callable, requirements=requirements)
         remote = spec.to(cluster)
         _check_importable(python_callable, spec.root, spec.module)
+        return remote
+
+    def remote_class(self, *, cls: type | str, cluster: str | None = None,
+                     requirements: list[str] | None = None) -> RemoteClass:
+        """Binds a class from an ordinary module (its project is packed and uploaded if the gateway
+        lacks it), or ``"module:Qualname"``, to ``cluster`` (default: the connection's default cluster)."""
+        cluster = cluster or self.settings.default_cluster
+        if not cluster:
+            raise ValueError("no cluster: pass cluster= or set the connection's default cluster")
+        spec = self.get_conn().cls(cls, requirements=requirements)
+        remote = spec.to(cluster)
+        if not isinstance(cls, str):
+            _check_importable(cls, spec.root, spec.module)
         return remote
 
     def get_dispatch(self, dispatch_id: str) -> Dispatch:

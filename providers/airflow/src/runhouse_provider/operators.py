@@ -18,7 +18,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 from runhouse_gateway import Dispatch, GatewayError
 
-from runhouse_provider._generated import OperatorParameters
+from runhouse_provider._generated import InstanceOperatorParameters, OperatorParameters
 from runhouse_provider.hooks import UsesRunhouseHook, cancel_within_budget
 from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
 from runhouse_provider.outcomes import ACTIVE_STATES, TERMINAL_STATES, RemoteLogWriter, result_or_raise
@@ -56,8 +56,14 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
     operator_extra_links = (RunhouseDispatchLink(),)
 
     def _check_parameters(self) -> None:
-        if (self.function is None) == (self.python_callable is None):
-            raise ValueError("give exactly one of function= (a registered name) and python_callable=")
+        given = [n for n in ("function", "python_callable", "instance") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of function= (a registered name), python_callable=, "
+                             "or instance= with method=")
+        if (self.instance is None) != (self.method is None):
+            raise ValueError("instance= and method= go together: the method of that instance is called")
+        if self.instance is not None and (self.cluster is not None or self.requirements):
+            raise ValueError("a method call runs where its instance lives: no cluster= or requirements=")
         if self.python_callable is not None and not callable(self.python_callable):
             raise ValueError("python_callable must be callable")
         op_args, op_kwargs = self.op_args, self.op_kwargs
@@ -133,8 +139,11 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
                     return previous
                 self.log.info("Dispatch %s from try %s ended %s; starting a new one", previous.id,
                               record.get("try_number"), state)
-        remote = self.hook.remote_function(function=self.function, python_callable=self.python_callable,
-                                           cluster=self.cluster, requirements=self.requirements)
+        if self.instance is not None:
+            remote = self.hook.get_conn().method(self.instance, self.method)
+        else:
+            remote = self.hook.remote_function(function=self.function, python_callable=self.python_callable,
+                                               cluster=self.cluster, requirements=self.requirements)
         labels = {**self.labels, **airflow_labels(context)}
         handle = remote.submit(list(self.op_args), dict(self.op_kwargs), labels=labels,
                                idempotency_key=self._idempotency_key(context), request=self.create_fields())
@@ -205,6 +214,53 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
 
     def _task_ref(self) -> str:
         return f"{self.dag_id}.{self.task_id}"
+
+
+class RunhouseInstanceOperator(UsesRunhouseHook, InstanceOperatorParameters, BaseOperator):
+    __doc__ = ("Constructs a class once on a Runhouse Gateway cluster as a named instance, or attaches to the "
+               "live one of that name, for `RunhouseOperator(instance=..., method=...)` tasks of this and other "
+               "DAGs. Returns the instance's name (the task's XCom).\n"
+               + (InstanceOperatorParameters.__doc__ or "").split("\n", 1)[1])
+
+    template_fields_renderers = {"op_args": "json", "op_kwargs": "json"}
+    ui_color = "#e6f4ea"
+
+    def _check_parameters(self) -> None:
+        if self.cls is None:
+            raise ValueError("cls= is the class to construct (a class or 'module:Qualname')")
+        op_args, op_kwargs = self.op_args, self.op_kwargs
+        self.op_args = list(op_args or []) if not _is_lazy(op_args) else op_args
+        self.op_kwargs = dict(op_kwargs or {}) if not _is_lazy(op_kwargs) else op_kwargs
+        self.requirements = list(self.requirements or [])
+        self._constructor: Dispatch | None = None
+
+    def execute(self, context: Context) -> str:
+        remote = self.hook.remote_class(cls=self.cls, cluster=self.cluster, requirements=self.requirements)
+        created = remote.new(self.instance, list(self.op_args), dict(self.op_kwargs),
+                             max_concurrency=self.max_concurrency, idle_stop_minutes=self.idle_stop_minutes,
+                             restart=self.restart, wait=False)
+        data = created.data
+        constructor = data.get("constructor_id")
+        self.log.info("Instance %s of %s on cluster %s is %s (constructor dispatch %s)", created.name,
+                      data["class"], data["cluster"], data["state"], constructor)
+        if constructor and data["state"] == "starting":
+            handle = self.hook.get_dispatch(constructor)
+            self._constructor = handle
+            if self.stream_logs:
+                writer = RemoteLogWriter(self.log)
+                try:
+                    for entry in handle.logs(follow=True):
+                        writer.write(entry)
+                finally:
+                    writer.flush()
+            handle.wait()
+        created.wait_ready(echo=False)
+        return created.name
+
+    def on_kill(self) -> None:
+        """Airflow is stopping the task while the constructor runs: cancel it (the instance fails)."""
+        if self._constructor is not None:
+            cancel_within_budget(self._constructor, f"Airflow stopped task {self.dag_id}.{self.task_id}", self.log)
 
 
 def _is_lazy(value: Any) -> bool:

@@ -9,6 +9,12 @@
         data = run_remote(steps.preprocess, cluster="cpu", requirements=["scikit-learn"])
         return run_remote(steps.train, data, cluster="train", requirements=["scikit-learn"])
 
+    @flow
+    def training():
+        name = create_instance(steps.Trainer, lr=0.01, name="bert-ft", cluster="train")
+        run_remote(instance=name, method="train_epoch", epoch=0)
+        return run_remote(instance=name, method="evaluate")
+
 The task functions (signatures and docs) are generated from providers/shims.toml
 into ``_generated.py``; what they do lives in ``lifecycle.py``.
 """
@@ -16,6 +22,8 @@ into ``_generated.py``; what they do lives in ``lifecycle.py``.
 from runhouse_gateway import DispatchCancelled, DispatchTimedOut, RemoteError
 
 from prefect_runhouse._generated import (
+    create_instance,
+    create_instance_async,
     run_remote,
     run_remote_async,
     trigger_dispatch,
@@ -34,6 +42,8 @@ __all__ = [
     "trigger_dispatch_async",
     "wait_for_dispatch",
     "wait_for_dispatch_async",
+    "create_instance",
+    "create_instance_async",
     "cancel_flow_run_dispatches",
     "FlowRunCancelled",
     "RemoteError",

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect_runhouse import lifecycle
 from prefect_runhouse.credentials import RunhouseCredentials
 
-__all__ = ["run_remote", "run_remote_async", "trigger_dispatch", "trigger_dispatch_async", "wait_for_dispatch", "wait_for_dispatch_async"]
+__all__ = ["run_remote", "run_remote_async", "trigger_dispatch", "trigger_dispatch_async", "wait_for_dispatch", "wait_for_dispatch_async", "create_instance", "create_instance_async"]
 
 
 def create_fields(*, timeout: int | None = None) -> dict[str, Any]:
@@ -26,8 +26,10 @@ def create_fields(*, timeout: int | None = None) -> dict[str, Any]:
 
 @task(name="run_remote", cache_policy=NO_CACHE, retry_condition_fn=lifecycle.retry_condition)
 def run_remote(
-    fn_or_name: Callable[..., Any] | str,
+    fn_or_name: Callable[..., Any] | str | None = None,
     *args: Any,
+    instance: str | None = None,
+    method: str | None = None,
     cluster: str | None = None,
     requirements: Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
@@ -42,7 +44,13 @@ def run_remote(
     Args:
         fn_or_name: The function to run: a callable from an ordinary module of your project (its project folder
             is packed and uploaded if the gateway lacks it, as `fn.to(cluster)` does), or the name of a
-            registered function (`rh deploy ... --name`).
+            registered function (`rh deploy ... --name`). None when calling a method of an `instance`.
+        instance: Calls `method` of this live instance (`POST /v1/instances`) instead of a function: give it
+            with `method`, and without `function`, `function_name`, `bundle`, `requirements` or `cluster` (the
+            instance has them). (at most 64 characters) It is made by `RunhouseInstanceOperator` or
+            `create_instance`, the SDK (`gw.cls(C).to(cluster)(name=...)`), or `POST /v1/instances`. Give this
+            and `method` instead of `fn_or_name`.
+        method: The method of `instance` to call. (at most 255 characters)
         *args: Positional arguments, as JSON values. May hold upstream results (futures resolve first).
         **kwargs: Keyword arguments, as a JSON object.
         cluster: The cluster to run on (optional with a `function_name` that has a default): a cluster of the
@@ -50,7 +58,7 @@ def run_remote(
             matching `^([A-Za-z0-9._-]{1,64}/)?[A-Za-z0-9._-]{1,64}$`) Default: the credentials' default
             cluster, or for a registered function its registered cluster.
         requirements: pip requirements; the node runs the call in a cached environment per set. Only for a
-            callable: a registered function brings its own.
+            callable or class: a registered function brings its own.
         labels: Free key/value labels, such as an orchestrator's dag, run and task ids. The Prefect ones
             (flow_name, flow_run_id, task_run_id, task_name, task_key, task_index, attempt) are always added.
         timeout: Ends the call as `timed_out` after this many seconds of running (1 to 2592000, 30 days).
@@ -69,6 +77,8 @@ def run_remote(
     """
     return lifecycle.run(lifecycle.RemoteCall(
         fn_or_name=fn_or_name,
+        instance=instance,
+        method=method,
         args=list(args),
         kwargs=dict(kwargs),
         cluster=cluster,
@@ -83,8 +93,10 @@ def run_remote(
 
 @task(name="run_remote_async", cache_policy=NO_CACHE, retry_condition_fn=lifecycle.retry_condition)
 async def run_remote_async(
-    fn_or_name: Callable[..., Any] | str,
+    fn_or_name: Callable[..., Any] | str | None = None,
     *args: Any,
+    instance: str | None = None,
+    method: str | None = None,
     cluster: str | None = None,
     requirements: Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
@@ -97,6 +109,8 @@ async def run_remote_async(
     """`run_remote` for async flows: the same parameters and outcome."""
     return await lifecycle.run_async(lifecycle.RemoteCall(
         fn_or_name=fn_or_name,
+        instance=instance,
+        method=method,
         args=list(args),
         kwargs=dict(kwargs),
         cluster=cluster,
@@ -111,8 +125,10 @@ async def run_remote_async(
 
 @task(name="trigger_dispatch", cache_policy=NO_CACHE, retry_condition_fn=lifecycle.retry_condition)
 def trigger_dispatch(
-    fn_or_name: Callable[..., Any] | str,
+    fn_or_name: Callable[..., Any] | str | None = None,
     *args: Any,
+    instance: str | None = None,
+    method: str | None = None,
     cluster: str | None = None,
     requirements: Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
@@ -125,7 +141,13 @@ def trigger_dispatch(
     Args:
         fn_or_name: The function to run: a callable from an ordinary module of your project (its project folder
             is packed and uploaded if the gateway lacks it, as `fn.to(cluster)` does), or the name of a
-            registered function (`rh deploy ... --name`).
+            registered function (`rh deploy ... --name`). None when calling a method of an `instance`.
+        instance: Calls `method` of this live instance (`POST /v1/instances`) instead of a function: give it
+            with `method`, and without `function`, `function_name`, `bundle`, `requirements` or `cluster` (the
+            instance has them). (at most 64 characters) It is made by `RunhouseInstanceOperator` or
+            `create_instance`, the SDK (`gw.cls(C).to(cluster)(name=...)`), or `POST /v1/instances`. Give this
+            and `method` instead of `fn_or_name`.
+        method: The method of `instance` to call. (at most 255 characters)
         *args: Positional arguments, as JSON values. May hold upstream results (futures resolve first).
         **kwargs: Keyword arguments, as a JSON object.
         cluster: The cluster to run on (optional with a `function_name` that has a default): a cluster of the
@@ -133,7 +155,7 @@ def trigger_dispatch(
             matching `^([A-Za-z0-9._-]{1,64}/)?[A-Za-z0-9._-]{1,64}$`) Default: the credentials' default
             cluster, or for a registered function its registered cluster.
         requirements: pip requirements; the node runs the call in a cached environment per set. Only for a
-            callable: a registered function brings its own.
+            callable or class: a registered function brings its own.
         labels: Free key/value labels, such as an orchestrator's dag, run and task ids. The Prefect ones
             (flow_name, flow_run_id, task_run_id, task_name, task_key, task_index, attempt) are always added.
         timeout: Ends the call as `timed_out` after this many seconds of running (1 to 2592000, 30 days).
@@ -145,6 +167,8 @@ def trigger_dispatch(
     """
     return lifecycle.trigger(lifecycle.RemoteCall(
         fn_or_name=fn_or_name,
+        instance=instance,
+        method=method,
         args=list(args),
         kwargs=dict(kwargs),
         cluster=cluster,
@@ -157,8 +181,10 @@ def trigger_dispatch(
 
 @task(name="trigger_dispatch_async", cache_policy=NO_CACHE, retry_condition_fn=lifecycle.retry_condition)
 async def trigger_dispatch_async(
-    fn_or_name: Callable[..., Any] | str,
+    fn_or_name: Callable[..., Any] | str | None = None,
     *args: Any,
+    instance: str | None = None,
+    method: str | None = None,
     cluster: str | None = None,
     requirements: Sequence[str] | None = None,
     labels: dict[str, str] | None = None,
@@ -169,6 +195,8 @@ async def trigger_dispatch_async(
     """`trigger_dispatch` for async flows: the same parameters and outcome."""
     return await lifecycle.trigger_async(lifecycle.RemoteCall(
         fn_or_name=fn_or_name,
+        instance=instance,
+        method=method,
         args=list(args),
         kwargs=dict(kwargs),
         cluster=cluster,
@@ -235,6 +263,96 @@ async def wait_for_dispatch_async(
         poll_interval=poll_interval,
         stream_logs=stream_logs,
         cancel_on_kill=cancel_on_kill,
+        credentials=credentials,
+        request=create_fields(),
+    ))
+
+
+@task(name="create_instance", cache_policy=NO_CACHE, retry_condition_fn=lifecycle.retry_condition)
+def create_instance(
+    cls: type | str,
+    *args: Any,
+    name: str,
+    cluster: str | None = None,
+    requirements: Sequence[str] | None = None,
+    max_concurrency: int | None = None,
+    idle_stop_minutes: float | None = None,
+    restart: str = "never",
+    stream_logs: bool = True,
+    credentials: RunhouseCredentials | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Constructs a class once on a Runhouse Gateway cluster as a named instance (or attaches to the live one of that name), for `run_remote(instance=..., method=...)` calls in this and other flows.
+
+    Args:
+        cls: The class to construct: a class from an ordinary module of your project (its project folder is
+            packed and uploaded if the gateway lacks it), or `"module:Qualname"`.
+        name: Unique among the project's live instances. 1–64 of `[A-Za-z0-9._-]`. (at most 64 characters;
+            matching `^[A-Za-z0-9._-]{1,64}$`) Method calls name it; creating a live name again with the same
+            arguments attaches to it.
+        *args: Positional arguments, as JSON values. May hold upstream results (futures resolve first).
+        **kwargs: Keyword arguments, as a JSON object.
+        cluster: The cluster to run on (optional with a `function_name` that has a default): a cluster of the
+            token's project, or `project/name` for one another project shares with it. (at most 129 characters;
+            matching `^([A-Za-z0-9._-]{1,64}/)?[A-Za-z0-9._-]{1,64}$`) Default: the credentials' default
+            cluster, or for a registered function its registered cluster.
+        requirements: pip requirements; the node runs the call in a cached environment per set. Only for a
+            callable or class: a registered function brings its own.
+        max_concurrency: Method calls that run at once, on threads of its worker (1 to 256, default 8); more
+            wait at the gateway.
+        idle_stop_minutes: Stop it after this many minutes without a call (its cluster can then autostop). A
+            stopped instance is `lost`; with `restart: on_lost` the next call constructs it again.
+        restart: `never`, or `on_lost`: when its node is lost (or it stopped for being idle) the next method
+            call constructs it again, with the same arguments.
+        stream_logs: Copy the remote stdout/stderr into the task's log as it arrives.
+        credentials: Where the gateway is (a `RunhouseCredentials` block). Default: `RH_GATEWAY_URL`, `RH_TOKEN`
+            and `RH_CLUSTER` from the environment.
+
+    Returns:
+        The instance's name. Raises `RemoteError` if its constructor raised.
+    """
+    return lifecycle.instance(lifecycle.RemoteCall(
+        cls=cls,
+        name=name,
+        args=list(args),
+        kwargs=dict(kwargs),
+        cluster=cluster,
+        requirements=requirements,
+        max_concurrency=max_concurrency,
+        idle_stop_minutes=idle_stop_minutes,
+        restart=restart,
+        stream_logs=stream_logs,
+        credentials=credentials,
+        request=create_fields(),
+    ))
+
+
+@task(name="create_instance_async", cache_policy=NO_CACHE, retry_condition_fn=lifecycle.retry_condition)
+async def create_instance_async(
+    cls: type | str,
+    *args: Any,
+    name: str,
+    cluster: str | None = None,
+    requirements: Sequence[str] | None = None,
+    max_concurrency: int | None = None,
+    idle_stop_minutes: float | None = None,
+    restart: str = "never",
+    stream_logs: bool = True,
+    credentials: RunhouseCredentials | None = None,
+    **kwargs: Any,
+) -> Any:
+    """`create_instance` for async flows: the same parameters and outcome."""
+    return await lifecycle.instance_async(lifecycle.RemoteCall(
+        cls=cls,
+        name=name,
+        args=list(args),
+        kwargs=dict(kwargs),
+        cluster=cluster,
+        requirements=requirements,
+        max_concurrency=max_concurrency,
+        idle_stop_minutes=idle_stop_minutes,
+        restart=restart,
+        stream_logs=stream_logs,
         credentials=credentials,
         request=create_fields(),
     ))

@@ -53,6 +53,15 @@ class RemoteCall:
     """One task's parameters, as the generated task functions hand them over."""
 
     fn_or_name: Any = None
+    #: A method call: the instance and its method (instead of ``fn_or_name``).
+    instance: Optional[str] = None
+    method: Optional[str] = None
+    #: ``create_instance``: the class, the instance's name and options.
+    cls: Any = None
+    name: Optional[str] = None
+    max_concurrency: Optional[int] = None
+    idle_stop_minutes: Optional[float] = None
+    restart: str = "never"
     dispatch_id: Optional[str] = None
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -125,7 +134,13 @@ def _submit(call: RemoteCall, gw: Gateway, creds: RunhouseCredentials) -> Dispat
         return previous
     cluster = call.cluster or creds.default_cluster
     target = call.fn_or_name
-    if isinstance(target, str):
+    if call.instance is not None or call.method is not None:
+        if target is not None or not call.instance or not call.method:
+            raise ValueError("a method call gives instance= and method=, and no function")
+        if call.cluster or call.requirements:
+            raise ValueError("a method call runs where its instance lives: no cluster= or requirements=")
+        remote = gw.method(call.instance, call.method)
+    elif isinstance(target, str):
         if call.requirements:
             raise ValueError("requirements belong to the registered function; pass them when registering it")
         remote = gw.registered(target, cluster)
@@ -307,6 +322,37 @@ async def _in_thread(fn: Callable[[RemoteCall], Any], call: RemoteCall) -> Any:
         if owned is not None:
             _cancel(owned, "the Prefect task was cancelled (CancelledError)", get_run_logger())
         raise
+
+
+# -- instances -----------------------------------------------------------------------------------------------
+
+
+def instance(call: RemoteCall) -> str:
+    """Constructs the instance (or attaches to the live one), copying the constructor's output into the log."""
+    creds = call.credentials_or_env()
+    gw = creds.get_client()
+    cluster = call.cluster or creds.default_cluster
+    if not cluster:
+        raise ValueError("no cluster: pass cluster= or set the credentials' default_cluster")
+    if call.cls is None or not call.name:
+        raise ValueError("create_instance needs the class and name=")
+    remote_class = gw.cls(call.cls, requirements=list(call.requirements or [])).to(cluster)
+    created = remote_class.new(call.name, call.args, call.kwargs, max_concurrency=call.max_concurrency,
+                               idle_stop_minutes=call.idle_stop_minutes, restart=call.restart, wait=False)
+    logger = get_run_logger()
+    constructor = created.data.get("constructor_id")
+    logger.info("Instance %s of %s on cluster %s is %s (constructor dispatch %s)", created.name,
+                created.data["class"], created.data["cluster"], created.data["state"], constructor)
+    if constructor and created.data["state"] == "starting":
+        handle = gw.dispatch(constructor)
+        call.handle = handle
+        _wait(handle, call, owns=True)
+    created.wait_ready(echo=False)
+    return created.name
+
+
+async def instance_async(call: RemoteCall) -> str:
+    return await _in_thread(instance, call)
 
 
 # -- the flow-level backstop ---------------------------------------------------------------------------------
