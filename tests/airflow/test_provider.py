@@ -41,3 +41,30 @@ def test_the_hook_connection_test_reaches_the_gateway_and_rejects_a_bad_token(ai
     (good_ok, good_msg), (bad_ok, bad_msg) = verdicts
     assert good_ok, good_msg
     assert not bad_ok and "refused the token" in bad_msg
+
+
+def test_operator_parameters_for_method_calls_are_checked_when_the_dag_is_parsed(airflow):
+    verdicts = airflow.python(
+        "import json\n"
+        "from runhouse_provider.operators import RunhouseInstanceOperator, RunhouseOperator\n"
+        "def verdict(make):\n"
+        "    try:\n"
+        "        make()\n"
+        "        return 'ok'\n"
+        "    except ValueError as err:\n"
+        "        return str(err)\n"
+        "print(json.dumps([\n"
+        "  verdict(lambda: RunhouseOperator(task_id='a', instance='t', method='m')),\n"
+        "  verdict(lambda: RunhouseOperator(task_id='b', instance='t')),\n"
+        "  verdict(lambda: RunhouseOperator(task_id='c', instance='t', method='m', function='f')),\n"
+        "  verdict(lambda: RunhouseOperator(task_id='d', instance='t', method='m', cluster='cpu')),\n"
+        "  verdict(lambda: RunhouseInstanceOperator(task_id='e', cls='m:C', instance='t')),\n"
+        "  verdict(lambda: RunhouseInstanceOperator(task_id='f', cls=None, instance='t')),\n"
+        "  sorted(RunhouseInstanceOperator.template_fields),\n"
+        "]))\n")
+    assert verdicts[0] == "ok" and verdicts[4] == "ok"
+    assert "go together" in verdicts[1]
+    assert "exactly one of" in verdicts[2]
+    assert "where its instance lives" in verdicts[3]
+    assert "cls=" in verdicts[5]
+    assert verdicts[6] == ["cluster", "instance", "op_args", "op_kwargs", "requirements"]

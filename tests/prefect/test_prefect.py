@@ -266,3 +266,16 @@ except GatewayError as err:
     line = next((l for l in result.stdout.splitlines() if l.startswith("STATUS ")), None)
     assert line is not None, result.stdout[-3000:] + result.stderr[-3000:]
     assert line.startswith("STATUS 401") and "token" in line.lower(), line
+
+
+def test_a_flow_constructs_an_instance_and_its_tasks_share_it(run_flow, gw):
+    flow = run_flow("instance", 10)
+    assert flow.wait(timeout=180) == 0, flow.output()[-5000:]
+    output = flow.output()
+    assert "RESULT 15" in output, output[-5000:]
+    assert "[remote] counter starts at 10" in output and "[remote] count is 15" in output, output[-5000:]
+    counter = gw.instance("prefect-counter")
+    assert counter.data["state"] == "ready" and counter.data["restarts"] == 0
+    calls = gw.dispatches(labels={"instance": "prefect-counter", "flow_name": "rh-instance"}, limit=10)
+    assert len(calls) == 3, [c.data for c in calls]
+    counter.delete()

@@ -1,6 +1,8 @@
 """SDK figures for `make bench`: sequential call latency with a 1 KiB
-argument, calls/s from 8 threads, and the time of `.to()` on unchanged code,
-each the median of three runs. Prints them and adds them to
+argument, calls/s from 8 threads, the time of `.to()` on unchanged code, and
+the same for remote objects (a no-op method of a warm instance against a
+no-op function, and calls/s from 8 threads on one instance), each the median
+of three runs. Prints them and adds them to
 bench/results/latest.json (next to the figures `rh-bench` wrote). Asserts
 nothing about speed."""
 
@@ -11,11 +13,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import jobs
+import models
 
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results", "latest.json")
 
 
-def run_once(gw, echo, payload):
+def p50(call, n=300):
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        latencies.append((time.perf_counter() - started) * 1000)
+    return statistics.median(latencies)
+
+
+def run_once(gw, echo, payload, noop, service):
     latencies = []
     for _ in range(300):
         started = time.perf_counter()
@@ -33,7 +45,15 @@ def run_once(gw, echo, payload):
         started = time.perf_counter()
         spec.to("local")
         to_times.append((time.perf_counter() - started) * 1000)
+    calls = 400
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: service.noop(), range(calls)))
+    method_per_second = calls / (time.perf_counter() - started)
     return {
+        "python_function_noop_p50_ms": p50(noop),
+        "python_method_noop_p50_ms": p50(service.noop),
+        "python_method_8_threads_one_instance_per_s": method_per_second,
         "python_sdk_p50_ms": statistics.median(latencies),
         "python_sdk_p99_ms": latencies[int(len(latencies) * 0.99) - 1],
         "python_sdk_8_threads_per_s": per_second,
@@ -44,10 +64,17 @@ def run_once(gw, echo, payload):
 def test_sdk_figures(gw):
     payload = "x" * 1024
     echo = gw.function(jobs.echo).to("local")
+    noop = gw.function(jobs.noop).to("local")
+    service = gw.cls(models.Service).to("local").new("bench-service", max_concurrency=8)
     for _ in range(20):
         echo(payload)
-    runs = [run_once(gw, echo, payload) for _ in range(3)]
-    targets = {"python_sdk_p50_ms": "<= 1.5", "python_sdk_p99_ms": "<= 5", "python_deploy_unchanged_ms": "<= 100"}
+        noop()
+        service.noop()
+    runs = [run_once(gw, echo, payload, noop, service) for _ in range(3)]
+    service.delete()
+    # Runhouse's own figure for a no-op module method through its client, on this class of machine.
+    targets = {"python_sdk_p50_ms": "<= 1.5", "python_sdk_p99_ms": "<= 5", "python_deploy_unchanged_ms": "<= 100",
+               "python_method_noop_p50_ms": "<= 10 (Runhouse)"}
     try:
         with open(RESULTS) as f:
             results = json.load(f)
@@ -59,7 +86,7 @@ def test_sdk_figures(gw):
         values = [run[key] for run in runs]
         figure = {"median": statistics.median(values), "min": min(values), "max": max(values),
                   "unit": "/s" if key.endswith("per_s") else "ms", "target": targets.get(key, "")}
-        if floor and key == "python_sdk_p50_ms":
+        if floor and key.endswith("_p50_ms"):
             figure["ratio_to_floor"] = figure["median"] / floor
         results["figures"][key] = figure
         ratio = f"  {figure['ratio_to_floor']:.1f}x floor" if "ratio_to_floor" in figure else ""

@@ -7,7 +7,7 @@ import sys
 from prefect import flow
 
 import jobs
-from prefect_runhouse import cancel_flow_run_dispatches, run_remote, run_remote_async
+from prefect_runhouse import cancel_flow_run_dispatches, create_instance, run_remote, run_remote_async
 
 
 @flow(name="rh-plain", on_cancellation=[cancel_flow_run_dispatches])
@@ -73,7 +73,16 @@ def deploy(pool):
     return "deployed"
 
 
-SHAPES = {"plain": plain, "submit": submitted, "async": in_async, "retry": retried, "reverse": reverse,
+@flow(name="rh-instance")
+def with_instance(start):
+    """Constructs a counter, adds to it from two tasks (one submitted), and reads it from a plain call."""
+    name = create_instance(jobs.Counter, start, name="prefect-counter", cluster="local")
+    run_remote(instance=name, method="add", by=2)
+    run_remote.submit(instance=name, method="add", by=3).result()
+    return run_remote(instance=name, method="add", by=0)
+
+
+SHAPES = {"instance": with_instance, "plain": plain, "submit": submitted, "async": in_async, "retry": retried, "reverse": reverse,
           "serve": serve, "deploy": deploy}
 
 if __name__ == "__main__":

@@ -37,3 +37,16 @@ def wait_for(path, limit=300):
 
 def noop():
     return None
+
+
+class Counter:
+    """State that lives between tasks and flows."""
+
+    def __init__(self, start=0):
+        self.count = start
+        print(f"counter starts at {start}", flush=True)
+
+    def add(self, by=1):
+        self.count += by
+        print(f"count is {self.count}", flush=True)
+        return self.count

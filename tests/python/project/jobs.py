@@ -34,3 +34,7 @@ def sleepy(seconds):
     print(f"pid {os.getpid()}", flush=True)
     time.sleep(seconds)
     return seconds
+
+
+def noop():
+    return None

@@ -27,3 +27,10 @@ class Trainer:
 class Fragile:
     def __init__(self):
         raise MemoryError("model does not fit")
+
+
+class Service:
+    """A warm object with a method that does nothing (for `make bench`)."""
+
+    def noop(self):
+        return None
