@@ -345,30 +345,21 @@ impl DataStore {
         Ok(rows)
     }
 
-    /// Of `ids`, those not live on `node_id` (the node should stop them).
+    /// Of `ids`, those not live on `node_id` (the node should stop them). A
+    /// starting object counts as live anywhere: its node is recorded only
+    /// when the constructor's outcome arrives, which may be after the node
+    /// lists it.
     pub async fn objects_not_live_on(&self, node_id: Uuid, ids: &[Uuid]) -> Result<Vec<Uuid>> {
         let rows = sqlx::query_scalar!(
             r#"select id as "id!" from unnest($2::uuid[]) as id
-               where not exists (select 1 from object o where o.object_id = id and o.node_id = $1
-                                                          and o.state in ('starting', 'ready'))"#,
+               where not exists (select 1 from object o
+                                 where o.object_id = id
+                                   and (o.state = 'starting' or (o.state = 'ready' and o.node_id = $1)))"#,
             node_id,
             ids
         )
         .fetch_all(self.pool())
         .await?;
         Ok(rows)
-    }
-
-    /// True if the cluster hosts a live object (it is not idle for autostop).
-    pub async fn cluster_has_live_objects(&self, project: &str, cluster: &str) -> Result<bool> {
-        let live = sqlx::query_scalar!(
-            r#"select exists (select 1 from object where cluster_project = $1 and cluster = $2
-                                                  and state in ('starting', 'ready')) as "live!""#,
-            project,
-            cluster
-        )
-        .fetch_one(self.pool())
-        .await?;
-        Ok(live)
     }
 }
