@@ -72,6 +72,8 @@ struct Hosted {
     requests: mpsc::Sender<HostRequest>,
     calls: HostedCalls,
     pid: u32,
+    /// What its calls run with (their run records).
+    run: Arc<wire::NodeRunInfo>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -95,6 +97,10 @@ pub struct Calls {
     max_result_bytes: Arc<AtomicUsize>,
     /// Instances hosted here, by id.
     instances: Arc<Mutex<HashMap<uuid::Uuid, Hosted>>>,
+    /// Send a run record when a call starts.
+    run_records: Arc<std::sync::atomic::AtomicBool>,
+    /// The distributions in each environment folder, read once.
+    packages: Arc<Mutex<HashMap<std::path::PathBuf, Arc<Vec<wire::Package>>>>>,
 }
 
 /// What a node assumes the gateway stores until it says otherwise.
@@ -119,7 +125,46 @@ impl Calls {
             gateway,
             max_result_bytes: Arc::new(AtomicUsize::new(DEFAULT_MAX_RESULT_BYTES)),
             instances: Arc::default(),
+            run_records: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            packages: Arc::default(),
         }
+    }
+
+    /// Whether calls send run records (on by default).
+    pub fn set_run_records(&self, on: bool) {
+        self.run_records.store(on, Ordering::Relaxed);
+    }
+
+    /// What a call in `worker` (of environment `key`) runs with.
+    fn run_info(&self, worker: &worker::Worker, key: &EnvKey) -> wire::NodeRunInfo {
+        let packages_of = |dir: &std::path::Path| {
+            let mut cache = self.packages.lock().expect("packages lock poisoned");
+            cache.entry(dir.to_path_buf()).or_insert_with(|| Arc::new(installed(dir))).as_ref().clone()
+        };
+        let version: Vec<&str> = worker.python().split(['.', ' ']).take(2).collect();
+        let base =
+            worker::python_home().map(|home| home.join(format!("lib/python{}/site-packages", version.join("."))));
+        let uname = nix::sys::utsname::uname().ok();
+        let platform = uname.map_or_else(
+            || std::env::consts::OS.to_owned(),
+            |u| format!("{} {} {}", std::env::consts::OS, u.release().to_string_lossy(), u.machine().to_string_lossy()),
+        );
+        wire::NodeRunInfo {
+            python: worker.python().to_owned(),
+            platform,
+            packages: key.site_dir.as_deref().map(packages_of).unwrap_or_default(),
+            base_packages: base.as_deref().map(packages_of).unwrap_or_default(),
+            env_names: worker.env_names().to_vec(),
+        }
+    }
+
+    /// Sends a call's run record, in the background (it never delays the call).
+    fn send_record(&self, id: wire::DispatchId, info: Arc<wire::NodeRunInfo>) {
+        if !self.run_records.load(Ordering::Relaxed) {
+            return;
+        }
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move { gateway.record_until_acked(id, &info).await });
     }
 
     /// Results larger than this (bytes of JSON) fail with `result_too_large`.
@@ -308,6 +353,8 @@ impl Calls {
         };
         let worker_pid = worker.pid();
         pid.store(worker_pid, Ordering::Relaxed);
+        let run = Arc::new(self.run_info(&worker, &key));
+        self.send_record(call.dispatch_id, run.clone());
         let call_id = call.dispatch_id.to_string();
         let calls = HostedCalls::default();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -333,7 +380,7 @@ impl Calls {
         });
         let outcome = done_rx.await.unwrap_or_else(|_| Err(worker::Error::Died("the instance worker exited".into())));
         if let Ok(CallResponse::Returned { .. }) = &outcome {
-            let hosted = Hosted { requests, calls, pid: worker_pid, _slot: slot };
+            let hosted = Hosted { requests, calls, pid: worker_pid, run, _slot: slot };
             // An older worker of this instance (a restart placed here again) stops as it drops.
             self.instances.lock().expect("instances lock poisoned").insert(id, hosted);
             tracing::info!(instance_id = %id, pid = worker_pid, "instance ready");
@@ -367,9 +414,10 @@ impl Calls {
             .lock()
             .expect("instances lock poisoned")
             .get(&id)
-            .map(|h| (h.requests.clone(), h.calls.clone(), h.pid));
-        let Some((requests, calls, worker_pid)) = hosted else { return lost() };
+            .map(|h| (h.requests.clone(), h.calls.clone(), h.pid, h.run.clone()));
+        let Some((requests, calls, worker_pid, run)) = hosted else { return lost() };
         pid.store(worker_pid, Ordering::Relaxed);
+        self.send_record(call.dispatch_id, run);
         let call_id = call.dispatch_id.to_string();
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
         calls.expect(call_id.clone(), HostedCall { output: output.clone(), done: done_tx });
@@ -423,6 +471,9 @@ impl Calls {
             Err(err) => return Ending::Prepared("worker_start_failed".into(), err.to_string()),
         };
         pid.store(worker.pid(), Ordering::Relaxed);
+        if self.run_records.load(Ordering::Relaxed) {
+            self.send_record(call.dispatch_id, Arc::new(self.run_info(&worker, &key)));
+        }
         let request = CallRequest {
             module,
             qualname,
@@ -586,4 +637,26 @@ async fn ship_logs(
             gateway.logs_until_acked(id, &wire::LogBatch { entries }).await;
         }
     }
+}
+
+/// The distributions installed in a site folder, from their `*.dist-info/METADATA`.
+fn installed(dir: &std::path::Path) -> Vec<wire::Package> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut packages: Vec<wire::Package> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".dist-info"))
+        .filter_map(|e| {
+            let metadata = std::fs::read_to_string(e.path().join("METADATA")).ok()?;
+            let field = |key: &str| {
+                metadata
+                    .lines()
+                    .take_while(|l| !l.is_empty())
+                    .find_map(|l| l.strip_prefix(key))
+                    .map(|v| v.trim().to_owned())
+            };
+            Some(wire::Package { name: field("Name:")?, version: field("Version:")? })
+        })
+        .collect();
+    packages.sort();
+    packages
 }

@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// The Python used to install requirements (the embedded one by default).
     #[arg(long, env = "RH_NODE_PYTHON", default_value = env!("RH_PYTHON_EXECUTABLE"))]
     pub python: String,
+    /// Do not send run records (what each call ran with) to the gateway.
+    #[arg(long, env = "RH_NODE_NO_RUN_RECORDS")]
+    pub no_run_records: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -169,6 +172,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
     let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone(), worker_user));
     let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone());
+    calls.set_run_records(!args.no_run_records);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

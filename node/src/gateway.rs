@@ -121,6 +121,14 @@ impl GatewayClient {
         }
     }
 
+    /// Sends a call's run record until the gateway has it (a refusal: the
+    /// gateway keeps an earlier one, or the dispatch is gone; either way, done).
+    pub async fn record_until_acked(&self, id: wire::DispatchId, info: &wire::NodeRunInfo) {
+        if let Err(err) = self.until_acked(&format!("/v1/dispatches/{id}/record"), info, "run record").await {
+            tracing::debug!(dispatch_id = %id, error = %err, "the gateway refused a run record");
+        }
+    }
+
     /// Ships a log batch until the gateway has it (or refuses it; output is
     /// never worth failing a call over).
     pub async fn logs_until_acked(&self, id: wire::DispatchId, batch: &wire::LogBatch) {

@@ -64,6 +64,10 @@ pub enum Error {
 pub struct Worker {
     key: EnvKey,
     pid: u32,
+    /// Its interpreter's `sys.version`.
+    python: String,
+    /// The names of the environment variables it runs with.
+    env_names: Vec<String>,
     child: Option<Child>,
     /// Length-prefixed frames. `next()` keeps a partly read frame in the
     /// codec's buffer, so racing it against the output pipes in a `select!`
@@ -74,6 +78,13 @@ pub struct Worker {
     /// Its own cgroup, where the node can make one: stopping the worker
     /// kills everything in it, even processes that left its process group.
     cgroup: Option<WorkerCgroup>,
+}
+
+/// The prefix of the interpreter workers embed (`PYTHONHOME`, else the one the node was built with).
+pub fn python_home() -> Option<PathBuf> {
+    std::env::var_os("PYTHONHOME")
+        .map(PathBuf::from)
+        .or_else(|| (!env!("RH_PYTHON_HOME").is_empty()).then(|| PathBuf::from(env!("RH_PYTHON_HOME"))))
 }
 
 /// The codec of the daemon ↔ worker socket: a 4-byte big-endian length, then
@@ -100,17 +111,21 @@ impl Worker {
         let conn = UnixStream::from_std(ours).map_err(|e| Error::Spawn(e.to_string()))?;
         let mut command = Command::new(exe);
         command.arg("worker").arg("--fd").arg(WORKER_FD.to_string());
+        let mut env_names: std::collections::BTreeSet<String> = std::env::vars_os()
+            .filter(|(name, _)| !is_private_env(name))
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
+        env_names.extend(["PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"].map(str::to_owned));
         for path in key.bundle_dir.iter().chain(key.site_dir.iter()) {
             command.arg("--path").arg(path);
         }
         if let Some(dir) = &key.bundle_dir {
             command.current_dir(dir);
         }
-        let python_home = std::env::var_os("PYTHONHOME")
-            .map(PathBuf::from)
-            .or_else(|| (!env!("RH_PYTHON_HOME").is_empty()).then(|| PathBuf::from(env!("RH_PYTHON_HOME"))));
+        let python_home = python_home();
         if let Some(home) = &python_home {
             command.env("PYTHONHOME", home);
+            env_names.insert("PYTHONHOME".into());
         }
         for (name, _) in std::env::vars_os().filter(|(name, _)| is_private_env(name)) {
             command.env_remove(name);
@@ -144,6 +159,7 @@ impl Worker {
                 exposed.extend(key.site_dir.as_deref());
                 let jail = std::sync::Arc::new(user.jail(&exposed).map_err(|e| Error::Spawn(format!("{e:#}")))?);
                 command.envs(user.env());
+                env_names.extend(user.env().into_iter().map(|(name, _)| name.to_string()));
                 jail.apply(&mut command);
                 Some(jail)
             }
@@ -156,9 +172,9 @@ impl Worker {
         let cgroup = cgroups.place(pid);
         let mut conn = Framed::new(conn, codec());
         let ready = tokio::time::timeout(Duration::from_secs(30), conn.next()).await;
-        match ready {
+        let python = match ready {
             Ok(Some(Ok(frame))) => {
-                serde_json::from_slice::<Ready>(&frame).map_err(|e| Error::Spawn(e.to_string()))?;
+                serde_json::from_slice::<Ready>(&frame).map_err(|e| Error::Spawn(e.to_string()))?.python
             }
             _ => {
                 let _ = child.start_kill();
@@ -166,15 +182,26 @@ impl Worker {
                 let stderr = output.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
                 return Err(Error::Spawn(format!("the worker did not start: {}", stderr.trim())));
             }
-        }
+        };
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        Ok(Worker { key, pid, child: Some(child), conn, stdout, stderr, cgroup })
+        let env_names = env_names.into_iter().collect();
+        Ok(Worker { key, pid, python, env_names, child: Some(child), conn, stdout, stderr, cgroup })
     }
 
     /// The worker's pid (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its interpreter's `sys.version`.
+    pub fn python(&self) -> &str {
+        &self.python
+    }
+
+    /// The names of the environment variables it runs with.
+    pub fn env_names(&self) -> &[String] {
+        &self.env_names
     }
 
     /// Runs one call, sending its output to `output` as it appears.

@@ -55,9 +55,25 @@ enum Command {
     /// Cron schedules: `rh schedule create|ls|show|pause|resume|rm`.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Run a dispatch again here, from its run record: `rh reproduce ID [--dir D] [--no-install] [--shell]`.
+    Reproduce(ReproduceArgs),
     /// Remote objects: `rh instance ls|show|rm` (call methods with `rh dispatch --instance N --method M`).
     #[command(subcommand)]
     Instance(InstanceCommand),
+}
+
+#[derive(Debug, Args)]
+struct ReproduceArgs {
+    id: DispatchId,
+    /// Where to unpack the bundle (default: a folder in the temp dir named after the dispatch).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Run with the current environment's `python3` instead of installing the recorded packages.
+    #[arg(long)]
+    no_install: bool,
+    /// Drop into `python -i` with the function as `fn` and its arguments as `args` and `kwargs`.
+    #[arg(long)]
+    shell: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +265,7 @@ impl Cli {
             Command::Deploy(args) => deploy(&client, args, json).await,
             Command::Schedule(command) => schedule(&client, command, json).await,
             Command::Instance(command) => instance(&client, command, json).await,
+            Command::Reproduce(args) => reproduce(&client, args, json).await,
         }
     }
 }
@@ -461,6 +478,55 @@ async fn schedule(client: &Client, command: ScheduleCommand, json: bool) -> Resu
         println!("{}\t{}\t{}\t{state}\tnext {next}", schedule.name, schedule.cron, schedule.timezone);
     }
     Ok(())
+}
+
+async fn reproduce(client: &Client, args: ReproduceArgs, json: bool) -> Result<(), Failure> {
+    use crate::reproduce::{self, LocalOutcome, ReproduceError};
+    let prepared = reproduce::prepare(client, args.id, args.dir, !args.no_install).await.map_err(|err| match err {
+        ReproduceError::Client(err) => Failure::Client(err),
+        other => Failure::Usage(other.to_string()),
+    })?;
+    let remote = match (&prepared.record.state, &prepared.record.failure) {
+        (_, Some(failure)) => {
+            format!("{}: {}", failure.remote_type.as_deref().unwrap_or(&failure.code), failure.message)
+        }
+        (state, None) => state.to_string(),
+    };
+    eprintln!(
+        "reproducing dispatch {} ({}; remote: {remote}) in {} with {}",
+        args.id,
+        prepared.record.function,
+        prepared.src.display(),
+        prepared.python.display()
+    );
+    let status = reproduce::command(&prepared, args.shell)
+        .status()
+        .map_err(|e| Failure::Usage(format!("cannot run {}: {e}", prepared.python.display())))?;
+    if args.shell {
+        return Ok(());
+    }
+    match reproduce::outcome(&prepared, status.code().unwrap_or(1)) {
+        LocalOutcome::Returned(result) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": true, "result": result}));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&result).expect("result serializes"));
+            }
+            Ok(())
+        }
+        LocalOutcome::Raised { kind, message, traceback } => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "type": kind, "message": message, "traceback": traceback})
+                );
+            }
+            Err(Failure::Remote(format!("{traceback}local {kind}: {message} (remote: {remote})"), 3))
+        }
+        LocalOutcome::Crashed(code) => {
+            Err(Failure::Remote(format!("the local run exited with status {code} before the call ended"), 3))
+        }
+    }
 }
 
 async fn instance(client: &Client, command: InstanceCommand, json: bool) -> Result<(), Failure> {

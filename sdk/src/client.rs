@@ -250,6 +250,11 @@ impl Client {
         }
     }
 
+    /// A dispatch's run record (404 until the call has started on a node).
+    pub async fn dispatch_record(&self, id: DispatchId) -> Result<wire::RunRecord, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/dispatches/{id}/record"))).await
+    }
+
     /// Downloads a bundle's bytes.
     pub async fn bundle_download(&self, sha256: &str) -> Result<Vec<u8>, Error> {
         let response = self.send_raw(|| self.request(Method::GET, &format!("/v1/bundles/{sha256}"))).await?;

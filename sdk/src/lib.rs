@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod client;
 pub mod package;
+pub mod reproduce;
 
 pub use client::{Client, Error, Followed, RetryPolicy};

@@ -281,3 +281,29 @@ def test_a_constructor_that_raises_surfaces_as_a_remote_error(gw):
     assert "model does not fit" in caught.value.remote_traceback
     assert gw.instance("fragile").state() == "failed"
     gw.instance("fragile").delete()
+
+
+def test_a_failed_dispatch_is_reproduced_here_with_the_same_exception(gw, tmp_path):
+    boom = gw.function(jobs.boom).to("local")
+    handle = boom.dispatch()
+    with pytest.raises(RemoteError):
+        handle.result()
+    deadline = time.time() + 30
+    while True:
+        try:
+            record = handle.record()
+            break
+        except GatewayError as err:
+            assert err.status == 404 and time.time() < deadline, err
+            time.sleep(0.1)
+    assert record["function"] == "jobs:boom" and record["state"] == "failed"
+    assert record["python"].startswith("3.11")
+    # In this interpreter: the exception itself.
+    with pytest.raises(KeyError) as caught:
+        handle.reproduce(dir=str(tmp_path / "here"), install=False)
+    assert "missing-key" in str(caught.value)
+    # In a subprocess: the local exception as a RemoteError, with its traceback.
+    with pytest.raises(RemoteError) as local:
+        handle.reproduce(dir=str(tmp_path / "sub"))
+    assert local.value.remote_type == "KeyError" and "missing-key" in local.value.message
+    assert "in boom" in local.value.remote_traceback

@@ -208,3 +208,55 @@ async fn schedules_are_created_listed_paused_resumed_and_removed_from_the_cli() 
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));
 }
+
+#[tokio::test]
+async fn reproduce_runs_a_failed_dispatch_again_here_and_fails_the_same_way() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 4).await.unwrap();
+    let bundle = stack.fixture_bundle().await;
+    let failed = stack.dispatch(&bundle, "pkg.jobs:boom", serde_json::json!([]), serde_json::json!({})).await;
+    let done = stack.wait(&failed, 60).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let good = stack.dispatch(&bundle, "pkg.jobs:hello", serde_json::json!(["ada"]), serde_json::json!({})).await;
+    assert_eq!(stack.wait(&good, 60).await["state"], "succeeded");
+    // The record is written when the call starts, in the background: wait for it.
+    for id in [&failed, &good] {
+        stack
+            .wait_until(Duration::from_secs(30), "the run record", || async {
+                stack.get(&format!("/v1/dispatches/{id}/record")).await.0.is_success()
+            })
+            .await
+            .unwrap();
+    }
+
+    // From a fresh folder: the same exception, with the exit code of a failed run.
+    let dir = stack.work.join("reproduce-boom");
+    let output = rh(&stack, &["reproduce", &failed, "--dir", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("local ValueError: learning rate must be positive"), "{stderr}");
+    assert!(stderr.contains("remote: ValueError: learning rate must be positive"), "{stderr}");
+    assert!(stderr.contains("jobs.py") && stderr.contains("in boom"), "the local traceback: {stderr}");
+    assert!(dir.join("src/pkg/jobs.py").is_file(), "the bundle is unpacked where asked");
+
+    let output = rh(&stack, &["reproduce", &good, "--json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("hello ada\n"), "the call's output is printed: {stdout}");
+    let outcome: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(outcome["result"]["greeting"], "hi ada", "{outcome}");
+    assert_ne!(outcome["result"]["pid"], Value::Null);
+
+    // A dispatch that never started has no record yet: a clear 404.
+    let (status, queued) = stack
+        .post(
+            "/v1/dispatches",
+            &serde_json::json!({"function": "pkg.jobs:hello", "cluster": "nowhere", "bundle": bundle}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let output = rh(&stack, &["reproduce", queued["id"].as_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("when the call starts"), "{stderr}");
+}

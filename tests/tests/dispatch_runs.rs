@@ -333,4 +333,51 @@ with zipfile.ZipFile(path, "w") as z:
     }
     let envs: Vec<_> = std::fs::read_dir(stack.work.join("node-n1/envs")).unwrap().flatten().collect();
     assert_eq!(envs.len(), 1, "one environment per requirement set");
+
+    // The run record: the requirement as asked and as resolved in the node's environment.
+    let (_, listed) = stack.get("/v1/dispatches?limit=1").await;
+    let id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/dispatches/{id}/record");
+    stack
+        .wait_until(Duration::from_secs(30), "the run record", || async { stack.get(&path).await.0.is_success() })
+        .await
+        .unwrap();
+    let (_, record) = stack.get(&path).await;
+    assert_eq!(record["requirements"], json!([requirement]), "{record}");
+    assert_eq!(record["packages"], json!([{"name": "tinypkg-rh", "version": "0.1"}]), "{record}");
+    assert!(record["python"].as_str().unwrap().starts_with("3.11"), "{record}");
+    assert!(record["platform"].as_str().unwrap().starts_with("linux "), "{record}");
+    let names: Vec<&str> = record["env_names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert!(names.contains(&"PYTHONUNBUFFERED") && names.contains(&"HOME"), "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with("RH_") && *n != "DATABASE_URL"), "no credentials: {names:?}");
+    assert_eq!(record["place"]["node"], "n1", "{record}");
+    assert_eq!(record["function"], "tinypkg_rh:answer");
+    assert_eq!(record["state"], "succeeded");
+    assert_eq!(record["args_hash"].as_str().unwrap().len(), 64);
+
+    // `rh reproduce` installs exactly the resolved packages into a virtualenv cached by that set;
+    // when they cannot be installed here it names them and offers --no-install.
+    let reproduce = |envs: &[(&str, &std::path::Path)]| {
+        let mut command = std::process::Command::new(e2e::bin_dir().join("rh"));
+        command
+            .args(["reproduce", &id, "--json"])
+            .env("RH_GATEWAY_URL", &stack.url)
+            .env("RH_TOKEN", stack.admin_token())
+            .env("RH_REPRODUCE_CACHE", stack.work.join("reproduce-cache"))
+            .env("PIP_NO_INDEX", "1");
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        command.output().unwrap()
+    };
+    let refused = reproduce(&[("PIP_FIND_LINKS", &stack.work.join("no-wheels-here"))]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tinypkg-rh==0.1") && stderr.contains("--no-install"), "{stderr}");
+    let installed = reproduce(&[("PIP_FIND_LINKS", &stack.work)]);
+    let stdout = String::from_utf8_lossy(&installed.stdout);
+    assert!(installed.status.success(), "{stdout}{}", String::from_utf8_lossy(&installed.stderr));
+    assert_eq!(stdout.trim(), r#"{"ok":true,"result":42}"#);
+    let cached: Vec<_> = std::fs::read_dir(stack.work.join("reproduce-cache")).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "one environment per package set");
 }

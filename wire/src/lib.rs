@@ -11,6 +11,7 @@ pub mod error;
 pub mod instance;
 pub mod log;
 pub mod node;
+pub mod record;
 pub mod schedule;
 
 pub use bundle::*;
@@ -20,4 +21,5 @@ pub use error::ErrorBody;
 pub use instance::*;
 pub use log::*;
 pub use node::*;
+pub use record::*;
 pub use schedule::*;

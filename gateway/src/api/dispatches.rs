@@ -165,3 +165,42 @@ async fn with_queued_reason(state: &AppState, row: crate::db::DispatchRow) -> Re
     }
     Ok(view)
 }
+
+/// The run record of a dispatch: everything needed to run the call again.
+///
+/// Code (bundle, entry point), arguments and their hash, the requirement set
+/// as asked and as resolved on the node, the interpreter and platform, the
+/// names of the environment variables the call saw, and where it ran. Stored
+/// once when the call starts; its state and timings are read live. 404 until
+/// the call has started.
+#[utoipa::path(get, path = "/v1/dispatches/{id}/record", tag = "dispatches", operation_id = "dispatch_record",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    responses((status = 200, description = "The run record.", body = wire::RunRecord),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable),
+    security(("bearer" = ["dispatch:read"])))]
+pub async fn dispatch_record(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+) -> Result<Json<wire::RunRecord>, ApiError> {
+    let caller = auth.require(Scope::DispatchRead)?;
+    Ok(Json(state.app.record_get(&caller, id).await?))
+}
+
+/// A node records what one of its calls runs with (node credential only; the first record stays).
+#[utoipa::path(post, path = "/v1/dispatches/{id}/record", tag = "nodes", operation_id = "dispatch_record_store",
+    params(("id" = Uuid, Path, description = "The dispatch id.")),
+    request_body = wire::NodeRunInfo,
+    responses((status = 204, description = "Stored, or an earlier record stays."),
+        BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
+    security(("bearer" = ["node"])))]
+pub async fn dispatch_record_store(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    Json(body): Json<wire::NodeRunInfo>,
+) -> Result<StatusCode, ApiError> {
+    let caller = auth.require(Scope::Node)?;
+    state.app.record_store(&caller, id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

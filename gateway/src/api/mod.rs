@@ -113,6 +113,7 @@ fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(dispatches::dispatch_cancel))
         .routes(routes!(dispatches::dispatch_events))
         .routes(routes!(dispatches::dispatch_wait))
+        .routes(routes!(dispatches::dispatch_record, dispatches::dispatch_record_store))
         .merge(reports)
         .routes(routes!(logs::dispatch_logs, logs::dispatch_logs_append))
         .routes(routes!(bundles::bundle_upload))

@@ -24,6 +24,7 @@ pub mod node;
 pub mod object;
 pub mod placement;
 pub mod provision;
+pub mod record;
 pub mod schedule;
 
 /// The application: the data store, notification hubs, the node client and settings.

@@ -18,6 +18,7 @@ pub mod hot;
 pub mod log;
 pub mod node;
 pub mod object;
+pub mod record;
 pub mod schedule;
 pub mod token;
 

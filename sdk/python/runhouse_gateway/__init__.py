@@ -208,6 +208,48 @@ class Dispatch:
         """``result()`` without blocking the event loop."""
         return await asyncio.to_thread(self.result, timeout)
 
+    def record(self) -> Dict[str, Any]:
+        """The run record: code, arguments, resolved packages, interpreter and place the call ran with."""
+        return _call(self._gateway._native.record, self.id)
+
+    def reproduce(self, dir: Optional[str] = None, install: bool = True) -> Any:
+        """Runs this dispatch again here, from its run record, and returns its result.
+
+        The bundle is unpacked under ``dir`` (default: a folder in the temp dir). With ``install``,
+        the recorded packages are installed into a virtualenv cached by that set and the call runs in
+        a subprocess: its output is printed, and an exception raises ``RemoteError`` with the local
+        type, message and traceback. With ``install=False`` it runs in this interpreter (the bundle
+        goes first on ``sys.path``) and raises the exception itself.
+        """
+        import subprocess
+
+        try:
+            python, src, call_file, outcome_file, runner = self._gateway._native.reproduce_prepare(
+                self.id, dir, install)
+        except _NativeGatewayError as err:
+            raise GatewayError(*err.args) from None
+        with open(call_file) as f:
+            spec = json.load(f)
+        if not install:
+            import importlib
+
+            if src not in sys.path:
+                sys.path.insert(0, src)
+            target: Any = importlib.import_module(spec["module"])
+            for part in spec["qualname"].split("."):
+                target = getattr(target, part)
+            return target(*spec["args"], **spec["kwargs"])
+        code = subprocess.call([python, "-c", runner, call_file], cwd=src)
+        try:
+            with open(outcome_file) as f:
+                outcome = json.load(f)
+        except (OSError, ValueError):
+            raise RuntimeError(f"the local run of dispatch {self.id} exited with status {code} before the call "
+                               f"ended") from None
+        if outcome["ok"]:
+            return outcome["result"]
+        raise RemoteError(outcome["type"], outcome["message"], outcome["traceback"], self.id)
+
 
 class RemoteLogWriter:
     """Turns a dispatch's output entries into one log line per remote line, as they arrive.

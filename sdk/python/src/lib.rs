@@ -160,6 +160,39 @@ impl NativeClient {
         to_json(&block_on(py, self.client.instance_delete(name))?)
     }
 
+    /// A dispatch's run record (JSON).
+    fn record(&self, py: Python<'_>, id: &str) -> PyResult<String> {
+        to_json(&block_on(py, self.client.dispatch_record(dispatch_id(id)?))?)
+    }
+
+    /// Sets a dispatch up to run here (see `runhouse_gateway::reproduce`): returns
+    /// `(python, src, call_file, outcome_file, runner)`.
+    #[pyo3(signature = (id, dir=None, install=true))]
+    fn reproduce_prepare(
+        &self,
+        py: Python<'_>,
+        id: &str,
+        dir: Option<String>,
+        install: bool,
+    ) -> PyResult<(String, String, String, String, String)> {
+        use runhouse_gateway::reproduce::{prepare, ReproduceError, RUNNER};
+        let id = dispatch_id(id)?;
+        let prepared = py
+            .detach(|| runtime().block_on(prepare(&self.client, id, dir.map(Into::into), install)))
+            .map_err(|err| match err {
+                ReproduceError::Client(err) => to_py(err),
+                other => PyRuntimeError::new_err(other.to_string()),
+            })?;
+        let text = |p: &std::path::Path| p.display().to_string();
+        Ok((
+            text(&prepared.python),
+            text(&prepared.src),
+            text(&prepared.call_file),
+            text(&prepared.outcome_file),
+            RUNNER.to_owned(),
+        ))
+    }
+
     /// An iterator of log entries (JSON) that follows the output live until
     /// the dispatch ends; then `ended()` holds the dispatch JSON it ended as.
     fn follow(&self, id: &str, offset: i64) -> PyResult<LogFollower> {
