@@ -135,13 +135,16 @@ def _param_docs(params: list[Param], orchestrator: str, style: str) -> list[str]
 def _create_fields(params: list[Param], orchestrator: str) -> list[str]:
     """`create_fields(...)`: the create-request fields passed through the SDK as the API names them."""
     through = [p for p in params if p.via == "request"]
-    args = ", ".join(f"{p.name_for(orchestrator)}: {p.annotation()} = None" for p in through)
+    args = ", ".join(f"{p.name_for(orchestrator)}: {p.type} | None = None" for p in through)
     out = [f"def create_fields(*, {args}) -> dict[str, Any]:" if through else "def create_fields() -> dict[str, Any]:",
            '    """The create-request fields the SDK passes through unchanged (`via = "request"` in the spec)."""',
            "    fields: dict[str, Any] = {}"]
     for p in through:
-        out += [f"    if {p.name_for(orchestrator)} is not None:",
-                f"        fields[{json.dumps(p.api)}] = {p.name_for(orchestrator)}"]
+        name, default = p.name_for(orchestrator), p.default_for(orchestrator)
+        # A value equal to the parameter's default is the API's default too: left out of the request.
+        unless_default = f" and {name} != {default}" if default not in (None, "None") else ""
+        out += [f"    if {name} is not None{unless_default}:",
+                f"        fields[{json.dumps(p.api)}] = {name}"]
     out.append("    return fields")
     return out
 

@@ -59,6 +59,7 @@ impl Application {
             bundles_seen: Arc::default(),
             node_ids: Arc::default(),
             queued_clusters: Arc::default(),
+            cache_locks: Default::default(),
             shutdown: shutdown.clone(),
             settings: Arc::new(settings.clone()),
         };
@@ -126,6 +127,15 @@ impl Application {
                 &shutdown,
                 &statuses,
                 |app| async move { app.object_step().await },
+            ),
+            spawn_step(
+                "cache_repair",
+                Duration::from_secs(2),
+                Arc::new(Notify::new()),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.cache_repair_step().await },
             ),
             spawn_step(
                 "cancel_repair",

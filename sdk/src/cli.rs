@@ -170,6 +170,9 @@ struct TemplateArgs {
     /// Seconds before the call is stopped as timed out.
     #[arg(long)]
     timeout: Option<u32>,
+    /// Answer from an identical earlier call's result, if there is one.
+    #[arg(long)]
+    cache: bool,
 }
 
 #[derive(Debug, Args)]
@@ -311,6 +314,9 @@ fn template(args: &TemplateArgs) -> Result<CreateDispatch, Failure> {
         timeout_s: args.timeout,
         instance: args.instance.clone(),
         method: args.method.clone(),
+        cache: args.cache,
+        cache_key: None,
+        cache_ttl_s: None,
     })
 }
 

@@ -307,3 +307,14 @@ def test_a_failed_dispatch_is_reproduced_here_with_the_same_exception(gw, tmp_pa
         handle.reproduce(dir=str(tmp_path / "sub"))
     assert local.value.remote_type == "KeyError" and "missing-key" in local.value.message
     assert "in boom" in local.value.remote_traceback
+
+
+def test_a_cached_function_answers_an_identical_call_without_running_it(gw):
+    add = gw.function(jobs.add, cache=True).to("local")
+    first = add.dispatch(40, 2)
+    assert first.result() == 42
+    again = add.dispatch(40, 2)
+    assert again.data["state"] == "succeeded" and again.data["cached_from"] == first.id
+    assert again.result() == 42
+    assert add(40, 3) == 43
+    assert gw.function(jobs.add).to("local").dispatch(40, 2).data.get("cached_from") is None

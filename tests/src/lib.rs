@@ -198,6 +198,18 @@ impl Stack {
         max_concurrent: u32,
         gateways: &str,
     ) -> anyhow::Result<Process> {
+        self.start_node_env(name, cluster, max_concurrent, gateways, &[]).await
+    }
+
+    /// `start_node_with`, with extra `RH_NODE_*` settings.
+    pub async fn start_node_env(
+        &self,
+        name: &str,
+        cluster: &str,
+        max_concurrent: u32,
+        gateways: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
         let binding = NodeBinding { cluster: cluster.into(), name: name.into() };
         let jti = uuid::Uuid::new_v4().to_string();
         let (token, _) = self.keys.mint_node("default", &binding, Duration::from_secs(3600), &jti)?;
@@ -208,6 +220,7 @@ impl Stack {
             .arg("--work-dir")
             .arg(self.work.join(format!("node-{name}")))
             .env("RH_NODE_TOKEN", token)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

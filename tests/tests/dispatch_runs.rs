@@ -381,3 +381,78 @@ with zipfile.ZipFile(path, "w") as z:
     let cached: Vec<_> = std::fs::read_dir(stack.work.join("reproduce-cache")).unwrap().flatten().collect();
     assert_eq!(cached.len(), 1, "one environment per package set");
 }
+
+#[tokio::test]
+async fn a_cached_call_answers_identical_ones_without_running_them_and_a_failure_is_never_cached() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let marker = stack.work.join("counted-runs");
+    let runs = || std::fs::read_to_string(&marker).map(|t| t.lines().count()).unwrap_or(0);
+    let create = |kwargs: serde_json::Value, cache: serde_json::Value| {
+        let mut body = json!({"function": "pkg.jobs:counted", "args": [marker.display().to_string()],
+                              "kwargs": kwargs, "cluster": "local", "bundle": bundle.clone()});
+        body.as_object_mut().unwrap().extend(cache.as_object().unwrap().clone());
+        let stack = &stack;
+        async move {
+            let (status, created) = stack.post("/v1/dispatches", &body).await;
+            assert_eq!(status, 201, "{created}");
+            created
+        }
+    };
+    let first = create(json!({"a": 1, "b": 2}), json!({"cache": true})).await;
+    let done = stack.wait(first["id"].as_str().unwrap(), 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // The same call, keyword arguments in another order: answered at once, the node not asked.
+    let started = Instant::now();
+    let hit = create(json!({"b": 2, "a": 1}), json!({"cache": true})).await;
+    let hit_latency = started.elapsed();
+    assert_eq!(hit["state"], "succeeded", "{hit}");
+    assert_eq!(hit["cached_from"], first["id"], "{hit}");
+    assert_eq!(hit["result"], done["result"]);
+    assert_eq!(runs(), 1, "the node ran the call once");
+    let (_, events) = stack.get(&format!("/v1/dispatches/{}/events", hit["id"].as_str().unwrap())).await;
+    assert!(events.to_string().contains("result cached from dispatch"), "{events}");
+    // Other arguments, no cache asked, or a result older than the ttl: it runs.
+    let other = create(json!({"a": 1, "b": 3}), json!({"cache": true})).await;
+    assert_eq!(stack.wait(other["id"].as_str().unwrap(), 60).await["state"], "succeeded");
+    let uncached = create(json!({"a": 1, "b": 2}), json!({})).await;
+    assert_eq!(stack.wait(uncached["id"].as_str().unwrap(), 60).await["state"], "succeeded");
+    assert!(uncached["cached_from"].is_null());
+    assert_eq!(runs(), 3);
+
+    // Ten identical requests at once: one runs, nine take its result.
+    let concurrent =
+        futures::future::join_all((0..10).map(|_| create(json!({"seconds": 1.0}), json!({"cache_key": "slow"})))).await;
+    let mut results = Vec::new();
+    for created in &concurrent {
+        let done = stack.wait(created["id"].as_str().unwrap(), 60).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        results.push(done);
+    }
+    assert_eq!(runs(), 4, "ten identical requests ran once");
+    let leaders: Vec<_> = results.iter().filter(|d| d["cached_from"].is_null()).collect();
+    assert_eq!(leaders.len(), 1, "{results:?}");
+    assert!(results.iter().all(|d| d["result"] == leaders[0]["result"]));
+
+    // A failure is never cached: both run.
+    for _ in 0..2 {
+        let (status, failed) = stack
+            .post(
+                "/v1/dispatches",
+                &json!({"function": "pkg.jobs:boom", "cluster": "local", "bundle": bundle.clone(), "cache": true}),
+            )
+            .await;
+        assert_eq!(status, 201, "{failed}");
+        assert!(failed["cached_from"].is_null(), "{failed}");
+        assert_eq!(stack.wait(failed["id"].as_str().unwrap(), 60).await["state"], "failed");
+    }
+    // Bad cache fields name themselves.
+    for (body, field) in [
+        (json!({"function": "pkg.jobs:noop", "cluster": "local", "cache_key": ""}), "cache_key"),
+        (json!({"function": "pkg.jobs:noop", "cluster": "local", "cache": true, "cache_ttl_s": 0}), "cache_ttl_s"),
+    ] {
+        let (status, error) = stack.post("/v1/dispatches", &body).await;
+        assert_eq!(status, 422, "{error}");
+        assert_eq!(error["field"], field, "{error}");
+    }
+    println!("[cache] a hit answered in {:.1} ms (debug build, create to response)", hit_latency.as_secs_f64() * 1e3);
+}

@@ -159,6 +159,22 @@ pub struct CreateDispatch {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255)]
     pub method: Option<String>,
+    /// Answer from the cache: if a succeeded dispatch of this project has the
+    /// same cache key (by default: bundle, entry point, the canonical JSON of
+    /// the arguments and the requirement set), this one ends `succeeded` at
+    /// once with its result (`cached_from` names it), without running; if an
+    /// identical one is still running, this one waits for it and takes its
+    /// result. Failed, cancelled and timed-out runs are never used.
+    #[serde(default)]
+    pub cache: bool,
+    /// Caches under this key instead of the default one (implies `cache`).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
+    pub cache_key: Option<String>,
+    /// Only a result at most this many seconds old answers (default: any age).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub cache_ttl_s: Option<u32>,
 }
 
 /// `POST /v1/dispatches/{id}/cancel`.
@@ -225,6 +241,10 @@ pub struct Dispatch {
     pub instance_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// The dispatch whose result answered this one (or, while it is queued,
+    /// the identical one it waits for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<DispatchId>,
     pub state: DispatchState,
     /// Why a `queued` dispatch has not started (e.g. its cluster is being
     /// provisioned). Filled in by create, get and wait.

@@ -31,6 +31,7 @@ impl From<DispatchRow> for wire::Dispatch {
             cluster,
             instance_id: row.object_id,
             method: row.method,
+            cached_from: row.cached_from.map(wire::DispatchId),
             state: row.state.into(),
             queued_reason: None,
             generation: row.generation,

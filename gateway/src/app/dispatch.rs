@@ -117,6 +117,25 @@ impl App {
             labels.insert("instance".into(), object.name.clone());
         }
         let (object_id, method) = target.object.map(|o| (o.id, o.method)).unzip();
+        let cache_key = if req.cache || req.cache_key.is_some() {
+            if object_id.is_some() {
+                return Err(Error::invalid("cache", "a method call reads its instance's state: it cannot be cached"));
+            }
+            Some(match &req.cache_key {
+                Some(key) if key.is_empty() || key.len() > 255 => {
+                    return Err(Error::invalid("cache_key", "`cache_key` must be 1 to 255 characters"));
+                }
+                Some(key) => format!("key:{key}"),
+                None => {
+                    default_cache_key(&target.bundle, &target.function, &req.args, &req.kwargs, &target.requirements)
+                }
+            })
+        } else {
+            None
+        };
+        if req.cache_ttl_s == Some(0) {
+            return Err(Error::invalid("cache_ttl_s", "`cache_ttl_s` must be at least 1 (omit it for any age)"));
+        }
         let new = NewDispatch {
             dispatch_id: Uuid::now_v7(),
             project: caller.project.clone(),
@@ -135,8 +154,87 @@ impl App {
             timeout_s: req.timeout_s.map(|t| t as i32),
             object_id,
             method,
+            cache_key,
         };
-        self.dispatch_insert(new).await
+        match new.cache_key.clone() {
+            Some(key) => self.dispatch_insert_cached(new, &key, req.cache_ttl_s).await,
+            None => self.dispatch_insert(new).await,
+        }
+    }
+
+    /// A create that asked for caching. Under a lock on (project, key): a
+    /// recent enough succeeded dispatch with the key answers at once; else
+    /// one still running with it is waited for; else this one runs.
+    async fn dispatch_insert_cached(
+        &self,
+        new: NewDispatch,
+        key: &str,
+        ttl_s: Option<u32>,
+    ) -> Result<(DispatchRow, Created)> {
+        if let Some(idempotency_key) = &new.idempotency_key {
+            if let Some(existing) = self.db.dispatch_by_idempotency_key(&new.project, idempotency_key).await? {
+                if existing.request_hash != new.request_hash {
+                    return Err(Error::IdempotencyConflict { key: idempotency_key.clone() });
+                }
+                return Ok((existing, Created::Existing));
+            }
+        }
+        // Creates of one key take turns here first, so waiting on the
+        // database's lock takes one connection per key, not one per request.
+        let local = self.cache_locks.entry(format!("{}:{key}", new.project));
+        let _local = local.lock().await;
+        let mut held = self.db.cache_lock(&new.project, key).await?;
+        let ttl = ttl_s.map(f64::from);
+        let (from, result) = match held.hit(ttl).await? {
+            Some(hit) => (hit.dispatch_id, Some(hit.result.unwrap_or(Value::Null))),
+            None => match held.leader().await? {
+                Some(leader) => (leader.dispatch_id, None),
+                // Nothing to take from: run it (the lock is held until it is recorded).
+                None => return self.dispatch_insert(new).await,
+            },
+        };
+        let row = self
+            .db
+            .dispatch_insert_cached(&new, from, result.as_ref())
+            .await?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("idempotency key conflict under the cache lock")))?;
+        tracing::debug!(dispatch_id = %row.dispatch_id, cached_from = %from, state = %row.state, "answered from the cache");
+        Ok((row, Created::New))
+    }
+
+    /// A cached dispatch ended: those waiting on it take its result if it
+    /// succeeded; otherwise the oldest of them runs instead, the rest waiting on it.
+    pub(crate) async fn cache_settle(&self, leader: &DispatchRow) -> Result<usize> {
+        if leader.state == DispatchState::Succeeded {
+            let followers = self.db.dispatch_followers(leader.dispatch_id).await?;
+            for follower in &followers {
+                let outcome = Outcome {
+                    result: Some(leader.result.clone().unwrap_or(Value::Null)),
+                    reason: Some(format!("result cached from dispatch {}", leader.dispatch_id)),
+                    ..Outcome::default()
+                };
+                // A follower cancelled meanwhile stays cancelled.
+                let _ = self.dispatch_apply(Actor::Gateway, follower.dispatch_id, Event::CacheHit, outcome).await;
+            }
+            return Ok(followers.len());
+        }
+        if let Some(promoted) = self.db.dispatch_promote_follower(leader.dispatch_id).await? {
+            tracing::info!(leader = %leader.dispatch_id, %promoted, "a cached dispatch did not succeed; the next identical one runs");
+            self.placement_wanted(leader.cluster_key());
+            return Ok(1);
+        }
+        Ok(0)
+    }
+
+    /// Settles the followers of cached dispatches that ended while no gateway settled them.
+    pub async fn cache_repair_step(&self) -> Result<serde_json::Value> {
+        let mut settled = 0;
+        for leader in self.db.dispatch_cache_leaders_ended().await? {
+            if let Some(row) = self.db.dispatch_get(None, leader).await? {
+                settled += self.cache_settle(&row).await?;
+            }
+        }
+        Ok(serde_json::json!({ "settled": settled }))
     }
 
     /// Records `new` and places it (now, if a slot is free; else through the
@@ -382,6 +480,14 @@ impl App {
                         self.placement_wanted(row.cluster_key());
                     } else if row.state.is_terminal() {
                         self.slot_freed(&row.cluster_key());
+                        if row.cache_key.is_some() && row.cached_from.is_none() {
+                            let (app, row) = (self.clone(), row.clone());
+                            tokio::spawn(async move {
+                                if let Err(err) = app.cache_settle(&row).await {
+                                    tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "cannot settle the dispatches waiting on this one; the cache step will");
+                                }
+                            });
+                        }
                         if row.object_id.is_some() {
                             // An object slot freed, or a constructor made its object ready.
                             self.placement.notify_one();
@@ -577,6 +683,23 @@ fn cursor_decode(cursor: &str) -> Result<Uuid> {
 
 /// A hash of everything in the request that defines the call, so a retry with
 /// the same idempotency key can be told from a conflicting reuse.
+/// The cache key a create gets unless it names one: what makes two calls the
+/// same call. JSON objects are canonical (serde_json sorts their keys), so
+/// keyword order does not matter.
+fn default_cache_key(
+    bundle: &Option<String>,
+    function: &str,
+    args: &[Value],
+    kwargs: &serde_json::Map<String, Value>,
+    requirements: &[String],
+) -> String {
+    let mut requirements = requirements.to_vec();
+    requirements.sort();
+    requirements.dedup();
+    let canonical = serde_json::json!([bundle, function, args, kwargs, requirements]);
+    format!("call:{}", hex::encode(Sha256::digest(canonical.to_string().as_bytes())))
+}
+
 fn request_hash(req: &wire::CreateDispatch) -> String {
     // serde_json's map sorts keys, so the encoding is canonical.
     let mut canonical = serde_json::json!({
@@ -594,6 +717,9 @@ fn request_hash(req: &wire::CreateDispatch) -> String {
     if req.instance.is_some() || req.method.is_some() {
         canonical["instance"] = serde_json::json!(req.instance);
         canonical["method"] = serde_json::json!(req.method);
+    }
+    if req.cache || req.cache_key.is_some() || req.cache_ttl_s.is_some() {
+        canonical["cache"] = serde_json::json!([req.cache, req.cache_key, req.cache_ttl_s]);
     }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }

@@ -44,6 +44,8 @@ pub struct App {
     /// finds their queue empty: a slot freeing elsewhere needs no placement
     /// pass (the periodic pass covers other replicas' queues).
     pub queued_clusters: Arc<Mutex<HashSet<ClusterKey>>>,
+    /// Creates of one cache key take turns (see `dispatch_insert_cached`).
+    pub cache_locks: KeyedLocks,
     /// Signals the provisioner that a cluster changed.
     pub provisioner: Arc<Notify>,
     /// Signals the orphan sweep.
@@ -91,5 +93,25 @@ impl App {
     pub fn logs_changed(&self, id: uuid::Uuid) {
         self.log_notifier.notify(id, None);
         self.publisher.publish(Channel::DispatchLog, id);
+    }
+}
+
+/// One async lock per key, made on first use and dropped when unused.
+#[derive(Clone, Default)]
+pub struct KeyedLocks(Arc<Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>>);
+
+impl KeyedLocks {
+    /// The lock of `key`, shared with everyone holding it now.
+    pub fn entry(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().expect("keyed locks poisoned");
+        if let Some(lock) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() >= 1024 {
+            locks.retain(|_, lock| lock.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&lock));
+        lock
     }
 }

@@ -215,6 +215,7 @@ impl App {
             timeout_s: None,
             object_id: Some(row.object_id),
             method: None,
+            cache_key: None,
         };
         let (dispatch, _) = self.dispatch_insert(new).await?;
         self.db.object_set_constructor(row.object_id, row.restarts, dispatch.dispatch_id).await?;

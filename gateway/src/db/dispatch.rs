@@ -80,6 +80,8 @@ dispatch_rows! {
     requeues: i32,
     object_id: Option<Uuid>,
     method: Option<String>,
+    cache_key: Option<String>,
+    cached_from: Option<Uuid>,
 }
 
 impl DispatchRow {
@@ -124,6 +126,8 @@ pub struct NewDispatch {
     /// The object this constructs (without `method`) or calls `method` of.
     pub object_id: Option<Uuid>,
     pub method: Option<String>,
+    /// Set when the create asked for caching.
+    pub cache_key: Option<String>,
 }
 
 /// A state change, applied in one statement: the row moves along the entry
@@ -199,6 +203,7 @@ impl DataStore {
                   and not exists (
                       select 1 from dispatch q
                       where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6 and q.method is null
+                        and q.cached_from is null
                   )
                 order by s.slot
                 limit 1
@@ -224,10 +229,10 @@ impl DataStore {
                 insert into dispatch (
                     dispatch_id, project, function_ref, args, kwargs, cluster,
                     idempotency_key, request_hash, requester, labels, timeout_s,
-                    function_name, bundle, requirements, cluster_project, object_id, method,
+                    function_name, bundle, requirements, cluster_project, object_id, method, cache_key,
                     state, generation, node_id, started_at
                 )
-                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
                        case when slot.node_id is null then 'queued' else 'running' end::dispatch_state,
                        case when slot.node_id is null then 1 else 2 end,
                        slot.node_id,
@@ -268,7 +273,7 @@ impl DataStore {
                 i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
                 i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
-                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method,
+                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from inserted i
             left join node n on n.node_id = i.node_id
@@ -290,6 +295,7 @@ impl DataStore {
             new.cluster_project,
             new.object_id,
             new.method,
+            new.cache_key,
         )
         .fetch_optional(hot.conn())
         .await;
@@ -306,7 +312,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
             where project = $1 and idempotency_key = $2
             "#,
@@ -329,7 +335,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
             where dispatch_id = $1 and ($2::text is null or project = $2)
             "#,
@@ -358,7 +364,7 @@ impl DataStore {
                        state as "state: DispatchState", generation, idempotency_key, request_hash,
                        requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                        created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                       log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                       log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
                 from dispatch
                 where project = $1
                   and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
@@ -391,7 +397,7 @@ impl DataStore {
                    d.state as "state: DispatchState", d.generation, d.idempotency_key, d.request_hash,
                    d.requester, d.labels, d.timeout_s, d.result, d.failure, d.cancelled_by, d.cancel_reason,
                    d.created_at, d.started_at, d.cancel_requested_at, d.finished_at, d.updated_at,
-                   d.log_bytes, d.log_truncated, d.cluster_project, d.acked_at, d.requeues, d.object_id, d.method
+                   d.log_bytes, d.log_truncated, d.cluster_project, d.acked_at, d.requeues, d.object_id, d.method, d.cache_key, d.cached_from
             from dispatch_label l
             join dispatch d on d.dispatch_id = l.dispatch_id
             where l.project = $1 and l.key = $9 and l.value = $10
@@ -485,7 +491,7 @@ impl DataStore {
                 labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
                 created_at as "created_at!", started_at, cancel_requested_at, finished_at,
                 updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!",
-                cluster_project as "cluster_project!", acked_at, requeues as "requeues!", object_id, method
+                cluster_project as "cluster_project!", acked_at, requeues as "requeues!", object_id, method, cache_key, cached_from
             from updated
             "#,
             change.dispatch_id,
@@ -544,7 +550,7 @@ impl DataStore {
             next as (
                 select dispatch_id from dispatch
                 where state = 'queued' and cluster_project = $2 and cluster = $1 and method is null
-                  and exists (select 1 from slot)
+                  and cached_from is null and exists (select 1 from slot)
                 order by dispatch_id
                 limit 1
                 for update skip locked
@@ -575,7 +581,7 @@ impl DataStore {
                 u.labels as "labels!", u.timeout_s, u.result, u.failure, u.cancelled_by, u.cancel_reason,
                 u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
                 u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
-                u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method,
+                u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method, u.cache_key, u.cached_from,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from updated u
             join node n on n.node_id = u.node_id
@@ -642,7 +648,7 @@ impl DataStore {
                     u.labels as "labels!", u.timeout_s, u.result, u.failure, u.cancelled_by, u.cancel_reason,
                     u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
                     u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
-                    u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method,
+                    u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method, u.cache_key, u.cached_from,
                     n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
                 from updated u
                 join node n on n.node_id = u.node_id
@@ -692,7 +698,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
             where object_id = $1 and state = any($2::dispatch_state[])
             order by dispatch_id
@@ -707,6 +713,163 @@ impl DataStore {
         Ok(rows)
     }
 
+    /// Waits for the cache lock of (project, key): a transaction-scoped
+    /// advisory lock, so creates of one key on every replica take turns, and
+    /// Postgres releases it if this replica dies.
+    pub async fn cache_lock(&self, project: &str, cache_key: &str) -> Result<CacheLock> {
+        let mut tx = self.pool.begin().await?;
+        let name = format!("cache:{project}:{cache_key}");
+        sqlx::query!("select pg_advisory_xact_lock(hashtextextended($1, 0))", name).execute(&mut *tx).await?;
+        Ok(CacheLock { tx, project: project.to_owned(), cache_key: cache_key.to_owned() })
+    }
+
+    /// Records a dispatch answered from the cache: `succeeded` at once with
+    /// `result` (from `cached_from`), or, without a result, `queued` behind
+    /// `cached_from` (a follower, never placed). `None` on an idempotency-key conflict.
+    pub async fn dispatch_insert_cached(
+        &self,
+        new: &NewDispatch,
+        cached_from: Uuid,
+        result: Option<&Value>,
+    ) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            with inserted as (
+                insert into dispatch (
+                    dispatch_id, project, function_ref, args, kwargs, cluster,
+                    idempotency_key, request_hash, requester, labels, timeout_s,
+                    function_name, bundle, requirements, cluster_project, cache_key, cached_from,
+                    state, generation, result, started_at, finished_at
+                )
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                        case when $18::jsonb is null then 'queued' else 'succeeded' end::dispatch_state,
+                        case when $18::jsonb is null then 1 else 2 end,
+                        $18, case when $18::jsonb is null then null else now() end,
+                        case when $18::jsonb is null then null else now() end)
+                on conflict (project, idempotency_key) do nothing
+                returning *
+            ),
+            event as (
+                insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+                select dispatch_id, null::dispatch_state, 'queued'::dispatch_state, 1::bigint, requester,
+                       case when state = 'queued' then 'created; waits for the identical dispatch ' || $17::text
+                            else 'created' end
+                from inserted
+                union all
+                select dispatch_id, 'queued'::dispatch_state, 'succeeded'::dispatch_state, 2::bigint, 'gateway',
+                       'result cached from dispatch ' || $17::text
+                from inserted where state = 'succeeded'
+            ),
+            labelled as (
+                insert into dispatch_label (project, key, value, dispatch_id)
+                select i.project, l.key, l.value, i.dispatch_id from inserted i, jsonb_each_text(i.labels) l
+            )
+            select
+                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
+                function_name, bundle, requirements as "requirements!",
+                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
+                state as "state!: DispatchState", generation as "generation!",
+                idempotency_key, request_hash as "request_hash!", requester as "requester!",
+                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
+                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
+                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!",
+                cluster_project as "cluster_project!", acked_at, requeues as "requeues!", object_id, method,
+                cache_key, cached_from
+            from inserted
+            "#,
+            new.dispatch_id,
+            new.project,
+            new.function_ref,
+            new.args,
+            new.kwargs,
+            new.cluster,
+            new.idempotency_key,
+            new.request_hash,
+            new.requester,
+            new.labels,
+            new.timeout_s,
+            new.function_name,
+            new.bundle,
+            new.requirements,
+            new.cluster_project,
+            new.cache_key,
+            cached_from,
+            result,
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// The queued dispatches waiting for `leader`'s result.
+    pub async fn dispatch_followers(&self, leader: Uuid) -> Result<Vec<DispatchRow>> {
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
+            from dispatch
+            where cached_from = $1 and state = 'queued'
+            order by dispatch_id
+            "#,
+            leader
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
+    /// `leader` ended without a result to share: its oldest follower becomes
+    /// the one that runs (placeable from now on), and the others wait for it.
+    /// Returns the new leader, if there was a follower.
+    pub async fn dispatch_promote_follower(&self, leader: Uuid) -> Result<Option<Uuid>> {
+        let promoted = sqlx::query_scalar!(
+            r#"
+            with next as (
+                select dispatch_id from dispatch where cached_from = $1 and state = 'queued'
+                order by dispatch_id limit 1 for update
+            ),
+            promoted as (
+                update dispatch set cached_from = null, updated_at = now()
+                where dispatch_id = (select dispatch_id from next)
+                returning dispatch_id
+            ),
+            others as (
+                update dispatch set cached_from = (select dispatch_id from promoted)
+                where cached_from = $1 and state = 'queued' and dispatch_id <> (select dispatch_id from next)
+            )
+            select dispatch_id as "dispatch_id!" from promoted
+            "#,
+            leader
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(promoted)
+    }
+
+    /// Leaders that ended while dispatches still wait on them (a gateway
+    /// stopped before settling them): the cache step settles them.
+    pub async fn dispatch_cache_leaders_ended(&self) -> Result<Vec<Uuid>> {
+        let ids = sqlx::query_scalar!(
+            r#"
+            select distinct f.cached_from as "leader!"
+            from dispatch f join dispatch l on l.dispatch_id = f.cached_from
+            where f.cached_from is not null and f.state = 'queued'
+              and l.state in ('succeeded', 'failed', 'cancelled', 'timed_out')
+              and l.finished_at < now() - interval '2 seconds'
+            limit 100
+            "#
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids)
+    }
+
     /// Which of `clusters` have queued dispatches.
     pub async fn dispatch_clusters_with_queued(&self, clusters: &[ClusterKey]) -> Result<Vec<ClusterKey>> {
         let projects: Vec<String> = clusters.iter().map(|c| c.project.clone()).collect();
@@ -716,7 +879,7 @@ impl DataStore {
             select c.project as "project!", c.name as "name!" from unnest($1::text[], $2::text[]) as c (project, name)
             where exists (
                 select 1 from dispatch q where q.state = 'queued' and q.cluster_project = c.project and q.cluster = c.name
-                                         and q.method is null
+                                         and q.method is null and q.cached_from is null
             )
             "#,
             &projects,
@@ -737,7 +900,7 @@ impl DataStore {
               and exists (
                   select 1 from dispatch q
                   where q.state = 'queued' and q.cluster_project = n.project and q.cluster = n.cluster
-                    and q.method is null
+                    and q.method is null and q.cached_from is null
               )
               and exists (
                   select 1 from node_slot s
@@ -761,7 +924,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
             where node_id = $1 and state in ('running', 'cancelling')
             "#,
@@ -782,7 +945,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
             where cluster_project = $1 and cluster = $2 and state = 'queued'
             order by dispatch_id
@@ -807,7 +970,7 @@ impl DataStore {
                    state as "state: DispatchState", generation, idempotency_key, request_hash,
                    requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
             where state = 'cancelling' and updated_at < now() - make_interval(secs => $1)
             order by updated_at
@@ -918,5 +1081,67 @@ impl DataStore {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
+    }
+}
+
+/// The cache lock of one (project, key), held until dropped; its queries run
+/// in the transaction that holds it.
+pub struct CacheLock {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    project: String,
+    cache_key: String,
+}
+
+impl CacheLock {
+    /// The project's latest succeeded dispatch with `cache_key`, finished
+    /// within `ttl_s` seconds (any age without one).
+    pub async fn hit(&mut self, ttl_s: Option<f64>) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
+            from dispatch
+            where project = $1 and cache_key = $2 and state = 'succeeded'
+              and ($3::float8 is null or finished_at > now() - make_interval(secs => $3))
+            order by finished_at desc
+            limit 1
+            "#,
+            self.project,
+            self.cache_key,
+            ttl_s
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row)
+    }
+
+    /// The project's queued or running dispatch with `cache_key` that runs for its key (not a follower).
+    pub async fn leader(&mut self) -> Result<Option<DispatchRow>> {
+        let row = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
+            from dispatch
+            where project = $1 and cache_key = $2 and cached_from is null
+              and state in ('queued', 'running', 'cancelling')
+            order by dispatch_id
+            limit 1
+            "#,
+            self.project,
+            self.cache_key
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row)
     }
 }

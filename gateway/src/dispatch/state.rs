@@ -37,11 +37,13 @@ pub enum Event {
     /// The node a dispatch was placed on refused it before starting it;
     /// it goes back to the queue. Only the gateway's placement sends this.
     Requeue,
+    /// A cached result answered a waiting dispatch: it ends without running.
+    CacheHit,
 }
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 8] = [
         Event::Start,
         Event::Succeed,
         Event::Fail,
@@ -49,13 +51,14 @@ impl Event {
         Event::CancelConfirmed,
         Event::TimeOut,
         Event::Requeue,
+        Event::CacheHit,
     ];
 
     /// The state this event leads to when it is legal.
     pub fn target(self) -> DispatchState {
         match self {
             Event::Start => DispatchState::Running,
-            Event::Succeed => DispatchState::Succeeded,
+            Event::Succeed | Event::CacheHit => DispatchState::Succeeded,
             Event::Fail => DispatchState::Failed,
             Event::Cancel | Event::CancelConfirmed => DispatchState::Cancelled,
             Event::TimeOut => DispatchState::TimedOut,
@@ -73,6 +76,7 @@ impl Event {
             Event::CancelConfirmed => "cancel_confirmed",
             Event::TimeOut => "time_out",
             Event::Requeue => "requeue",
+            Event::CacheHit => "cache_hit",
         }
     }
 }
@@ -128,6 +132,8 @@ impl DispatchState {
             // Placement can fail before anything starts, and a queue deadline can pass.
             (Queued, Fail) => Failed,
             (Queued, TimeOut) => TimedOut,
+            // It waited on an identical call, whose result answers it.
+            (Queued, CacheHit) => Succeeded,
 
             (Running, Succeed) => Succeeded,
             (Running, Fail) => Failed,
@@ -145,7 +151,7 @@ impl DispatchState {
             // The node never started it, and a cancel was asked for: done.
             (Cancelling, Requeue) => Cancelled,
 
-            (Succeeded, Succeed) | (Failed, Fail) | (TimedOut, TimeOut) | (Cancelled, CancelConfirmed) => {
+            (Succeeded, Succeed | CacheHit) | (Failed, Fail) | (TimedOut, TimeOut) | (Cancelled, CancelConfirmed) => {
                 return Ok(Next::Stay)
             }
 
@@ -221,6 +227,8 @@ mod tests {
             (Queued, Cancel, Next::Move(Cancelled)),
             (Queued, Fail, Next::Move(Failed)),
             (Queued, TimeOut, Next::Move(TimedOut)),
+            (Queued, CacheHit, Next::Move(Succeeded)),
+            (Succeeded, CacheHit, Next::Stay),
             (Running, Succeed, Next::Move(Succeeded)),
             (Running, Fail, Next::Move(Failed)),
             (Running, Cancel, Next::Move(Cancelling)),

@@ -348,11 +348,12 @@ class RemoteFunction:
 
 class _FunctionSpec:
     def __init__(self, gateway: "Gateway", target: Union[Callable[..., Any], str], name: Optional[str],
-                 requirements: Optional[List[str]]) -> None:
+                 requirements: Optional[List[str]], cache: bool = False) -> None:
         self._gateway = gateway
         self._target = target
         self._name = name
         self._requirements = list(requirements or [])
+        self._cache = cache
 
     def to(self, cluster: str) -> RemoteFunction:
         """Packs the function's project (uploading it only if the gateway lacks it) and binds it to ``cluster``."""
@@ -363,6 +364,8 @@ class _FunctionSpec:
                 {"name": self._name, "function": entrypoint, "bundle": sha, "requirements": self._requirements,
                  "cluster": cluster}))
             spec = {"function_name": self._name}
+        if self._cache:
+            spec["cache"] = True
         return RemoteFunction(self._gateway, spec, cluster)
 
     def _pack(self) -> "tuple[str, str]":
@@ -560,9 +563,13 @@ class Gateway:
         self._native = NativeClient(url, token)
 
     def function(self, fn: Union[Callable[..., Any], str], name: Optional[str] = None,
-                 requirements: Optional[List[str]] = None) -> _FunctionSpec:
-        """A function (or ``"module:qualname"``) to run remotely; follow with ``.to(cluster)``."""
-        return _FunctionSpec(self, fn, name, requirements)
+                 requirements: Optional[List[str]] = None, cache: bool = False) -> _FunctionSpec:
+        """A function (or ``"module:qualname"``) to run remotely; follow with ``.to(cluster)``.
+
+        With ``cache=True``, a call identical to an earlier succeeded one (same code, arguments and
+        requirements) returns that result without running; one identical to a call still running
+        waits for it. ``Dispatch.data["cached_from"]`` names the dispatch that answered."""
+        return _FunctionSpec(self, fn, name, requirements, cache)
 
     def cls(self, cls: Union[type, str], requirements: Optional[List[str]] = None) -> _ClassSpec:
         """A class (or ``"module:Qualname"``) to construct remotely; follow with ``.to(cluster)``."""

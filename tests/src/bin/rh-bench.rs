@@ -126,6 +126,33 @@ async fn main() -> anyhow::Result<()> {
     rest_p50.vs_floor = true;
     figures.push(rest_p50);
     figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
+
+    // The run record's cost: the same no-op on a node that sends none.
+    let _bare =
+        stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?;
+    let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
+    for _ in 0..20 {
+        create_and_wait(&stack.client, &stack.url, &token, &bare).await?;
+    }
+    let mut bare_p50s = Vec::new();
+    for _ in 0..plan.runs {
+        bare_p50s.push(quantile(&sequential(&stack, &token, &bare, plan.sequential).await?, 0.50));
+    }
+    let mut without =
+        fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
+    without.vs_floor = true;
+    figures.push(without);
+
+    // A cache hit: the create answers with the earlier result, no node involved.
+    let cached = json!({"function": "json:dumps", "args": ["cached"], "cluster": "local", "cache": true});
+    create_and_wait(&stack.client, &stack.url, &token, &cached).await?;
+    let mut hit_p50s = Vec::new();
+    for _ in 0..plan.runs {
+        hit_p50s.push(quantile(&sequential(&stack, &token, &cached, plan.sequential).await?, 0.50));
+    }
+    let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
+    hit.vs_floor = true;
+    figures.push(hit);
     let throughput = repeat(plan.runs, || throughput(&stack, &token, &noop, plan.concurrency, plan.window)).await?;
     figures.push(fig(
         "throughput_per_s",

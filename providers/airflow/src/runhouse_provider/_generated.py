@@ -12,11 +12,13 @@ from airflow.sdk import conf
 from runhouse_provider.hooks import RunhouseHook
 
 
-def create_fields(*, timeout: int | None = None) -> dict[str, Any]:
+def create_fields(*, timeout: int | None = None, cache: bool | None = None) -> dict[str, Any]:
     """The create-request fields the SDK passes through unchanged (`via = "request"` in the spec)."""
     fields: dict[str, Any] = {}
     if timeout is not None:
         fields["timeout_s"] = timeout
+    if cache is not None and cache != False:
+        fields["cache"] = cache
     return fields
 
 
@@ -53,6 +55,11 @@ class OperatorParameters:
     :param stream_logs: Copy the remote stdout/stderr into the task's log as it arrives.
     :param durable: Record the dispatch id in the task state store so a retry re-attaches to it.
     :param runhouse_conn_id: The Airflow connection (type `runhouse`).
+    :param cache: Answer from the cache: if a succeeded dispatch of this project has the same cache key (by
+        default: bundle, entry point, the canonical JSON of the arguments and the requirement set), this one
+        ends `succeeded` at once with its result (`cached_from` names it), without running; if an identical one
+        is still running, this one waits for it and takes its result. Failed, cancelled and timed-out runs are
+        never used.
     """
 
     template_fields: Sequence[str] = ("function", "instance", "method", "op_args", "op_kwargs", "cluster", "requirements", "labels",)
@@ -76,6 +83,7 @@ class OperatorParameters:
         stream_logs: bool = True,
         durable: bool = True,
         runhouse_conn_id: str = RunhouseHook.default_conn_name,
+        cache: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,6 +103,7 @@ class OperatorParameters:
         self.stream_logs = stream_logs
         self.durable = durable
         self.runhouse_conn_id = runhouse_conn_id
+        self.cache = cache
         self._check_parameters()
 
     def _check_parameters(self) -> None:
@@ -102,7 +111,7 @@ class OperatorParameters:
 
     def create_fields(self) -> dict[str, Any]:
         """This task's create-request fields the SDK passes through."""
-        return create_fields(timeout=self.timeout)
+        return create_fields(timeout=self.timeout, cache=self.cache)
 
 
 class SensorParameters:

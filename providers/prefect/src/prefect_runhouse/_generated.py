@@ -16,11 +16,13 @@ from prefect_runhouse.credentials import RunhouseCredentials
 __all__ = ["run_remote", "run_remote_async", "trigger_dispatch", "trigger_dispatch_async", "wait_for_dispatch", "wait_for_dispatch_async", "create_instance", "create_instance_async"]
 
 
-def create_fields(*, timeout: int | None = None) -> dict[str, Any]:
+def create_fields(*, timeout: int | None = None, cache: bool | None = None) -> dict[str, Any]:
     """The create-request fields the SDK passes through unchanged (`via = "request"` in the spec)."""
     fields: dict[str, Any] = {}
     if timeout is not None:
         fields["timeout_s"] = timeout
+    if cache is not None and cache != False:
+        fields["cache"] = cache
     return fields
 
 
@@ -37,6 +39,7 @@ def run_remote(
     poll_interval: float = 1.0,
     stream_logs: bool = True,
     credentials: RunhouseCredentials | None = None,
+    cache: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Runs a function on a Runhouse Gateway cluster, streams its output into this run's log, and returns its JSON result.
@@ -68,6 +71,11 @@ def run_remote(
         stream_logs: Copy the remote stdout/stderr into the task's log as it arrives.
         credentials: Where the gateway is (a `RunhouseCredentials` block). Default: `RH_GATEWAY_URL`, `RH_TOKEN`
             and `RH_CLUSTER` from the environment.
+        cache: Answer from the cache: if a succeeded dispatch of this project has the same cache key (by
+            default: bundle, entry point, the canonical JSON of the arguments and the requirement set), this one
+            ends `succeeded` at once with its result (`cached_from` names it), without running; if an identical
+            one is still running, this one waits for it and takes its result. Failed, cancelled and timed-out
+            runs are never used.
 
     Returns:
         The function's result. Raises `RemoteError` (the remote type and traceback are in the log; retries
@@ -87,7 +95,7 @@ def run_remote(
         poll_interval=poll_interval,
         stream_logs=stream_logs,
         credentials=credentials,
-        request=create_fields(timeout=timeout),
+        request=create_fields(timeout=timeout, cache=cache),
     ))
 
 
@@ -104,6 +112,7 @@ async def run_remote_async(
     poll_interval: float = 1.0,
     stream_logs: bool = True,
     credentials: RunhouseCredentials | None = None,
+    cache: bool = False,
     **kwargs: Any,
 ) -> Any:
     """`run_remote` for async flows: the same parameters and outcome."""
@@ -119,7 +128,7 @@ async def run_remote_async(
         poll_interval=poll_interval,
         stream_logs=stream_logs,
         credentials=credentials,
-        request=create_fields(timeout=timeout),
+        request=create_fields(timeout=timeout, cache=cache),
     ))
 
 
@@ -134,6 +143,7 @@ def trigger_dispatch(
     labels: dict[str, str] | None = None,
     timeout: int | None = None,
     credentials: RunhouseCredentials | None = None,
+    cache: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Starts a function on a Runhouse Gateway cluster and returns the dispatch id at once.
@@ -161,6 +171,11 @@ def trigger_dispatch(
         timeout: Ends the call as `timed_out` after this many seconds of running (1 to 2592000, 30 days).
         credentials: Where the gateway is (a `RunhouseCredentials` block). Default: `RH_GATEWAY_URL`, `RH_TOKEN`
             and `RH_CLUSTER` from the environment.
+        cache: Answer from the cache: if a succeeded dispatch of this project has the same cache key (by
+            default: bundle, entry point, the canonical JSON of the arguments and the requirement set), this one
+            ends `succeeded` at once with its result (`cached_from` names it), without running; if an identical
+            one is still running, this one waits for it and takes its result. Failed, cancelled and timed-out
+            runs are never used.
 
     Returns:
         The dispatch id, for `wait_for_dispatch`.
@@ -175,7 +190,7 @@ def trigger_dispatch(
         requirements=requirements,
         labels=labels,
         credentials=credentials,
-        request=create_fields(timeout=timeout),
+        request=create_fields(timeout=timeout, cache=cache),
     ))
 
 
@@ -190,6 +205,7 @@ async def trigger_dispatch_async(
     labels: dict[str, str] | None = None,
     timeout: int | None = None,
     credentials: RunhouseCredentials | None = None,
+    cache: bool = False,
     **kwargs: Any,
 ) -> Any:
     """`trigger_dispatch` for async flows: the same parameters and outcome."""
@@ -203,7 +219,7 @@ async def trigger_dispatch_async(
         requirements=requirements,
         labels=labels,
         credentials=credentials,
-        request=create_fields(timeout=timeout),
+        request=create_fields(timeout=timeout, cache=cache),
     ))
 
 
