@@ -90,7 +90,8 @@ pub struct RunArgs {
     #[arg(long, env = "RH_NODE_PYTHON", default_value = env!("RH_PYTHON_EXECUTABLE"))]
     pub python: String,
     /// Do not send run records (what each call ran with) to the gateway.
-    #[arg(long, env = "RH_NODE_NO_RUN_RECORDS")]
+    #[arg(long, env = "RH_NODE_NO_RUN_RECORDS", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub no_run_records: bool,
 }
 

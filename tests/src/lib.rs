@@ -237,7 +237,12 @@ impl Stack {
                 items.iter().any(|n| n["name"] == name && n["cluster"] == cluster && n["state"] == "ready")
             })
         })
-        .await?;
+        .await
+        .map_err(|err| {
+            let log = std::fs::read_to_string(self.work.join(format!("node-{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+            err.context(format!("node {name}'s log ends:\n{}", tail.join("\n")))
+        })?;
         Ok(node)
     }
 
