@@ -97,10 +97,10 @@ pub struct Calls {
     max_result_bytes: Arc<AtomicUsize>,
     /// Instances hosted here, by id.
     instances: Arc<Mutex<HashMap<uuid::Uuid, Hosted>>>,
-    /// Send a run record when a call starts.
-    run_records: Arc<std::sync::atomic::AtomicBool>,
-    /// The distributions in each environment folder, read once.
-    packages: Arc<Mutex<HashMap<std::path::PathBuf, Arc<Vec<wire::Package>>>>>,
+    /// Where run records go, batched, when calls start (`None`: not sent).
+    records: Arc<Mutex<Option<mpsc::UnboundedSender<(wire::DispatchId, Arc<wire::NodeRunInfo>)>>>>,
+    /// What calls of each environment run with, worked out once.
+    run_infos: Arc<Mutex<HashMap<EnvKey, Arc<wire::NodeRunInfo>>>>,
 }
 
 /// What a node assumes the gateway stores until it says otherwise.
@@ -125,22 +125,33 @@ impl Calls {
             gateway,
             max_result_bytes: Arc::new(AtomicUsize::new(DEFAULT_MAX_RESULT_BYTES)),
             instances: Arc::default(),
-            run_records: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            packages: Arc::default(),
+            records: Arc::default(),
+            run_infos: Arc::default(),
         }
     }
 
-    /// Whether calls send run records (on by default).
+    /// Sends run records (batched: at most every [`RECORD_FLUSH`]) from now on, or stops.
     pub fn set_run_records(&self, on: bool) {
-        self.run_records.store(on, Ordering::Relaxed);
+        let sender = on.then(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(ship_records(self.gateway.clone(), receiver));
+            sender
+        });
+        *self.records.lock().expect("records lock poisoned") = sender;
     }
 
-    /// What a call in `worker` (of environment `key`) runs with.
-    fn run_info(&self, worker: &worker::Worker, key: &EnvKey) -> wire::NodeRunInfo {
-        let packages_of = |dir: &std::path::Path| {
-            let mut cache = self.packages.lock().expect("packages lock poisoned");
-            cache.entry(dir.to_path_buf()).or_insert_with(|| Arc::new(installed(dir))).as_ref().clone()
-        };
+    /// What a call in `worker` (of environment `key`) runs with; the same for every call of the environment.
+    fn run_info(&self, worker: &worker::Worker, key: &EnvKey) -> Arc<wire::NodeRunInfo> {
+        if let Some(info) = self.run_infos.lock().expect("run infos lock poisoned").get(key) {
+            return info.clone();
+        }
+        let info = Arc::new(self.read_run_info(worker, key));
+        self.run_infos.lock().expect("run infos lock poisoned").insert(key.clone(), info.clone());
+        info
+    }
+
+    fn read_run_info(&self, worker: &worker::Worker, key: &EnvKey) -> wire::NodeRunInfo {
+        let packages_of = |dir: &std::path::Path| installed(dir);
         let version: Vec<&str> = worker.python().split(['.', ' ']).take(2).collect();
         let base =
             worker::python_home().map(|home| home.join(format!("lib/python{}/site-packages", version.join("."))));
@@ -158,13 +169,15 @@ impl Calls {
         }
     }
 
-    /// Sends a call's run record, in the background (it never delays the call).
+    /// Queues a call's run record for the shipper (it never delays the call).
     fn send_record(&self, id: wire::DispatchId, info: Arc<wire::NodeRunInfo>) {
-        if !self.run_records.load(Ordering::Relaxed) {
-            return;
+        if let Some(records) = self.records.lock().expect("records lock poisoned").as_ref() {
+            let _ = records.send((id, info));
         }
-        let gateway = self.gateway.clone();
-        tokio::spawn(async move { gateway.record_until_acked(id, &info).await });
+    }
+
+    fn records_on(&self) -> bool {
+        self.records.lock().expect("records lock poisoned").is_some()
     }
 
     /// Results larger than this (bytes of JSON) fail with `result_too_large`.
@@ -353,7 +366,7 @@ impl Calls {
         };
         let worker_pid = worker.pid();
         pid.store(worker_pid, Ordering::Relaxed);
-        let run = Arc::new(self.run_info(&worker, &key));
+        let run = self.run_info(&worker, &key);
         self.send_record(call.dispatch_id, run.clone());
         let call_id = call.dispatch_id.to_string();
         let calls = HostedCalls::default();
@@ -471,8 +484,8 @@ impl Calls {
             Err(err) => return Ending::Prepared("worker_start_failed".into(), err.to_string()),
         };
         pid.store(worker.pid(), Ordering::Relaxed);
-        if self.run_records.load(Ordering::Relaxed) {
-            self.send_record(call.dispatch_id, Arc::new(self.run_info(&worker, &key)));
+        if self.records_on() {
+            self.send_record(call.dispatch_id, self.run_info(&worker, &key));
         }
         let request = CallRequest {
             module,
@@ -636,6 +649,43 @@ async fn ship_logs(
             bytes = 0;
             gateway.logs_until_acked(id, &wire::LogBatch { entries }).await;
         }
+    }
+}
+
+/// Run records wait at most this long to be sent with others.
+const RECORD_FLUSH: Duration = Duration::from_millis(100);
+/// ... and at most this many go in one request.
+const RECORD_BATCH: usize = 64;
+
+/// Sends run records in batches: one request and one commit for every
+/// [`RECORD_FLUSH`] of starts, not one per call.
+async fn ship_records(
+    gateway: GatewayClient,
+    mut records: mpsc::UnboundedReceiver<(wire::DispatchId, Arc<wire::NodeRunInfo>)>,
+) {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        dispatch_id: wire::DispatchId,
+        run: &'a wire::NodeRunInfo,
+    }
+    #[derive(serde::Serialize)]
+    struct Batch<'a> {
+        items: Vec<Item<'a>>,
+    }
+    while let Some(first) = records.recv().await {
+        let mut pending = vec![first];
+        let flush_at = tokio::time::Instant::now() + RECORD_FLUSH;
+        while pending.len() < RECORD_BATCH {
+            tokio::select! {
+                next = records.recv() => match next {
+                    Some(next) => pending.push(next),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(flush_at) => break,
+            }
+        }
+        let items = pending.iter().map(|(dispatch_id, run)| Item { dispatch_id: *dispatch_id, run }).collect();
+        gateway.records_until_acked(&Batch { items }).await;
     }
 }
 

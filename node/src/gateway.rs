@@ -121,11 +121,11 @@ impl GatewayClient {
         }
     }
 
-    /// Sends a call's run record until the gateway has it (a refusal: the
-    /// gateway keeps an earlier one, or the dispatch is gone; either way, done).
-    pub async fn record_until_acked(&self, id: wire::DispatchId, info: &wire::NodeRunInfo) {
-        if let Err(err) = self.until_acked(&format!("/v1/dispatches/{id}/record"), info, "run record").await {
-            tracing::debug!(dispatch_id = %id, error = %err, "the gateway refused a run record");
+    /// Sends a batch of run records until the gateway has it (a refusal: the
+    /// gateway keeps earlier ones, or the dispatches are gone; either way, done).
+    pub async fn records_until_acked<T: serde::Serialize>(&self, batch: &T) {
+        if let Err(err) = self.until_acked("/v1/dispatches/records", batch, "run record batch").await {
+            tracing::debug!(error = %err, "the gateway refused a run record batch");
         }
     }
 

@@ -31,6 +31,22 @@ pub struct NodeRunInfo {
     pub env_names: Vec<String>,
 }
 
+/// Node → gateway: the run records of calls that started, batched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecordBatch {
+    #[schema(max_items = 1000)]
+    pub items: Vec<NodeRunRecord>,
+}
+
+/// One call's part of a run record, as its node sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRunRecord {
+    pub dispatch_id: DispatchId,
+    pub run: NodeRunInfo,
+}
+
 /// Where a call ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RecordPlace {

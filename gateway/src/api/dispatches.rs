@@ -187,20 +187,18 @@ pub async fn dispatch_record(
     Ok(Json(state.app.record_get(&caller, id).await?))
 }
 
-/// A node records what one of its calls runs with (node credential only; the first record stays).
-#[utoipa::path(post, path = "/v1/dispatches/{id}/record", tag = "nodes", operation_id = "dispatch_record_store",
-    params(("id" = Uuid, Path, description = "The dispatch id.")),
-    request_body = wire::NodeRunInfo,
-    responses((status = 204, description = "Stored, or an earlier record stays."),
+/// A node records what its calls run with, in batches (node credential only; a dispatch's first record stays).
+#[utoipa::path(post, path = "/v1/dispatches/records", tag = "nodes", operation_id = "dispatch_records_store",
+    request_body = wire::RunRecordBatch,
+    responses((status = 204, description = "Stored (records of dispatches not placed on this node are dropped)."),
         BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable),
     security(("bearer" = ["node"])))]
-pub async fn dispatch_record_store(
+pub async fn dispatch_records_store(
     State(state): State<AppState>,
     auth: Authenticated,
-    Path(id): Path<Uuid>,
-    Json(body): Json<wire::NodeRunInfo>,
+    Json(body): Json<wire::RunRecordBatch>,
 ) -> Result<StatusCode, ApiError> {
     let caller = auth.require(Scope::Node)?;
-    state.app.record_store(&caller, id, body).await?;
+    state.app.records_store(&caller, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,57 +7,87 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::dispatch::not_found;
+use std::collections::HashMap;
+
 use super::App;
 use crate::auth::Caller;
-use crate::db::ClusterKey;
+use crate::db::{ClusterKey, DispatchRow};
 use crate::{Error, Result};
 
-/// Most packages a record keeps per list (a larger environment is cut, and says so).
+/// Most packages a record keeps per list.
 const MAX_PACKAGES: usize = 5_000;
+/// Most records in one batch.
+const MAX_BATCH: usize = 1_000;
 
 impl App {
-    /// Stores the run record of a call the caller's node started: the
+    /// Stores the run records of calls the caller's node started: the
     /// node's part as sent, the rest from the dispatch, the node and the
-    /// cluster as they are now. The first record of a dispatch stays.
-    pub async fn record_store(&self, caller: &Caller, id: Uuid, info: wire::NodeRunInfo) -> Result<()> {
+    /// cluster as they are now, all in one statement. Items for dispatches
+    /// not placed on this node are dropped; a dispatch's first record stays.
+    pub async fn records_store(&self, caller: &Caller, batch: wire::RunRecordBatch) -> Result<usize> {
         let binding = caller.node().ok_or(Error::MissingNodeCredential)?;
-        let node_id = self.node_id_of(caller, binding).await?.ok_or_else(|| not_found(id))?;
-        let row = self.db.dispatch_get(None, id).await?.filter(|row| row.node_id == Some(node_id));
-        let row = row.ok_or_else(|| not_found(id))?;
-        if info.packages.len() > MAX_PACKAGES || info.base_packages.len() > MAX_PACKAGES {
-            return Err(Error::invalid("packages", format!("at most {MAX_PACKAGES} packages per list")));
-        }
-        let node = self.db.node_get(node_id).await?.ok_or_else(|| not_found(id))?;
-        let cluster = self.db.cluster_by_name(&ClusterKey::new(&row.cluster_project, &row.cluster)).await?;
-        let spec: Option<wire::ClusterSpec> =
-            cluster.as_ref().and_then(|c| serde_json::from_value(c.spec.clone()).ok());
-        let args_hash = hex::encode(Sha256::digest(json!([row.args, row.kwargs]).to_string().as_bytes()));
-        let place = wire::RecordPlace {
-            node_id,
-            node: node.name,
-            cluster: row.cluster.clone(),
-            provider: cluster.as_ref().map(|c| c.provider.clone()),
-            instance_type: spec.and_then(|s| s.instance_type),
+        let Some(node_id) = self.node_id_of(caller, binding).await? else {
+            return Err(Error::NotFound { kind: "node", id: binding.name.clone() });
         };
-        let record = Stored {
-            bundle: row.bundle,
-            function: row.function_ref,
-            instance_id: row.object_id,
-            method: row.method,
-            args: serde_json::from_value(row.args).unwrap_or_default(),
-            kwargs: serde_json::from_value(row.kwargs).unwrap_or_default(),
-            args_hash,
-            requirements: serde_json::from_value(row.requirements).unwrap_or_default(),
-            run: info,
-            place,
-            recorded_at: chrono::Utc::now(),
-        };
-        let record = serde_json::to_value(record).map_err(|e| Error::Internal(e.into()))?;
-        if self.db.record_insert(id, &record).await? {
-            tracing::debug!(dispatch_id = %id, node = %caller.sub, "run record stored");
+        if batch.items.len() > MAX_BATCH {
+            return Err(Error::invalid("items", format!("at most {MAX_BATCH} records per batch")));
         }
-        Ok(())
+        if let Some(item) =
+            batch.items.iter().find(|i| i.run.packages.len() > MAX_PACKAGES || i.run.base_packages.len() > MAX_PACKAGES)
+        {
+            return Err(Error::invalid(
+                "items.run.packages",
+                format!("at most {MAX_PACKAGES} packages per list (dispatch {})", item.dispatch_id),
+            ));
+        }
+        let node = self
+            .db
+            .node_get(node_id)
+            .await?
+            .ok_or_else(|| Error::NotFound { kind: "node", id: node_id.to_string() })?;
+        let ids: Vec<Uuid> = batch.items.iter().map(|i| i.dispatch_id.0).collect();
+        let rows: HashMap<Uuid, DispatchRow> =
+            self.db.dispatches_on_node(&ids, node_id).await?.into_iter().map(|r| (r.dispatch_id, r)).collect();
+        let mut places: HashMap<ClusterKey, wire::RecordPlace> = HashMap::new();
+        let (mut record_ids, mut records) = (Vec::new(), Vec::new());
+        for item in batch.items {
+            let Some(row) = rows.get(&item.dispatch_id.0) else { continue };
+            let key = row.cluster_key();
+            let place = match places.get(&key) {
+                Some(place) => place.clone(),
+                None => {
+                    let cluster = self.db.cluster_by_name(&key).await?;
+                    let spec: Option<wire::ClusterSpec> =
+                        cluster.as_ref().and_then(|c| serde_json::from_value(c.spec.clone()).ok());
+                    let place = wire::RecordPlace {
+                        node_id,
+                        node: node.name.clone(),
+                        cluster: row.cluster.clone(),
+                        provider: cluster.as_ref().map(|c| c.provider.clone()),
+                        instance_type: spec.and_then(|s| s.instance_type),
+                    };
+                    places.insert(key, place.clone());
+                    place
+                }
+            };
+            let args_hash = hex::encode(Sha256::digest(json!([row.args, row.kwargs]).to_string().as_bytes()));
+            let record = Stored {
+                bundle: row.bundle.clone(),
+                function: row.function_ref.clone(),
+                instance_id: row.object_id,
+                method: row.method.clone(),
+                args: serde_json::from_value(row.args.clone()).unwrap_or_default(),
+                kwargs: serde_json::from_value(row.kwargs.clone()).unwrap_or_default(),
+                args_hash,
+                requirements: serde_json::from_value(row.requirements.clone()).unwrap_or_default(),
+                run: item.run,
+                place,
+                recorded_at: chrono::Utc::now(),
+            };
+            record_ids.push(row.dispatch_id);
+            records.push(serde_json::to_value(record).map_err(|e| Error::Internal(e.into()))?);
+        }
+        self.db.records_insert(&record_ids, &records).await
     }
 
     /// The run record of one of the caller's project's dispatches, with its

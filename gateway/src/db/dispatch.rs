@@ -870,6 +870,28 @@ impl DataStore {
         Ok(ids)
     }
 
+    /// Those of `ids` that were placed on `node_id`.
+    pub async fn dispatches_on_node(&self, ids: &[Uuid], node_id: Uuid) -> Result<Vec<DispatchRow>> {
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                   args, kwargs, cluster, node_id,
+                   state as "state: DispatchState", generation, idempotency_key, request_hash,
+                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
+            from dispatch
+            where dispatch_id = any($1) and node_id = $2
+            "#,
+            ids,
+            node_id
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
+    }
+
     /// Which of `clusters` have queued dispatches.
     pub async fn dispatch_clusters_with_queued(&self, clusters: &[ClusterKey]) -> Result<Vec<ClusterKey>> {
         let projects: Vec<String> = clusters.iter().map(|c| c.project.clone()).collect();

@@ -7,16 +7,19 @@ use super::DataStore;
 use crate::Result;
 
 impl DataStore {
-    /// Stores a dispatch's run record unless it has one (the first write wins). True if this one was stored.
-    pub async fn record_insert(&self, dispatch_id: Uuid, record: &Value) -> Result<bool> {
+    /// Stores run records, each unless its dispatch has one (the first write
+    /// wins), in one statement. Returns how many were stored.
+    pub async fn records_insert(&self, dispatch_ids: &[Uuid], records: &[Value]) -> Result<usize> {
         let stored = sqlx::query!(
-            "insert into dispatch_record (dispatch_id, record) values ($1, $2) on conflict (dispatch_id) do nothing",
-            dispatch_id,
-            record
+            "insert into dispatch_record (dispatch_id, record)
+             select * from unnest($1::uuid[], $2::jsonb[])
+             on conflict (dispatch_id) do nothing",
+            dispatch_ids,
+            records
         )
         .execute(self.pool())
         .await?;
-        Ok(stored.rows_affected() == 1)
+        Ok(stored.rows_affected() as usize)
     }
 
     /// A dispatch's run record, if the call has started.
