@@ -98,7 +98,7 @@ pub struct Calls {
     /// Instances hosted here, by id.
     instances: Arc<Mutex<HashMap<uuid::Uuid, Hosted>>>,
     /// Where run records go, batched, when calls start (`None`: not sent).
-    records: Arc<Mutex<Option<mpsc::UnboundedSender<(wire::DispatchId, Arc<wire::NodeRunInfo>)>>>>,
+    records: Arc<Mutex<Option<RecordSender>>>,
     /// What calls of each environment run with, worked out once.
     run_infos: Arc<Mutex<HashMap<EnvKey, Arc<wire::NodeRunInfo>>>>,
 }
@@ -151,7 +151,6 @@ impl Calls {
     }
 
     fn read_run_info(&self, worker: &worker::Worker, key: &EnvKey) -> wire::NodeRunInfo {
-        let packages_of = |dir: &std::path::Path| installed(dir);
         let version: Vec<&str> = worker.python().split(['.', ' ']).take(2).collect();
         let base =
             worker::python_home().map(|home| home.join(format!("lib/python{}/site-packages", version.join("."))));
@@ -163,8 +162,8 @@ impl Calls {
         wire::NodeRunInfo {
             python: worker.python().to_owned(),
             platform,
-            packages: key.site_dir.as_deref().map(packages_of).unwrap_or_default(),
-            base_packages: base.as_deref().map(packages_of).unwrap_or_default(),
+            packages: key.site_dir.as_deref().map(installed).unwrap_or_default(),
+            base_packages: base.as_deref().map(installed).unwrap_or_default(),
             env_names: worker.env_names().to_vec(),
         }
     }
@@ -651,6 +650,9 @@ async fn ship_logs(
         }
     }
 }
+
+/// Where calls put their run records for the shipper.
+type RecordSender = mpsc::UnboundedSender<(wire::DispatchId, Arc<wire::NodeRunInfo>)>;
 
 /// Run records wait at most this long to be sent with others.
 const RECORD_FLUSH: Duration = Duration::from_millis(100);
