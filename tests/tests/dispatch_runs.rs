@@ -388,7 +388,7 @@ async fn a_cached_call_answers_identical_ones_without_running_them_and_a_failure
     let marker = stack.work.join("counted-runs");
     let runs = || std::fs::read_to_string(&marker).map(|t| t.lines().count()).unwrap_or(0);
     let create = |kwargs: serde_json::Value, cache: serde_json::Value| {
-        let mut body = json!({"function": "pkg.jobs:counted", "args": [marker.display().to_string()],
+        let mut body = json!({"function": "pkg.jobs:count_run", "args": [marker.display().to_string()],
                               "kwargs": kwargs, "cluster": "local", "bundle": bundle.clone()});
         body.as_object_mut().unwrap().extend(cache.as_object().unwrap().clone());
         let stack = &stack;
