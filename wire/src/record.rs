@@ -15,9 +15,10 @@ pub struct Package {
     pub version: String,
 }
 
-/// Node → gateway, when a call starts: what the node runs it with.
+/// Node → gateway, when a call starts: what the node runs it with. (It is
+/// flattened into [`RunRecord`], so it admits no `deny_unknown_fields`: the
+/// record's own fields would be unknown to it in the OpenAPI document.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NodeRunInfo {
     /// The worker's Python version (`sys.version`).
     pub python: String,
