@@ -58,6 +58,13 @@ impl App {
                 ),
             ));
         }
+        // A machine of a cluster that is stopping or gone may still come up
+        // (it was asked for before the stop): it must not join as ready.
+        if let Some(cluster) = self.db.cluster_by_name(&me.cluster).await? {
+            if !matches!(cluster.state, crate::db::ClusterState::Provisioning | crate::db::ClusterState::Ready) {
+                return Err(Error::JoinRefused);
+            }
+        }
         let address_ok = (req.address.starts_with("http://") || req.address.starts_with("https://"))
             && req.address.len() <= MAX_ADDRESS
             && reqwest::Url::parse(&req.address).is_ok();
