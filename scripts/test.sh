@@ -55,6 +55,19 @@ install_moto() {
 }
 phase "install moto (cached venv)" install_moto
 export RH_MOTO_SERVER="$moto_venv/bin/moto_server"
+# Wheels of what notebook entry points need (nbclient, ipykernel), downloaded
+# once into a folder keyed by the pins; test nodes install from it, offline.
+notebook_wheels="$cache/wheels/notebook-$(sha256sum tests/notebook-requirements.txt | cut -c1-12)"
+download_notebook_wheels() {
+    if [ ! -f "$notebook_wheels/.complete" ]; then
+        rm -rf "$notebook_wheels"
+        python3 -m pip download --quiet --disable-pip-version-check --dest "$notebook_wheels" \
+            --only-binary=:all: -r tests/notebook-requirements.txt
+        touch "$notebook_wheels/.complete"
+    fi
+}
+phase "download notebook wheels (cached)" download_notebook_wheels
+export RH_NOTEBOOK_WHEELS="$notebook_wheels"
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 run_tests() {

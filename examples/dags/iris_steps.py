@@ -5,6 +5,8 @@ steps hand data to one another through the orchestrator. Bigger data would
 go to shared storage, passing only its URI.
 """
 
+import os
+
 RANDOM_STATE = 7
 
 
@@ -41,13 +43,52 @@ def train(splits, C=1.0, max_iter=200):
 
 
 def predict(model, splits):
-    """Predicts the test set with the trained parameters."""
+    """Predicts the test set with the trained parameters, and plots it (iris_logistic.png, kept as an artifact)."""
     import numpy as np
 
-    scores = np.asarray(splits["test"]["X"]) @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
+    X = np.asarray(splits["test"]["X"])
+    scores = X @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
     predictions = [model["classes"][i] for i in scores.argmax(axis=1)]
     print(f"predicted {len(predictions)} samples")
+    path = os.path.join(os.environ.get("RH_OUTPUTS", "."), "iris_logistic.png")
+    with open(path, "wb") as f:
+        f.write(_scatter_png(X[:, 2], X[:, 3], predictions, splits["test"]["y"]))
+    print(f"plotted the test set by petal length and width: {os.path.basename(path)}")
     return {"predicted": predictions, "actual": splits["test"]["y"]}
+
+
+def _scatter_png(x, y, predicted, actual, size=360):
+    """A scatter plot as PNG bytes: one dot per sample, coloured by predicted class, ringed in black
+    where the prediction is wrong. Drawn with numpy and zlib, so the step needs no plotting library."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    colours = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44]], dtype=np.uint8)
+    image = np.full((size, size, 3), 255, dtype=np.uint8)
+    margin = 24
+    image[margin:size - margin + 1:48, margin:size - margin] = 225  # horizontal grid lines
+    image[margin:size - margin, margin:size - margin + 1:48] = 225  # vertical grid lines
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    span = lambda v: (v - v.min()) / max(float(np.ptp(v)), 1e-9)  # noqa: E731
+    cols = (margin + span(x) * (size - 2 * margin)).astype(int)
+    rows = (size - margin - span(y) * (size - 2 * margin)).astype(int)
+    dy, dx = np.mgrid[-6:7, -6:7]
+    distance = np.hypot(dy, dx)
+    for r, c, p, a in zip(rows, cols, predicted, actual):
+        if p != a:
+            ring = (distance <= 6) & (distance > 4)
+            image[np.clip(r + dy[ring], 0, size - 1), np.clip(c + dx[ring], 0, size - 1)] = 0
+        dot = distance <= 4
+        image[np.clip(r + dy[dot], 0, size - 1), np.clip(c + dx[dot], 0, size - 1)] = colours[int(p) % 3]
+    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(size))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 
 def accuracy(predictions):

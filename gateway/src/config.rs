@@ -25,6 +25,7 @@ pub struct Settings {
     pub bundles: BundleSettings,
     pub call_logs: CallLogSettings,
     pub results: ResultSettings,
+    pub artifacts: ArtifactSettings,
     pub compute: ComputeSettings,
     /// Named cluster specs a dispatch may bring up on demand: a dispatch to a
     /// cluster that does not exist but has a profile provisions it.
@@ -192,6 +193,66 @@ pub struct ResultSettings {
     pub max_bytes: usize,
 }
 
+/// Where the files calls keep (artifacts) are stored, and how much a call may keep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactSettings {
+    /// The store's URL: `file:///path`, `s3://bucket[/prefix]` or
+    /// `gs://bucket[/prefix]`. Default: a folder under `$XDG_DATA_HOME` (or
+    /// `~/.local/share`) named after the database's installation, which every
+    /// replica on this machine shares. Several machines need a bucket.
+    pub store: Option<String>,
+    /// Options of the store (`object_store` keys such as `aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`, `aws_access_key_id`,
+    /// `google_service_account`). Credentials not given here come from the
+    /// provider's usual environment variables.
+    #[serde(serialize_with = "serialize_redacted_map", deserialize_with = "scalars_as_strings")]
+    pub options: BTreeMap<String, String>,
+    /// The largest file a call may keep, in bytes. A larger one fails its
+    /// dispatch with `artifact_too_large`, naming this limit.
+    pub max_file_bytes: u64,
+    /// The most bytes one call may keep in all.
+    pub max_call_bytes: u64,
+    /// The most files one call may keep.
+    pub max_files: u32,
+}
+
+impl Default for ArtifactSettings {
+    fn default() -> Self {
+        ArtifactSettings {
+            store: None,
+            options: BTreeMap::new(),
+            max_file_bytes: 1024 * 1024 * 1024,
+            max_call_bytes: 4 * 1024 * 1024 * 1024,
+            max_files: 1_000,
+        }
+    }
+}
+
+/// A map of scalars as strings: `RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_ALLOW_HTTP=true`
+/// arrives as a boolean, and `object_store` takes every option as text.
+fn scalars_as_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let map: BTreeMap<String, serde_json::Value> = BTreeMap::deserialize(d)?;
+    map.into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => Ok((key, text)),
+            serde_json::Value::Bool(_) | serde_json::Value::Number(_) => Ok((key, value.to_string())),
+            other => Err(serde::de::Error::custom(format!("artifacts.options.{key} must be a string, not {other}"))),
+        })
+        .collect()
+}
+
+fn serialize_redacted_map<S: serde::Serializer>(map: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    let redacted: BTreeMap<&str, &str> = map
+        .iter()
+        .map(|(k, v)| {
+            let secret = ["secret", "key", "token", "password", "credential"].iter().any(|w| k.contains(w));
+            (k.as_str(), if secret { "[redacted]" } else { v.as_str() })
+        })
+        .collect();
+    redacted.serialize(s)
+}
+
 impl Default for ResultSettings {
     fn default() -> Self {
         ResultSettings { max_bytes: 1024 * 1024 }
@@ -299,6 +360,7 @@ impl Default for Settings {
             bundles: BundleSettings::default(),
             call_logs: CallLogSettings::default(),
             results: ResultSettings::default(),
+            artifacts: ArtifactSettings::default(),
             compute: ComputeSettings::default(),
             profiles: BTreeMap::new(),
         }

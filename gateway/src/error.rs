@@ -64,6 +64,19 @@ pub enum Error {
     )]
     JoinRefused,
 
+    /// An artifact is over a limit (413); the message names the limit.
+    #[error("{0}")]
+    ArtifactTooLarge(String),
+
+    /// An artifact cannot be kept as sent (409): the path holds other bytes,
+    /// or the dispatch no longer runs on the node.
+    #[error("{0}")]
+    ArtifactConflict(String),
+
+    /// The artifact store failed (503); the source is logged, never shown.
+    #[error("the artifact store is unavailable")]
+    StoreUnavailable(#[source] anyhow::Error),
+
     /// The database could not be reached in time (503).
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),

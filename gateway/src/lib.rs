@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod artifact_store;
 pub mod auth;
 pub mod background;
 pub mod cli;

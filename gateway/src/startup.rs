@@ -45,7 +45,11 @@ impl Application {
         let installation = db.installation_id().await.context("cannot read the installation id")?;
         let providers =
             Providers::from_settings(settings, installation).await.context("cannot set up compute providers")?;
+        let artifacts = crate::artifact_store::ArtifactStore::open(&settings.artifacts, installation)
+            .context("cannot open the artifact store")?;
+        tracing::info!(store = %artifacts.url, "artifact store");
         let app = App {
+            artifacts,
             provisioner: Arc::new(Notify::new()),
             orphan_sweep: Arc::new(Notify::new()),
             scheduler: Arc::new(Notify::new()),

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bundles::BundleCache;
 use crate::envs::EnvCache;
 use crate::gateway::GatewayClient;
+use crate::outputs::{self, Outputs};
 use crate::protocol::{CallRequest, CallResponse, HostRequest};
 use crate::worker::{self, EnvKey, HostedCall, HostedCalls, Output, Pool};
 
@@ -30,7 +31,7 @@ pub const METHOD_CANCEL_GRACE: Duration = Duration::from_millis(500);
 pub enum StartError {
     #[error("the node is running its maximum of {0} calls")]
     Full(usize),
-    #[error("`{0}` is not `module:qualname`")]
+    #[error("{0}")]
     BadFunction(String),
 }
 
@@ -53,6 +54,11 @@ enum Work {
     Function {
         module: String,
         qualname: String,
+    },
+    /// A script, shell command or notebook, run as a child of a worker.
+    Program {
+        kind: &'static str,
+        target: String,
     },
     /// Construct `module:qualname` as instance `id` and host it.
     Construct {
@@ -101,6 +107,8 @@ pub struct Calls {
     records: Arc<Mutex<Option<RecordSender>>>,
     /// What calls of each environment run with, worked out once.
     run_infos: Arc<Mutex<HashMap<EnvKey, Arc<wire::NodeRunInfo>>>>,
+    /// Calls' `$RH_OUTPUTS` folders, kept as artifacts when they end.
+    outputs: Arc<Outputs>,
 }
 
 /// What a node assumes the gateway stores until it says otherwise.
@@ -114,6 +122,7 @@ impl Calls {
         bundles: Arc<BundleCache>,
         envs: Arc<EnvCache>,
         gateway: GatewayClient,
+        outputs: Arc<Outputs>,
     ) -> Calls {
         Calls {
             entries: Arc::default(),
@@ -127,7 +136,13 @@ impl Calls {
             instances: Arc::default(),
             records: Arc::default(),
             run_infos: Arc::default(),
+            outputs,
         }
+    }
+
+    /// What calls may keep, as the gateway announced at registration.
+    pub fn set_artifact_limits(&self, limits: wire::ArtifactLimits) {
+        self.outputs.set_limits(limits);
     }
 
     /// Sends run records (batched: at most every [`RECORD_FLUSH`]) from now on, or stops.
@@ -190,16 +205,26 @@ impl Calls {
             Some(wire::InstanceCall { instance_id, method: Some(method) }) => {
                 Work::Method { id: *instance_id, method: method.clone() }
             }
-            instance => {
-                let Some((module, qualname)) = call.function.split_once(':') else {
-                    return Err(StartError::BadFunction(call.function));
-                };
-                let (module, qualname) = (module.to_owned(), qualname.to_owned());
-                match instance {
-                    Some(instance) => Work::Construct { id: instance.instance_id, module, qualname },
-                    None => Work::Function { module, qualname },
+            instance => match (wire::EntryPoint::parse(&call.function), instance) {
+                (Ok(wire::EntryPoint::Function { module, qualname }), instance) => {
+                    let (module, qualname) = (module.to_owned(), qualname.to_owned());
+                    match instance {
+                        Some(instance) => Work::Construct { id: instance.instance_id, module, qualname },
+                        None => Work::Function { module, qualname },
+                    }
                 }
-            }
+                (Ok(entry), None) => {
+                    let (kind, target) = entry.program().expect("not a function");
+                    Work::Program { kind, target: target.to_owned() }
+                }
+                (Ok(_), Some(_)) => {
+                    return Err(StartError::BadFunction(format!(
+                        "`{}`: only a class can be an instance",
+                        call.function
+                    )))
+                }
+                (Err(message), _) => return Err(StartError::BadFunction(message)),
+            },
         };
         let mut entries = self.entries.lock().expect("calls lock poisoned");
         if entries.contains_key(&call.dispatch_id) {
@@ -281,10 +306,31 @@ impl Calls {
         };
         let started = std::time::Instant::now();
         let timeout_s = call.timeout_s.unwrap_or(0);
+        let constructed = match &work {
+            Work::Construct { id, .. } => Some(*id),
+            _ => None,
+        };
+        let outputs_dir = match self.outputs.create(id) {
+            Ok(dir) => Some(dir),
+            Err(err) => {
+                tracing::warn!(dispatch_id = %id, error = %err, "cannot make the call's output folder");
+                None
+            }
+        };
+        let outputs = outputs_dir.as_ref().map(|d| d.display().to_string());
         let ending = match work {
             Work::Function { module, qualname } => {
-                let execute = self.execute(&call, module, qualname, &output_tx, &pid);
+                let execute = self.execute(&call, module, qualname, None, outputs, &output_tx, &pid);
                 // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
+                tokio::select! {
+                    ending = execute => ending,
+                    _ = cancel.cancelled() => Ending::Cancelled,
+                    _ = timeout => Ending::TimedOut(timeout_s),
+                }
+            }
+            Work::Program { kind, target } => {
+                // The program is a child of the worker, in its process group: dropping the worker kills its tree.
+                let execute = self.execute(&call, String::new(), target, Some(kind), outputs, &output_tx, &pid);
                 tokio::select! {
                     ending = execute => ending,
                     _ = cancel.cancelled() => Ending::Cancelled,
@@ -295,23 +341,51 @@ impl Calls {
                 let slot = permit.take().expect("a constructor holds a node slot");
                 // Dropping `construct` on cancel or timeout stops the worker and frees the slot.
                 tokio::select! {
-                    ending = self.construct(&call, id, module, qualname, &output_tx, &pid, slot) => ending,
+                    ending = self.construct(&call, id, module, qualname, outputs, &output_tx, &pid, slot) => ending,
                     _ = cancel.cancelled() => Ending::Cancelled,
                     _ = timeout => Ending::TimedOut(timeout_s),
                 }
             }
             Work::Method { id, method } => {
-                self.call_method(&call, id, method, &output_tx, &pid, &cancel, timeout).await
+                self.call_method(&call, id, method, outputs, &output_tx, &pid, &cancel, timeout).await
             }
         };
         // The worker is back in the pool (or gone): the slot is free while the report travels.
         drop(permit);
         let executed = started.elapsed();
+        // A call that ran to its end (returned or raised) keeps what it wrote.
+        let kept = match (&ending, &outputs_dir) {
+            (Ending::Finished(Ok(_)), Some(dir)) => Some(self.keep_outputs(id, dir).await),
+            _ => None,
+        };
+        if let Some(dir) = &outputs_dir {
+            self.outputs.remove(dir);
+        }
         drop(output_tx);
         // Output shipped while the call ran is stored; what is left goes with
         // the report, in the same commit, so the outcome never overtakes it.
-        let tail = shipper.await.unwrap_or_default();
+        let (mut tail, last_seq) = shipper.await.unwrap_or_default();
         let mut report = report_for(ending, self.max_result_bytes.load(Ordering::Relaxed));
+        let note = match kept {
+            Some(Ok(files)) if !files.is_empty() => {
+                let names: Vec<String> =
+                    files.iter().map(|f| format!("{} ({})", f.path, outputs::human_bytes(f.size))).collect();
+                Some(format!("kept {} artifact(s): {}\n", files.len(), names.join(", ")))
+            }
+            Some(Err(refusal)) if report.kind == wire::ReportKind::Succeeded => {
+                if let Some(instance) = constructed {
+                    self.stop_instance(instance);
+                }
+                report = failure_report(refusal.code, refusal.message);
+                None
+            }
+            Some(Err(refusal)) => Some(format!("artifacts not kept: {}\n", refusal.message)),
+            _ => None,
+        };
+        if let Some(text) = note {
+            let seq = tail.last().map_or(last_seq, |e| e.seq) + 1;
+            tail.push(wire::LogEntry { seq, stream: wire::LogStream::System, text, at: None });
+        }
         report.logs = tail;
         if let Err(refusal) = self.gateway.report_until_acked(id, &report).await {
             // The outcome must still reach the gateway, or the dispatch would
@@ -324,6 +398,17 @@ impl Calls {
             }
         }
         tracing::debug!(dispatch_id = %id, ?executed, reported = ?started.elapsed(), "call done");
+    }
+
+    /// Uploads what a call left in its output folder; the files kept, or why none were.
+    async fn keep_outputs(
+        &self,
+        id: wire::DispatchId,
+        dir: &std::path::Path,
+    ) -> Result<Vec<outputs::Kept>, outputs::Refusal> {
+        let kept = self.outputs.collect(dir)?;
+        outputs::upload(&self.gateway, id, &kept).await?;
+        Ok(kept)
     }
 
     /// The environment a call runs in: its bundle unpacked, its requirements installed.
@@ -351,6 +436,7 @@ impl Calls {
         id: uuid::Uuid,
         module: String,
         qualname: String,
+        outputs: Option<String>,
         output: &mpsc::Sender<Output>,
         pid: &AtomicU32,
         slot: OwnedSemaphorePermit,
@@ -378,6 +464,8 @@ impl Calls {
             args: serde_json::to_string(&call.args).expect("args serialize"),
             kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
             host: Some(call_id),
+            program: None,
+            outputs,
         };
         let instances = self.instances.clone();
         let host_calls = calls.clone();
@@ -410,6 +498,7 @@ impl Calls {
         call: &wire::StartCall,
         id: uuid::Uuid,
         method: String,
+        outputs: Option<String>,
         output: &mpsc::Sender<Output>,
         pid: &AtomicU32,
         cancel: &CancellationToken,
@@ -438,6 +527,7 @@ impl Calls {
             method,
             args: serde_json::to_string(&call.args).expect("args serialize"),
             kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
+            outputs,
         };
         if requests.send(request).await.is_err() {
             calls.forget(&call_id);
@@ -466,11 +556,16 @@ impl Calls {
         }
     }
 
+    /// Runs a function (or, with `program`, a script, command or notebook
+    /// named by `qualname`) in a pooled worker.
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
         call: &wire::StartCall,
         module: String,
         qualname: String,
+        program: Option<&'static str>,
+        outputs: Option<String>,
         output: &mpsc::Sender<Output>,
         pid: &AtomicU32,
     ) -> Ending {
@@ -492,6 +587,8 @@ impl Calls {
             args: serde_json::to_string(&call.args).expect("args serialize"),
             kwargs: serde_json::to_string(&call.kwargs).expect("kwargs serialize"),
             host: None,
+            program: program.map(str::to_owned),
+            outputs,
         };
         let result = worker.call(&request, output).await;
         if result.is_ok() {
@@ -507,7 +604,7 @@ fn failure_report(code: &str, message: String) -> wire::Report {
         kind: wire::ReportKind::Failed,
         expected_generation: None,
         result: None,
-        failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type: None, traceback: None }),
+        failure: Some(wire::DispatchFailure::new(code, message)),
         reason: None,
         logs: Vec::new(),
         abandoned: false,
@@ -515,11 +612,11 @@ fn failure_report(code: &str, message: String) -> wire::Report {
 }
 
 fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
-    let failure = |code: &str, message: String, remote_type: Option<String>, traceback: Option<String>| wire::Report {
+    let failed = |failure: wire::DispatchFailure| wire::Report {
         kind: wire::ReportKind::Failed,
         expected_generation: None,
         result: None,
-        failure: Some(wire::DispatchFailure { code: code.into(), message, remote_type, traceback }),
+        failure: Some(failure),
         reason: None,
         logs: Vec::new(),
         abandoned: false,
@@ -546,14 +643,10 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
             // The worker checks results before sending them; this is the last guard, never a silent null.
             Err(err) => failure_report("result_not_json", format!("the result could not be read back as JSON: {err}")),
         },
-        Ending::Finished(Ok(CallResponse::Failed { code, message, remote_type, traceback })) => {
-            failure(&code, message, remote_type, traceback)
-        }
-        Ending::Finished(Err(worker::Error::Died(message))) => failure("worker_crashed", message, None, None),
-        Ending::Finished(Err(err @ worker::Error::Spawn(_))) => {
-            failure("worker_start_failed", err.to_string(), None, None)
-        }
-        Ending::Prepared(code, message) => failure(&code, message, None, None),
+        Ending::Finished(Ok(CallResponse::Failed(failure))) => failed(failure),
+        Ending::Finished(Err(worker::Error::Died(message))) => failure_report("worker_crashed", message),
+        Ending::Finished(Err(err @ worker::Error::Spawn(_))) => failure_report("worker_start_failed", err.to_string()),
+        Ending::Prepared(code, message) => failure_report(&code, message),
         Ending::Cancelled => wire::Report {
             kind: wire::ReportKind::CancelConfirmed,
             expected_generation: None,
@@ -567,12 +660,10 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
             kind: wire::ReportKind::TimedOut,
             expected_generation: None,
             result: None,
-            failure: Some(wire::DispatchFailure {
-                code: "timed_out".into(),
-                message: format!("the call ran longer than its timeout_s of {seconds}s and was stopped"),
-                remote_type: None,
-                traceback: None,
-            }),
+            failure: Some(wire::DispatchFailure::new(
+                "timed_out",
+                format!("the call ran longer than its timeout_s of {seconds}s and was stopped"),
+            )),
             reason: None,
             logs: Vec::new(),
             abandoned: false,
@@ -594,15 +685,13 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
             kind: wire::ReportKind::TimedOut,
             expected_generation: None,
             result: None,
-            failure: Some(wire::DispatchFailure {
-                code: "timed_out".into(),
-                message: format!(
+            failure: Some(wire::DispatchFailure::new(
+                "timed_out",
+                format!(
                     "the call ran longer than its timeout_s of {timeout_s}s and did not stop (it is blocked outside \
                      Python); its thread was left to finish and its result will be discarded"
                 ),
-                remote_type: None,
-                traceback: None,
-            }),
+            )),
             reason: None,
             logs: Vec::new(),
             abandoned: true,
@@ -612,12 +701,12 @@ fn report_for(ending: Ending, max_result_bytes: usize) -> wire::Report {
 
 /// Batches a call's output and ships it, in order, while the call runs.
 /// When the channel closes, returns the entries not shipped yet (they travel
-/// with the report).
+/// with the report) and the last sequence number used.
 async fn ship_logs(
     gateway: GatewayClient,
     id: wire::DispatchId,
     mut output: mpsc::Receiver<Output>,
-) -> Vec<wire::LogEntry> {
+) -> (Vec<wire::LogEntry>, i64) {
     let mut seq = 0i64;
     let mut batch: Vec<wire::LogEntry> = Vec::new();
     let mut bytes = 0usize;
@@ -638,7 +727,7 @@ async fn ship_logs(
                         }
                         bytes += chunk.text.len();
                     }
-                    None => return batch,
+                    None => return (batch, seq),
                 },
                 _ = tokio::time::sleep_until(flush_at), if !batch.is_empty() => break,
             }

@@ -15,6 +15,7 @@ use crate::bundles::BundleCache;
 use crate::calls::Calls;
 use crate::envs::EnvCache;
 use crate::gateway::{self, GatewayClient};
+use crate::outputs::Outputs;
 use crate::worker::{EnvKey, Pool};
 
 /// Runhouse node daemon: runs Python calls for a gateway.
@@ -169,10 +170,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {}
     }
+    // Output folders live where the worker user may write and its sandbox shows (its home).
+    let outputs = match &worker_user {
+        Some(user) => Outputs::new(user.home.join("outputs"), Some((user.uid, user.gid))),
+        None => Outputs::new(work_dir.join("outputs"), None),
+    }
+    .context("cannot make the calls' output folder")?;
     let pool = Arc::new(Pool::new(exe, cgroups.clone(), worker_user.clone(), max_concurrent as usize));
     let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
     let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone(), worker_user));
-    let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone());
+    let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone(), Arc::new(outputs));
     calls.set_run_records(!args.no_run_records);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -314,6 +321,9 @@ async fn register(
             Ok(done) => {
                 if let Some(max) = done.max_result_bytes {
                     calls.set_max_result_bytes(max as usize);
+                }
+                if let Some(limits) = done.artifact_limits {
+                    calls.set_artifact_limits(limits);
                 }
                 return Ok((done.node_id, done.heartbeat_interval_s));
             }

@@ -28,6 +28,13 @@ pub struct CallRequest {
     /// call's id, for its output and outcome frames. See [`HostRequest`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Run a program instead of a function: `script`, `shell` or
+    /// `notebook`, with its path or command in `qualname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// The call's output folder, its `$RH_OUTPUTS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<String>,
 }
 
 /// Daemon → hosting worker, after the constructor.
@@ -35,7 +42,14 @@ pub struct CallRequest {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HostRequest {
     /// Call `method` of the instance on a new thread.
-    Method { call: String, method: String, args: String, kwargs: String },
+    Method {
+        call: String,
+        method: String,
+        args: String,
+        kwargs: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outputs: Option<String>,
+    },
     /// Raise `DispatchCancelled` in that call's thread.
     Cancel { call: String },
 }
@@ -57,8 +71,8 @@ pub enum HostEvent {
 pub enum CallResponse {
     /// `result` is the JSON text of the return value.
     Returned { result: String },
-    /// The call failed; the fields follow `wire::DispatchFailure`.
-    Failed { code: String, message: String, remote_type: Option<String>, traceback: Option<String> },
+    /// The call failed.
+    Failed(wire::DispatchFailure),
 }
 
 /// A frame: the big-endian length, then the JSON body.
@@ -121,6 +135,8 @@ mod tests {
             args: "[1]".into(),
             kwargs: "{}".into(),
             host: None,
+            program: None,
+            outputs: None,
         };
         write_frame(&mut buffer, &sent).unwrap();
         let mut reader = std::io::Cursor::new(buffer);

@@ -85,19 +85,111 @@ def _encode(result):
         "traceback": None,
     })
 
-def call(module, qualname, args_json, kwargs_json):
+import rh_artifacts
+
+def _outputs(path):
+    """Points $RH_OUTPUTS (a worker runs one call at a time) and rh_artifacts at `path`."""
+    if path is None:
+        os.environ.pop("RH_OUTPUTS", None)
+    else:
+        os.environ["RH_OUTPUTS"] = path
+    rh_artifacts._set(path)
+
+def call(module, qualname, args_json, kwargs_json, outputs=None):
+    _outputs(outputs)
     try:
-        target = _resolve(module, qualname)
-    except BaseException as exc:
-        _flush()
-        return False, _failure("entrypoint_not_found", exc, f"cannot load {module}:{qualname}: {_type_name(type(exc))}: {exc}")
-    try:
-        result = target(*json.loads(args_json), **json.loads(kwargs_json))
-    except BaseException as exc:
-        return False, _failure("user_exception", exc)
+        try:
+            target = _resolve(module, qualname)
+        except BaseException as exc:
+            _flush()
+            return False, _failure("entrypoint_not_found", exc, f"cannot load {module}:{qualname}: {_type_name(type(exc))}: {exc}")
+        try:
+            result = target(*json.loads(args_json), **json.loads(kwargs_json))
+        except BaseException as exc:
+            return False, _failure("user_exception", exc)
+        finally:
+            _flush()
+        return _encode(result)
     finally:
+        _outputs(None)
+
+
+# --- Programs ---------------------------------------------------------------
+# A script, shell command or notebook runs as a child of this worker, in its
+# process group (and cgroup): stopping the worker stops the whole tree. Its
+# output goes straight to the worker's stdout and stderr, the call's log.
+
+import signal, subprocess, tempfile
+
+EXTRA_PATHS = []
+
+def _python():
+    for name in (f"python{sys.version_info[0]}.{sys.version_info[1]}", f"python{sys.version_info[0]}", "python"):
+        path = os.path.join(sys.base_prefix, "bin", name)
+        if os.access(path, os.X_OK):
+            return path
+    raise RuntimeError(f"no python executable under {sys.base_prefix}/bin")
+
+def _program_failure(code, message, exit_code=None, remote_type=None, traceback_text=None):
+    failure = {"code": code, "message": message, "remote_type": remote_type, "traceback": traceback_text}
+    if exit_code is not None:
+        failure["exit_code"] = exit_code
+    return False, json.dumps(failure)
+
+def run_program(kind, target, args_json, kwargs_json, outputs):
+    args = json.loads(args_json)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(EXTRA_PATHS + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONUNBUFFERED"] = "1"
+    if outputs is not None:
+        env["RH_OUTPUTS"] = outputs
+    failure_file = None
+    try:
+        if kind == "script":
+            if not os.path.isfile(target):
+                return _program_failure("entrypoint_not_found", f"there is no script `{target}` in the bundle")
+            argv = [_python(), target, *args]
+            shown = f"python {target}"
+        elif kind == "shell":
+            argv = ["/bin/sh", "-c", target, "sh", *args]
+            shown = f"`{target}`"
+        elif kind == "notebook":
+            if not os.path.isfile(target):
+                return _program_failure("entrypoint_not_found", f"there is no notebook `{target}` in the bundle")
+            if outputs is None:
+                return _program_failure("outputs_unavailable", "the node could not make an output folder for the executed notebook")
+            fd, failure_file = tempfile.mkstemp(prefix="rh-notebook-", suffix=".json")
+            os.close(fd)
+            executed = os.path.join(outputs, os.path.basename(target))
+            argv = [_python(), "-c", NOTEBOOK_RUNNER, target, kwargs_json, executed, failure_file]
+            shown = f"notebook {target}"
+        else:
+            return _program_failure("worker_error", f"unknown program kind {kind!r}")
         _flush()
-    return _encode(result)
+        try:
+            code = subprocess.call(argv, env=env, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return _program_failure("entrypoint_not_found", f"cannot start {shown}: {exc}")
+        if code == 0:
+            result = {"exit_code": 0}
+            if kind == "notebook":
+                result["notebook"] = os.path.basename(target)
+            return True, json.dumps(result)
+        if failure_file is not None and os.path.getsize(failure_file) > 0:
+            with open(failure_file) as f:
+                failure = json.load(f)
+            failure["exit_code"] = code
+            return False, json.dumps(failure)
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            return _program_failure("program_failed", f"{shown} was killed by signal {name}", exit_code=code)
+        return _program_failure("program_failed", f"{shown} exited with code {code}", exit_code=code)
+    finally:
+        if failure_file is not None:
+            try:
+                os.unlink(failure_file)
+            except OSError:
+                pass
 
 
 # --- Instance hosting -------------------------------------------------------
@@ -162,7 +254,7 @@ class _CallOutput:
     def buffer(self):
         return self._fallback.buffer
 
-def host(fd, call_id, module, qualname, args_json, kwargs_json):
+def host(fd, call_id, module, qualname, args_json, kwargs_json, outputs=None):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(fd))
     lock = threading.Lock()
 
@@ -197,6 +289,7 @@ def host(fd, call_id, module, qualname, args_json, kwargs_json):
     time.sleep = _sleep
 
     _local.call = call_id
+    rh_artifacts._set(outputs)
     try:
         cls = _resolve(module, qualname)
     except BaseException as exc:
@@ -214,14 +307,16 @@ def host(fd, call_id, module, qualname, args_json, kwargs_json):
         _local.call = None
         return done(call_id, False, _failure("user_exception", exc))
     _local.call = None
+    rh_artifacts._set(None)
     done(call_id, True, "null")
 
     threads = {}
     cancels = {}
 
-    def run(call, method, args_json, kwargs_json):
+    def run(call, method, args_json, kwargs_json, outputs):
         _local.call = call
         _local.cancelled = cancels[call]
+        rh_artifacts._set(outputs)
         try:
             try:
                 target = getattr(obj, method)
@@ -247,6 +342,7 @@ def host(fd, call_id, module, qualname, args_json, kwargs_json):
         finally:
             _local.call = None
             _local.cancelled = None
+            rh_artifacts._set(None)
             threads.pop(call, None)
             cancels.pop(call, None)
         try:
@@ -260,7 +356,8 @@ def host(fd, call_id, module, qualname, args_json, kwargs_json):
             return
         if message["kind"] == "method":
             thread = threading.Thread(target=run, name=f"call-{message['call']}", daemon=True,
-                                      args=(message["call"], message["method"], message["args"], message["kwargs"]))
+                                      args=(message["call"], message["method"], message["args"], message["kwargs"],
+                                            message.get("outputs")))
             threads[message["call"]] = thread
             cancels[message["call"]] = threading.Event()
             thread.start()
@@ -272,6 +369,11 @@ def host(fd, call_id, module, qualname, args_json, kwargs_json):
             if thread is not None and thread.ident is not None:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(DispatchCancelled))
 "#;
+
+/// `rh_artifacts`, importable by every call (its source is shared with `rh reproduce`).
+pub const ARTIFACTS_MODULE: &str = include_str!("../python/rh_artifacts.py");
+/// The notebook runner a notebook call's child interpreter runs.
+pub const NOTEBOOK_RUNNER: &str = include_str!("../python/rh_notebook.py");
 
 /// Runs the worker until the daemon closes the socket. Extra import paths
 /// (the code bundle, a requirements environment) come first on `sys.path`.
@@ -290,8 +392,13 @@ pub fn worker_main(fd: i32, paths: &[String]) -> anyhow::Result<()> {
         }
         // Programs run as `python file.py` see argv[0]; give them something sane.
         sys.setattr("argv", vec!["rh-worker"])?;
+        let artifacts = CString::new(ARTIFACTS_MODULE).expect("module has no NUL");
+        let artifacts = PyModule::from_code(py, &artifacts, c"rh_artifacts.py", c"rh_artifacts")?;
+        sys.getattr("modules")?.set_item("rh_artifacts", artifacts)?;
         let code = CString::new(RUNNER).expect("runner has no NUL");
         let module = PyModule::from_code(py, &code, c"rh_runner.py", c"rh_runner")?;
+        module.setattr("NOTEBOOK_RUNNER", NOTEBOOK_RUNNER)?;
+        module.setattr("EXTRA_PATHS", paths.to_vec())?;
         Ok(module.unbind().into_any())
     })?;
     let python = Python::attach(|py| py.version().to_owned());
@@ -301,32 +408,37 @@ pub fn worker_main(fd: i32, paths: &[String]) -> anyhow::Result<()> {
             // From here on the Python side owns the socket; it returns when the daemon closes it.
             Python::attach(|py| {
                 let host = runner.getattr(py, "host")?;
-                host.call1(py, (fd, call_id, request.module, request.qualname, request.args, request.kwargs)).map(drop)
+                host.call1(
+                    py,
+                    (fd, call_id, request.module, request.qualname, request.args, request.kwargs, request.outputs),
+                )
+                .map(drop)
             })?;
             return Ok(());
         }
         let response = Python::attach(|py| -> PyResult<CallResponse> {
-            let (ok, payload): (bool, String) = runner
-                .getattr(py, "call")?
-                .call1(py, (request.module, request.qualname, request.args, request.kwargs))?
-                .extract(py)?;
+            let (ok, payload): (bool, String) = match request.program {
+                Some(kind) => runner
+                    .getattr(py, "run_program")?
+                    .call1(py, (kind, request.qualname, request.args, request.kwargs, request.outputs))?
+                    .extract(py)?,
+                None => runner
+                    .getattr(py, "call")?
+                    .call1(py, (request.module, request.qualname, request.args, request.kwargs, request.outputs))?
+                    .extract(py)?,
+            };
             if ok {
                 return Ok(CallResponse::Returned { result: payload });
             }
             let failure: wire::DispatchFailure =
                 serde_json::from_str(&payload).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-            Ok(CallResponse::Failed {
-                code: failure.code,
-                message: failure.message,
-                remote_type: failure.remote_type,
-                traceback: failure.traceback,
-            })
+            Ok(CallResponse::Failed(failure))
         })
-        .unwrap_or_else(|err| CallResponse::Failed {
-            code: "worker_error".into(),
-            message: format!("the worker could not run the call: {err}"),
-            remote_type: None,
-            traceback: None,
+        .unwrap_or_else(|err| {
+            CallResponse::Failed(wire::DispatchFailure::new(
+                "worker_error",
+                format!("the worker could not run the call: {err}"),
+            ))
         });
         write_frame(&mut stream, &response)?;
     }

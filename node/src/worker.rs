@@ -469,12 +469,7 @@ impl HostedCalls {
                     Ok(CallResponse::Returned { result: payload })
                 } else {
                     match serde_json::from_str::<wire::DispatchFailure>(&payload) {
-                        Ok(f) => Ok(CallResponse::Failed {
-                            code: f.code,
-                            message: f.message,
-                            remote_type: f.remote_type,
-                            traceback: f.traceback,
-                        }),
+                        Ok(f) => Ok(CallResponse::Failed(f)),
                         Err(err) => Err(Error::Died(format!("the instance worker sent an unreadable outcome: {err}"))),
                     }
                 };

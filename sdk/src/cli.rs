@@ -60,6 +60,23 @@ enum Command {
     /// Remote objects: `rh instance ls|show|rm` (call methods with `rh dispatch --instance N --method M`).
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Files a dispatch kept: `rh artifacts ls ID`, `rh artifacts get ID [PATH] [--out DIR]`.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ArtifactsCommand {
+    /// List a dispatch's artifacts.
+    Ls { id: DispatchId },
+    /// Download a dispatch's artifacts (all, or the one at PATH) into a folder.
+    Get {
+        id: DispatchId,
+        path: Option<String>,
+        /// Where to write them (default: the current folder), keeping their folders.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +162,8 @@ struct DispatchArgs {
 /// What to run: the part of a dispatch a schedule repeats.
 #[derive(Debug, Args)]
 struct TemplateArgs {
-    /// `module:qualname`, or a deployed function's name (not with `--instance`).
+    /// `module:qualname`, `python <script.py>`, `shell <command>`, `notebook <file.ipynb>`, or a deployed
+    /// function's name (not with `--instance`).
     target: Option<String>,
     /// Call a method of this instance instead of a function.
     #[arg(long, requires = "method", conflicts_with_all = ["target", "cluster", "bundle"])]
@@ -269,6 +287,7 @@ impl Cli {
             Command::Schedule(command) => schedule(&client, command, json).await,
             Command::Instance(command) => instance(&client, command, json).await,
             Command::Reproduce(args) => reproduce(&client, args, json).await,
+            Command::Artifacts(command) => artifacts(&client, command, json).await,
         }
     }
 }
@@ -292,7 +311,7 @@ fn template(args: &TemplateArgs) -> Result<CreateDispatch, Failure> {
         labels.insert(key.to_owned(), value.to_owned());
     }
     let (function, function_name) = match (&args.target, &args.instance) {
-        (Some(target), _) if target.contains(':') => (Some(target.clone()), None),
+        (Some(target), _) if target.contains([':', ' ']) => (Some(target.clone()), None),
         (Some(target), _) => (None, Some(target.clone())),
         (None, Some(_)) => (None, None),
         (None, None) => {
@@ -535,6 +554,39 @@ async fn reproduce(client: &Client, args: ReproduceArgs, json: bool) -> Result<(
     }
 }
 
+async fn artifacts(client: &Client, command: ArtifactsCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        ArtifactsCommand::Ls { id } => {
+            let list = client.dispatch_artifacts(id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("artifacts serialize"));
+            } else if list.items.is_empty() {
+                eprintln!("dispatch {id} kept no artifacts");
+            } else {
+                println!("{:<12} {:<24} PATH", "SIZE", "TYPE");
+                for artifact in &list.items {
+                    println!("{:<12} {:<24} {}", artifact.size_bytes, artifact.content_type, artifact.path);
+                }
+            }
+            Ok(())
+        }
+        ArtifactsCommand::Get { id, path, out } => {
+            let written = client.artifacts_download(id, path.as_deref(), &out).await?;
+            if json {
+                println!("{}", serde_json::json!({"written": written}));
+            } else {
+                for file in &written {
+                    println!("{}", file.display());
+                }
+                if written.is_empty() {
+                    eprintln!("dispatch {id} kept no artifacts");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn instance(client: &Client, command: InstanceCommand, json: bool) -> Result<(), Failure> {
     let (shown, single) = match command {
         InstanceCommand::Ls { all } => (client.instance_list(all).await?.items, false),
@@ -596,7 +648,7 @@ async fn deploy(client: &Client, args: DeployArgs, json: bool) -> Result<(), Fai
     let uploaded = if client.bundle_exists(&packed.sha256).await? {
         false
     } else {
-        client.bundle_upload(packed.data.clone()).await?;
+        client.bundle_upload(packed.data.clone(), &packed.source).await?;
         true
     };
     let registered = client

@@ -233,12 +233,90 @@ impl Client {
         futures::stream::unfold(state, Follow::next)
     }
 
-    /// Uploads a code bundle (tar.gz); stored once per sha256.
-    pub async fn bundle_upload(&self, data: Vec<u8>) -> Result<Bundle, Error> {
+    /// Uploads a code bundle (tar.gz) and where it was packed from; stored once per sha256.
+    pub async fn bundle_upload(&self, data: Vec<u8>, source: &wire::BundleSource) -> Result<Bundle, Error> {
         self.send(|| {
-            self.request(Method::POST, "/v1/bundles").header("content-type", "application/gzip").body(data.clone())
+            self.request(Method::POST, "/v1/bundles")
+                .query(source)
+                .header("content-type", "application/gzip")
+                .body(data.clone())
         })
         .await
+    }
+
+    /// The files a dispatch kept.
+    pub async fn dispatch_artifacts(&self, id: DispatchId) -> Result<wire::ArtifactList, Error> {
+        self.send(|| self.request(Method::GET, &format!("/v1/dispatches/{id}/artifacts"))).await
+    }
+
+    /// Streams artifact `path` of a dispatch into `writer`; returns the bytes written.
+    pub async fn artifact_download(
+        &self,
+        id: DispatchId,
+        path: &str,
+        writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64, Error> {
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| Error::Decode(e.to_string()))?;
+        url.path_segments_mut()
+            .map_err(|()| Error::Decode(format!("{} cannot be a base URL", self.base)))?
+            .pop_if_empty()
+            .extend(["v1", "dispatches", &id.to_string(), "artifacts", path]);
+        let response = self.send_raw(|| self.http.get(url.clone()).bearer_auth(&self.token)).await?;
+        let mut stream = response.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| Error::Decode(format!("the download of `{path}` broke off: {e}")))?;
+            tokio::io::AsyncWriteExt::write_all(writer, &chunk)
+                .await
+                .map_err(|e| Error::Decode(format!("cannot write `{path}`: {e}")))?;
+            written += chunk.len() as u64;
+        }
+        tokio::io::AsyncWriteExt::flush(writer)
+            .await
+            .map_err(|e| Error::Decode(format!("cannot write `{path}`: {e}")))?;
+        Ok(written)
+    }
+
+    /// Downloads every artifact of a dispatch (or only `only`) into `dir`,
+    /// keeping their folders; returns the files written.
+    pub async fn artifacts_download(
+        &self,
+        id: DispatchId,
+        only: Option<&str>,
+        dir: &std::path::Path,
+    ) -> Result<Vec<std::path::PathBuf>, Error> {
+        let list = self.dispatch_artifacts(id).await?;
+        let wanted: Vec<&wire::Artifact> = list.items.iter().filter(|a| only.is_none_or(|p| a.path == p)).collect();
+        if let (Some(path), true) = (only, wanted.is_empty()) {
+            return Err(Error::Api {
+                status: StatusCode::NOT_FOUND,
+                body: ErrorBody {
+                    code: "not_found".into(),
+                    message: format!("dispatch {id} kept no artifact `{path}`"),
+                    request_id: String::new(),
+                    field: None,
+                },
+            });
+        }
+        let mut written = Vec::new();
+        for artifact in wanted {
+            // The gateway refuses unsafe paths; check again before writing under `dir`.
+            if let Some(problem) = wire::artifact_path_problem(&artifact.path) {
+                return Err(Error::Decode(problem));
+            }
+            let target = dir.join(&artifact.path);
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(|e| Error::Decode(format!("cannot create {}: {e}", parent.display())))?;
+            }
+            let mut file = tokio::fs::File::create(&target)
+                .await
+                .map_err(|e| Error::Decode(format!("cannot create {}: {e}", target.display())))?;
+            self.artifact_download(id, &artifact.path, &mut file).await?;
+            written.push(target);
+        }
+        Ok(written)
     }
 
     /// True if the gateway already stores this bundle.

@@ -31,6 +31,21 @@ pub struct Packed {
     pub data: Vec<u8>,
     pub sha256: String,
     pub files: usize,
+    /// Where it was packed from: the git commit and whether the tree was dirty, and this packer.
+    pub source: wire::BundleSource,
+}
+
+/// Where the project at `root` is packed from: the commit of its git
+/// repository and whether the packed folder differs from it (`None` outside
+/// a repository or without `git`), and this packer's name and version.
+pub fn source(root: &Path) -> wire::BundleSource {
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let git_commit = git(&["rev-parse", "--verify", "HEAD"]).filter(|c| c.len() >= 7);
+    let git_dirty = git_commit.as_ref().and_then(|_| git(&["status", "--porcelain", "--", "."])).map(|s| !s.is_empty());
+    wire::BundleSource { git_commit, git_dirty, packer: Some(format!("rh-sdk {}", env!("CARGO_PKG_VERSION"))) }
 }
 
 /// The nearest folder at or above `start` holding a root marker. `start`
@@ -118,7 +133,7 @@ pub fn pack(root: &Path) -> std::io::Result<Packed> {
     std::io::Write::write_all(&mut gz, &tar)?;
     let data = gz.finish()?;
     let sha256 = hex::encode(Sha256::digest(&data));
-    Ok(Packed { root: root.to_path_buf(), data, sha256, files: files.len() })
+    Ok(Packed { root: root.to_path_buf(), data, sha256, files: files.len(), source: source(root) })
 }
 
 #[cfg(test)]

@@ -11,18 +11,46 @@ use wire::{DispatchId, RunRecord};
 use crate::{Client, Error};
 
 /// The script the local interpreter runs: `python -c RUNNER CALL_JSON [--shell]`.
-/// It imports the entry point from the unpacked bundle and calls it; the
-/// outcome goes to the call file's `outcome` path as JSON. With `--shell`
-/// it only binds `fn`, `args` and `kwargs` (for `python -i`).
+/// It imports the entry point from the unpacked bundle and calls it (or runs
+/// the script, command or notebook the dispatch named); the outcome goes to
+/// the call file's `outcome` path as JSON. With `--shell` it only binds
+/// `fn`, `args` and `kwargs` (for `python -i`). Files the call keeps land in
+/// the folder's `outputs/`, its `$RH_OUTPUTS`.
 pub const RUNNER: &str = r#"
-import importlib, json, sys, traceback
+import importlib, json, os, subprocess, sys, traceback
 spec = json.load(open(sys.argv[1]))
 sys.path.insert(0, spec["src"])
+sys.path.insert(0, spec["lib"])
+os.makedirs(spec["outputs"], exist_ok=True)
+os.environ["RH_OUTPUTS"] = spec["outputs"]
 def _type_name(t):
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 def _write(outcome):
     with open(spec["outcome"], "w") as f:
         json.dump(outcome, f)
+if spec["program"] is not None:
+    kind, target, args = spec["program"], spec["qualname"], spec["args"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([spec["src"], spec["lib"]] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    failure_file = os.path.join(os.path.dirname(spec["outcome"]), "notebook-failure.json")
+    if os.path.exists(failure_file):
+        os.unlink(failure_file)
+    if kind == "script":
+        argv = [sys.executable, target, *args]
+    elif kind == "shell":
+        argv = ["/bin/sh", "-c", target, "sh", *args]
+    else:
+        runner = os.path.join(spec["lib"], "rh_notebook.py")
+        argv = [sys.executable, runner, target, json.dumps(spec["kwargs"]),
+                os.path.join(spec["outputs"], os.path.basename(target)), failure_file]
+    code = subprocess.call(argv, env=env)
+    if code == 0:
+        _write({"ok": True, "result": {"exit_code": 0}})
+        raise SystemExit(0)
+    failure = json.load(open(failure_file)) if os.path.exists(failure_file) else {}
+    _write({"ok": False, "type": failure.get("remote_type") or "exit_code",
+            "message": failure.get("message") or f"{kind} `{target}` exited with code {code}",
+            "traceback": failure.get("traceback") or ""})
+    raise SystemExit(1)
 target = importlib.import_module(spec["module"])
 for part in spec["qualname"].split("."):
     target = getattr(target, part)
@@ -39,6 +67,11 @@ else:
         raise SystemExit(1)
     _write({"ok": True, "result": result})
 "#;
+
+/// `rh_artifacts`, as calls on nodes import it (one source, shared with the node).
+const ARTIFACTS_MODULE: &str = include_str!("../../node/python/rh_artifacts.py");
+/// The notebook runner nodes use, for notebook entry points.
+const NOTEBOOK_RUNNER: &str = include_str!("../../node/python/rh_notebook.py");
 
 /// Why a dispatch could not be set up to run here.
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +122,14 @@ pub async fn prepare(
                 .into(),
         ));
     }
-    let (module, qualname) = record
-        .function
-        .split_once(':')
-        .ok_or_else(|| ReproduceError::Unsupported(format!("`{}` is not module:qualname", record.function)))?;
+    let entry = wire::EntryPoint::parse(&record.function).map_err(ReproduceError::Unsupported)?;
+    let (module, qualname, program) = match entry {
+        wire::EntryPoint::Function { module, qualname } => (module.to_owned(), qualname.to_owned(), None),
+        other => {
+            let (kind, target) = other.program().expect("not a function");
+            (String::new(), target.to_owned(), Some(kind))
+        }
+    };
     let io = |what: &str, err: std::io::Error| ReproduceError::Io(format!("{what}: {err}"));
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("rh-reproduce-{id}")));
     let src = dir.join("src");
@@ -107,12 +144,17 @@ pub async fn prepare(
     }
     let python =
         if install && !record.run.packages.is_empty() { environment(&record).await? } else { PathBuf::from("python3") };
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).map_err(|e| io(&format!("cannot create {}", lib.display()), e))?;
+    for (name, text) in [("rh_artifacts.py", ARTIFACTS_MODULE), ("rh_notebook.py", NOTEBOOK_RUNNER)] {
+        std::fs::write(lib.join(name), text).map_err(|e| io(&format!("cannot write {name}"), e))?;
+    }
     let call_file = dir.join("call.json");
     let outcome_file = dir.join("outcome.json");
     let _ = std::fs::remove_file(&outcome_file);
     let call = json!({
         "src": src, "module": module, "qualname": qualname, "args": record.args, "kwargs": record.kwargs,
-        "outcome": outcome_file,
+        "outcome": outcome_file, "program": program, "lib": lib, "outputs": dir.join("outputs"),
     });
     std::fs::write(&call_file, call.to_string()).map_err(|e| io("cannot write the call file", e))?;
     Ok(Prepared { record, dir, src, python, call_file, outcome_file })

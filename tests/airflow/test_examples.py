@@ -14,6 +14,11 @@ def test_the_ml_pipeline_trains_on_two_clusters_and_reports_its_accuracy(airflow
     clusters = {d.data["labels"]["task_id"]: d.data["cluster"]
                 for d in gw.dispatches(labels={"dag_id": "ml_pipeline", "run_id": run_id})}
     assert clusters == {"preprocess": "cpu", "split": "cpu", "train": "train", "predict": "cpu", "accuracy": "cpu"}
+    # The predict step's plot is kept as an artifact, named in the task log, and downloads as a PNG.
+    (predict,) = gw.dispatches(labels={"dag_id": "ml_pipeline", "run_id": run_id, "task_id": "predict"})
+    assert [a["path"] for a in predict.artifacts()] == ["iris_logistic.png"]
+    assert predict.artifact("iris_logistic.png").startswith(b"\x89PNG\r\n\x1a\n")
+    assert "artifact iris_logistic.png" in result.stdout, result.stdout[-6000:]
 
 
 def test_fire_and_forget_then_a_deferred_sensor_returns_the_result(airflow, gw):

@@ -420,3 +420,14 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// What a notebook call needs in its environment: the pins in
+/// `tests/notebook-requirements.txt`, whose wheels `scripts/test.sh` downloads once.
+pub fn notebook_requirements() -> Vec<String> {
+    include_str!("../notebook-requirements.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(Into::into)
+        .collect()
+}

@@ -260,3 +260,58 @@ async fn reproduce_runs_a_failed_dispatch_again_here_and_fails_the_same_way() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("when the call starts"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_run_record_names_the_git_commit_of_the_packed_project_and_whether_it_was_dirty() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 2).await.unwrap();
+    let project = stack.work.join("gitproject");
+    std::fs::create_dir_all(project.join("pkg")).unwrap();
+    std::fs::write(project.join("pyproject.toml"), "[project]\nname = \"gitproject\"\n").unwrap();
+    std::fs::write(project.join("pkg/__init__.py"), "").unwrap();
+    std::fs::write(project.join("pkg/steps.py"), "def answer():\n    return 42\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&project)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let file = project.join("pkg/steps.py").display().to_string();
+    let source_of_a_run = |stack: &Stack| {
+        let output = rh(stack, &["dispatch", "answer", "--wait", "--json"]);
+        let dispatch = json(&output);
+        dispatch["id"].as_str().unwrap().to_owned()
+    };
+    let stack = &stack;
+    let record = |id: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, record) = stack.get(&format!("/v1/dispatches/{id}/record")).await;
+            if status == 200 {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "no record: {record}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    json(&rh(stack, &["deploy", &format!("{file}:answer"), "--name", "answer", "--cluster", "local", "--json"]));
+    let clean = record(source_of_a_run(stack)).await;
+    assert_eq!(clean["source"]["git_commit"], head.as_str(), "{clean}");
+    assert_eq!(clean["source"]["git_dirty"], false, "{clean}");
+    assert!(clean["source"]["packer"].as_str().unwrap().starts_with("rh-sdk "), "{clean}");
+
+    std::fs::write(project.join("pkg/steps.py"), "def answer():\n    return 43\n").unwrap();
+    json(&rh(stack, &["deploy", &format!("{file}:answer"), "--name", "answer", "--cluster", "local", "--json"]));
+    let dirty = record(source_of_a_run(stack)).await;
+    assert_eq!(dirty["source"]["git_commit"], head.as_str(), "{dirty}");
+    assert_eq!(dirty["source"]["git_dirty"], true, "{dirty}");
+}

@@ -116,6 +116,47 @@ async fn instance_state(ec2: &aws_sdk_ec2::Client, id: &str) -> Option<InstanceS
     out.reservations()[0].instances()[0].state().and_then(|s| s.name()).cloned()
 }
 
+/// The artifact store on S3: moto's S3 server, reached by the gateway through `object_store`.
+#[tokio::test]
+async fn artifacts_are_stored_in_s3_and_download_byte_exact() {
+    let moto = start_moto().await;
+    // A bucket for the gateway (moto's S3 takes unsigned path-style requests).
+    let created = reqwest::Client::new().put(format!("{}/rh-artifacts", moto.url)).send().await.unwrap();
+    assert!(created.status().is_success(), "{}", created.text().await.unwrap());
+    let stack = start_stack(&[
+        ("RH_GATEWAY_ARTIFACTS__STORE", "s3://rh-artifacts/gateway".into()),
+        ("RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_ENDPOINT", moto.url.clone()),
+        ("RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_ALLOW_HTTP", "true".into()),
+        ("RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_REGION", "us-east-1".into()),
+        ("RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_ACCESS_KEY_ID", "testing".into()),
+        ("RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("RH_GATEWAY_ARTIFACTS__OPTIONS__AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false".into()),
+    ])
+    .await;
+    let _node = stack.start_node("n1", "local", 1).await.unwrap();
+    let bundle = stack.fixture_bundle().await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:plot_to_outputs", json!([3]), json!({})).await;
+    let done = stack.wait(&id, 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let sha = done["result"]["plot.png"].as_str().unwrap().to_owned();
+    let bytes = stack
+        .client
+        .get(format!("{}/v1/dispatches/{id}/artifacts/plot.png", stack.url))
+        .bearer_auth(stack.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha);
+    // The blob is in the bucket, under the prefix, named by its sha256; no staging copy is left.
+    let listing = reqwest::get(format!("{}/rh-artifacts?list-type=2", moto.url)).await.unwrap().text().await.unwrap();
+    assert!(listing.contains(&format!("<Key>gateway/blobs/{sha}</Key>")), "{listing}");
+    assert!(!listing.contains("gateway/tmp/"), "{listing}");
+}
+
 #[tokio::test]
 async fn an_ec2_cluster_joins_from_its_user_data_runs_work_autostops_and_terminate_shows_in_moto() {
     let moto = start_moto().await;

@@ -15,6 +15,24 @@ pub struct Bundle {
     pub created_at: DateTime<Utc>,
 }
 
+/// Where a bundle was packed from, as the packing tool says on upload
+/// (`POST /v1/bundles?git_commit=…&git_dirty=…&packer=…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BundleSource {
+    /// The commit checked out in the packed project's git repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 64)]
+    pub git_commit: Option<String>,
+    /// True if the packed files differed from that commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_dirty: Option<bool>,
+    /// The tool and version that packed it (`rh 0.1.0`, `runhouse-gateway-airflow 0.1.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[param(max_length = 128)]
+    pub packer: Option<String>,
+}
+
 /// `POST /v1/functions`: name a function so dispatches can call it by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -207,6 +207,22 @@ pub struct DispatchFailure {
     /// The full remote traceback, for `user_exception`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceback: Option<String>,
+    /// The exit code of a script, shell command or notebook run that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+impl DispatchFailure {
+    /// A failure with `code` and `message` and nothing else.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> DispatchFailure {
+        DispatchFailure {
+            code: code.into(),
+            message: message.into(),
+            remote_type: None,
+            traceback: None,
+            exit_code: None,
+        }
+    }
 }
 
 /// Who cancelled a dispatch, and why.

@@ -4,9 +4,11 @@
 //! and the server cannot drift apart. They carry `serde` and `utoipa` derives and
 //! nothing else: no database or HTTP framework types live here.
 
+pub mod artifact;
 pub mod bundle;
 pub mod cluster;
 pub mod dispatch;
+pub mod entry;
 pub mod error;
 pub mod instance;
 pub mod log;
@@ -14,9 +16,11 @@ pub mod node;
 pub mod record;
 pub mod schedule;
 
+pub use artifact::*;
 pub use bundle::*;
 pub use cluster::*;
 pub use dispatch::*;
+pub use entry::*;
 pub use error::ErrorBody;
 pub use instance::*;
 pub use log::*;

@@ -74,6 +74,18 @@ pub struct NodeRegistered {
     /// larger one with `result_too_large` instead of sending it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_result_bytes: Option<u64>,
+    /// What a call may keep under `$RH_OUTPUTS`; a node fails a call that
+    /// keeps more with `artifact_too_large` instead of uploading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_limits: Option<ArtifactLimits>,
+}
+
+/// Limits on the files one call keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactLimits {
+    pub max_file_bytes: u64,
+    pub max_call_bytes: u64,
+    pub max_files: u32,
 }
 
 /// `POST /v1/nodes/{id}/heartbeat`.

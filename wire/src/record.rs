@@ -68,6 +68,9 @@ pub struct RunRecord {
     pub dispatch_id: DispatchId,
     /// sha256 of the code bundle.
     pub bundle: Option<String>,
+    /// Where the bundle was packed from (git commit, dirty tree, packing tool), if its packer said.
+    #[serde(default)]
+    pub source: Option<crate::BundleSource>,
     /// `module:qualname` (for a method call, `module:Class.method`).
     pub function: String,
     /// The instance and method, for a method call.
@@ -88,4 +91,7 @@ pub struct RunRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub failure: Option<DispatchFailure>,
+    /// The files the call kept, as they are now.
+    #[serde(default)]
+    pub artifacts: Vec<crate::Artifact>,
 }

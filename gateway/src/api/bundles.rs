@@ -11,7 +11,7 @@ use super::error::{
     ApiError, BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable, Unprocessable,
     UnsupportedMediaType,
 };
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
 use super::AppState;
 use crate::auth::Scope;
 
@@ -22,6 +22,7 @@ use crate::auth::Scope;
 /// would unpack outside their folder, or that are too large are refused and
 /// nothing is stored.
 #[utoipa::path(post, path = "/v1/bundles", tag = "bundles", operation_id = "bundle_upload",
+    params(wire::BundleSource),
     request_body(content = wire::BinaryBody, content_type = "application/gzip", description = "The tar.gz bytes."),
     responses(
         (status = 201, description = "Stored.", body = Bundle),
@@ -31,6 +32,7 @@ use crate::auth::Scope;
 pub async fn bundle_upload(
     State(state): State<AppState>,
     auth: Authenticated,
+    Query(source): Query<wire::BundleSource>,
     body: Body,
 ) -> Result<(StatusCode, Json<Bundle>), ApiError> {
     let caller = auth.require(Scope::DispatchWrite)?;
@@ -44,7 +46,7 @@ pub async fn bundle_upload(
             ),
         )
     })?;
-    let (row, new) = state.app.bundle_put(&caller, bytes.to_vec()).await?;
+    let (row, new) = state.app.bundle_put(&caller, bytes.to_vec(), source).await?;
     Ok((if new { StatusCode::CREATED } else { StatusCode::OK }, Json(row.into())))
 }
 

@@ -105,6 +105,18 @@ impl From<Error> for ApiError {
             }
             Error::StaleGeneration { .. } => ApiError::new(StatusCode::CONFLICT, "stale_generation", err.to_string())
                 .with_field("expected_generation"),
+            Error::ArtifactTooLarge(message) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "artifact_too_large", message)
+            }
+            Error::ArtifactConflict(message) => ApiError::new(StatusCode::CONFLICT, "artifact_conflict", message),
+            Error::StoreUnavailable(ref source) => {
+                tracing::error!(error = format!("{source:#}"), "artifact store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the gateway cannot reach its artifact store; retry shortly",
+                )
+            }
             Error::Unavailable(ref source) => {
                 tracing::error!(error = %source, "database unavailable");
                 ApiError::new(

@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::auth::{Keys, Revocations};
 use crate::metrics::Metrics;
 
+pub mod artifacts;
 pub mod auth;
 pub mod bundles;
 pub mod clusters;
@@ -115,6 +116,8 @@ fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(dispatches::dispatch_wait))
         .routes(routes!(dispatches::dispatch_record))
         .routes(routes!(dispatches::dispatch_records_store))
+        .routes(routes!(artifacts::dispatch_artifacts))
+        .routes(routes!(artifacts::dispatch_artifact_get, artifacts::dispatch_artifact_put))
         .merge(reports)
         .routes(routes!(logs::dispatch_logs, logs::dispatch_logs_append))
         .routes(routes!(bundles::bundle_upload))

@@ -34,6 +34,11 @@ pub async fn node_register(
         node_id: wire::NodeId(node.node_id),
         heartbeat_interval_s: state.app.settings.nodes.heartbeat_interval_s,
         max_result_bytes: Some(state.app.settings.results.max_bytes as u64),
+        artifact_limits: Some(wire::ArtifactLimits {
+            max_file_bytes: state.app.settings.artifacts.max_file_bytes,
+            max_call_bytes: state.app.settings.artifacts.max_call_bytes,
+            max_files: state.app.settings.artifacts.max_files,
+        }),
     }))
 }
 

@@ -18,7 +18,23 @@ const BUNDLES_REMEMBERED: usize = 10_000;
 impl App {
     /// Validates and stores a bundle, held by the caller's project. Returns it
     /// and whether it was new.
-    pub async fn bundle_put(&self, caller: &Caller, data: Vec<u8>) -> Result<(BundleRow, bool)> {
+    /// `source` says where it was packed from (kept per project; the latest upload's wins).
+    pub async fn bundle_put(
+        &self,
+        caller: &Caller,
+        data: Vec<u8>,
+        source: wire::BundleSource,
+    ) -> Result<(BundleRow, bool)> {
+        if let Some(commit) = &source.git_commit {
+            if commit.is_empty() || commit.len() > 64 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::invalid("git_commit", "`git_commit` must be a hex commit id of at most 64 digits"));
+            }
+        }
+        if let Some(packer) = &source.packer {
+            if packer.is_empty() || packer.len() > 128 || packer.chars().any(char::is_control) {
+                return Err(Error::invalid("packer", "`packer` must be 1 to 128 printable characters"));
+            }
+        }
         let limits = self.settings.bundles.clone();
         let (data, sha256, unpacked, files) = tokio::task::spawn_blocking(move || {
             let (unpacked, files) = bundle_inspect(&data, &limits)?;
@@ -32,7 +48,11 @@ impl App {
             None => self.db.bundle_insert(&sha256, &data, unpacked as i64, files as i32).await?,
         };
         // Uploading the bytes is what lets a project use them.
-        self.db.bundle_hold(&caller.project, &sha256).await?;
+        let source = (source != wire::BundleSource::default())
+            .then(|| serde_json::to_value(&source))
+            .transpose()
+            .map_err(|e| Error::Internal(e.into()))?;
+        self.db.bundle_hold(&caller.project, &sha256, source.as_ref()).await?;
         Ok((row, new))
     }
 

@@ -95,7 +95,7 @@ impl Actor<'_> {
 
 /// A failure body with `code` and `message`.
 pub(crate) fn failure_of(code: &str, message: &str) -> wire::DispatchFailure {
-    wire::DispatchFailure { code: code.into(), message: message.into(), remote_type: None, traceback: None }
+    wire::DispatchFailure::new(code, message)
 }
 
 /// Free text a node sent, made storable as Postgres `text` (a NUL shows as `\0`).
@@ -377,12 +377,10 @@ impl App {
                 (Event::Fail, Some(failure))
             }
             wire::ReportKind::TimedOut => {
-                let failure = report.failure.clone().unwrap_or(wire::DispatchFailure {
-                    code: "timed_out".into(),
-                    message: "the call ran past its timeout_s".into(),
-                    remote_type: None,
-                    traceback: None,
-                });
+                let failure = report
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| wire::DispatchFailure::new("timed_out", "the call ran past its timeout_s"));
                 (Event::TimeOut, Some(failure))
             }
         };
@@ -725,14 +723,45 @@ fn request_hash(req: &wire::CreateDispatch) -> String {
 }
 
 fn validate_create(req: &wire::CreateDispatch, target: &Target) -> Result<()> {
-    if !is_function_ref(&target.function) {
-        return Err(Error::invalid(
-            "function",
-            format!("`function` must be `module:qualname`, e.g. `pipeline.train:fit`; got `{}`", target.function),
-        ));
-    }
-    if target.function.len() > MAX_FUNCTION_REF {
-        return Err(Error::invalid("function", format!("`function` must be at most {MAX_FUNCTION_REF} characters")));
+    let entry = wire::EntryPoint::parse(&target.function).map_err(|message| Error::invalid("function", message))?;
+    match entry {
+        wire::EntryPoint::Function { .. } if target.function.len() > MAX_FUNCTION_REF => {
+            return Err(Error::invalid(
+                "function",
+                format!("`function` must be at most {MAX_FUNCTION_REF} characters"),
+            ));
+        }
+        wire::EntryPoint::Function { .. } => {}
+        _ if target.object.is_some() => {
+            return Err(Error::invalid("function", "a method call names a method, not a program"));
+        }
+        wire::EntryPoint::Script { .. } | wire::EntryPoint::Shell { .. } => {
+            if let Some(i) = req.args.iter().position(|a| !a.is_string()) {
+                return Err(Error::invalid(
+                    "args",
+                    format!("a script's or command's `args` are its command line: strings only (args[{i}] is not)"),
+                ));
+            }
+            if !req.kwargs.is_empty() {
+                return Err(Error::invalid(
+                    "kwargs",
+                    "a script or command takes `args` (its command line), not `kwargs`",
+                ));
+            }
+        }
+        wire::EntryPoint::Notebook { .. } => {
+            if !req.args.is_empty() {
+                return Err(Error::invalid("args", "a notebook takes its parameters as `kwargs`, not `args`"));
+            }
+            if let Some(name) = req.kwargs.keys().find(|k| !wire::is_identifier(k)) {
+                return Err(Error::invalid(
+                    "kwargs",
+                    format!(
+                        "notebook parameter `{name}` is not a Python identifier; it becomes a variable of the notebook"
+                    ),
+                ));
+            }
+        }
     }
     validate_requirements(&target.requirements)?;
     if let Some(key) = &req.idempotency_key {
@@ -804,18 +833,7 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-/// `module.path:Qual.name`, each part a Python identifier.
-pub(crate) fn is_function_ref(text: &str) -> bool {
-    let is_dotted = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|part| {
-                let mut chars = part.chars();
-                chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
-                    && chars.all(|c| c == '_' || c.is_alphanumeric())
-            })
-    };
-    matches!(text.split_once(':'), Some((module, qualname)) if is_dotted(module) && is_dotted(qualname))
-}
+pub(crate) use wire::is_function_ref;
 
 #[cfg(test)]
 mod tests {

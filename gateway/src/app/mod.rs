@@ -16,6 +16,7 @@ use crate::db::{ClusterKey, DataStore, DispatchRow};
 use crate::node_client::NodeClient;
 use crate::notify::{Channel, Notifier, Publisher};
 
+pub mod artifact;
 pub mod bundle;
 pub mod cluster;
 pub mod dispatch;
@@ -54,6 +55,8 @@ pub struct App {
     pub scheduler: Arc<Notify>,
     /// The configured compute providers.
     pub providers: Providers,
+    /// Where the files calls keep are stored.
+    pub artifacts: crate::artifact_store::ArtifactStore,
     /// (project, sha) pairs known to be held (see [`App::bundle_held`]).
     pub bundles_seen: Arc<Mutex<HashSet<(String, String)>>>,
     /// Node ids by identity, once looked up (ids never change; see [`App::node_id_of`]).

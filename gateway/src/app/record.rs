@@ -49,6 +49,7 @@ impl App {
         let rows: HashMap<Uuid, DispatchRow> =
             self.db.dispatches_on_node(&ids, node_id).await?.into_iter().map(|r| (r.dispatch_id, r)).collect();
         let mut places: HashMap<ClusterKey, wire::RecordPlace> = HashMap::new();
+        let mut sources: HashMap<(String, String), Option<wire::BundleSource>> = HashMap::new();
         let (mut record_ids, mut records) = (Vec::new(), Vec::new());
         for item in batch.items {
             let Some(row) = rows.get(&item.dispatch_id.0) else { continue };
@@ -70,9 +71,25 @@ impl App {
                     place
                 }
             };
+            let source = match &row.bundle {
+                Some(sha) => match sources.get(&(row.project.clone(), sha.clone())) {
+                    Some(source) => source.clone(),
+                    None => {
+                        let source: Option<wire::BundleSource> = self
+                            .db
+                            .bundle_source(&row.project, sha)
+                            .await?
+                            .and_then(|s| serde_json::from_value(s).ok());
+                        sources.insert((row.project.clone(), sha.clone()), source.clone());
+                        source
+                    }
+                },
+                None => None,
+            };
             let args_hash = hex::encode(Sha256::digest(json!([row.args, row.kwargs]).to_string().as_bytes()));
             let record = Stored {
                 bundle: row.bundle.clone(),
+                source,
                 function: row.function_ref.clone(),
                 instance_id: row.object_id,
                 method: row.method.clone(),
@@ -101,9 +118,12 @@ impl App {
             });
         };
         let stored: Stored = serde_json::from_value(stored).map_err(|e| Error::Internal(e.into()))?;
+        let artifacts = self.db.artifact_list(id).await?.into_iter().map(Into::into).collect();
         Ok(wire::RunRecord {
             dispatch_id: wire::DispatchId(id),
             bundle: stored.bundle,
+            source: stored.source,
+            artifacts,
             function: stored.function,
             instance_id: stored.instance_id,
             method: stored.method,
@@ -127,6 +147,8 @@ impl App {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     bundle: Option<String>,
+    #[serde(default)]
+    source: Option<wire::BundleSource>,
     function: String,
     instance_id: Option<Uuid>,
     method: Option<String>,

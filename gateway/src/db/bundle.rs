@@ -78,11 +78,13 @@ impl DataStore {
     }
 
     /// Records that `project` holds bundle `sha256` (it uploaded the bytes).
-    pub async fn bundle_hold(&self, project: &str, sha256: &str) -> Result<()> {
+    pub async fn bundle_hold(&self, project: &str, sha256: &str, source: Option<&serde_json::Value>) -> Result<()> {
         sqlx::query!(
-            "insert into bundle_project (project, sha256) values ($1, $2) on conflict do nothing",
+            "insert into bundle_project (project, sha256, source) values ($1, $2, $3)
+             on conflict (project, sha256) do update set source = coalesce(excluded.source, bundle_project.source)",
             project,
-            sha256
+            sha256,
+            source
         )
         .execute(self.pool())
         .await?;
@@ -99,6 +101,18 @@ impl DataStore {
         .fetch_one(self.pool())
         .await?;
         Ok(held)
+    }
+
+    /// Where the project's copy of a bundle was packed from, if its packer said.
+    pub async fn bundle_source(&self, project: &str, sha256: &str) -> Result<Option<serde_json::Value>> {
+        let source = sqlx::query_scalar!(
+            "select source from bundle_project where project = $1 and sha256 = $2",
+            project,
+            sha256
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(source.flatten())
     }
 
     /// A bundle's bytes.

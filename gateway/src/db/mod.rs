@@ -11,6 +11,7 @@ use sqlx::PgPool;
 
 use crate::config::DatabaseSettings;
 
+pub mod artifact;
 pub mod bundle;
 pub mod cluster;
 pub mod dispatch;
@@ -22,6 +23,7 @@ pub mod record;
 pub mod schedule;
 pub mod token;
 
+pub use artifact::{ArtifactInsert, ArtifactRow};
 pub use bundle::{BundleRow, FunctionRow};
 pub use cluster::{ClusterKey, ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
 pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, Transition};

@@ -212,6 +212,26 @@ class Dispatch:
         """The run record: code, arguments, resolved packages, interpreter and place the call ran with."""
         return _call(self._gateway._native.record, self.id)
 
+    def artifacts(self) -> List[Dict[str, Any]]:
+        """The files the call kept (what it wrote under ``$RH_OUTPUTS``): path, size, sha256, type."""
+        return _call(self._gateway._native.artifacts, self.id)["items"]
+
+    def download_artifacts(self, dir: str = ".", path: Optional[str] = None) -> List[str]:
+        """Downloads the call's artifacts (all, or the one at ``path``) into ``dir``; returns the files written."""
+        try:
+            return self._gateway._native.artifacts_download(self.id, dir, path)
+        except _NativeGatewayError as err:
+            raise GatewayError(*err.args) from None
+
+    def artifact(self, path: str) -> bytes:
+        """The bytes of one artifact."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="rh-artifact-") as tmp:
+            (written,) = self.download_artifacts(tmp, path)
+            with open(written, "rb") as f:
+                return f.read()
+
     def reproduce(self, dir: Optional[str] = None, install: bool = True) -> Any:
         """Runs this dispatch again here, from its run record, and returns its result.
 
@@ -230,7 +250,7 @@ class Dispatch:
             raise GatewayError(*err.args) from None
         with open(call_file) as f:
             spec = json.load(f)
-        if not install:
+        if not install and spec["program"] is None:
             import importlib
 
             if src not in sys.path:
@@ -373,8 +393,9 @@ class _FunctionSpec:
         ``module:qualname`` and the bundle's sha256."""
         if isinstance(self._target, str):
             entrypoint, source = self._target, os.getcwd()
-            if ":" not in entrypoint:
-                raise ValueError(f"expected 'module:qualname', got {entrypoint!r}")
+            if ":" not in entrypoint and " " not in entrypoint:
+                raise ValueError(f"expected 'module:qualname', 'python <script.py>', 'shell <command>' or "
+                                 f"'notebook <file.ipynb>', got {entrypoint!r}")
         else:
             source = inspect.getsourcefile(self._target) or ""
             if not source:
@@ -565,6 +586,10 @@ class Gateway:
     def function(self, fn: Union[Callable[..., Any], str], name: Optional[str] = None,
                  requirements: Optional[List[str]] = None, cache: bool = False) -> _FunctionSpec:
         """A function (or ``"module:qualname"``) to run remotely; follow with ``.to(cluster)``.
+
+        A program in the current project runs the same way: ``"python scripts/train.py"`` (positional
+        arguments are its command line), ``"shell ./prepare.sh"`` or ``"notebook eda.ipynb"`` (keyword
+        arguments are injected into its ``parameters`` cell; the executed notebook is kept as an artifact).
 
         With ``cache=True``, a call identical to an earlier succeeded one (same code, arguments and
         requirements) returns that result without running; one identical to a call still running

@@ -160,6 +160,19 @@ impl NativeClient {
         to_json(&block_on(py, self.client.instance_delete(name))?)
     }
 
+    /// The files a dispatch kept (an `ArtifactList`, JSON).
+    fn artifacts(&self, py: Python<'_>, id: &str) -> PyResult<String> {
+        to_json(&block_on(py, self.client.dispatch_artifacts(dispatch_id(id)?))?)
+    }
+
+    /// Downloads a dispatch's artifacts (all, or `path`) into `dir`; returns the files written.
+    #[pyo3(signature = (id, dir, path=None))]
+    fn artifacts_download(&self, py: Python<'_>, id: &str, dir: String, path: Option<String>) -> PyResult<Vec<String>> {
+        let id = dispatch_id(id)?;
+        let written = block_on(py, self.client.artifacts_download(id, path.as_deref(), std::path::Path::new(&dir)))?;
+        Ok(written.into_iter().map(|p| p.display().to_string()).collect())
+    }
+
     /// A dispatch's run record (JSON).
     fn record(&self, py: Python<'_>, id: &str) -> PyResult<String> {
         to_json(&block_on(py, self.client.dispatch_record(dispatch_id(id)?))?)
@@ -218,7 +231,7 @@ impl NativeClient {
             if self.client.bundle_exists(&packed.sha256).await? {
                 return Ok(false);
             }
-            self.client.bundle_upload(packed.data.clone()).await.map(|_| true)
+            self.client.bundle_upload(packed.data.clone(), &packed.source).await.map(|_| true)
         })?;
         Ok((packed.sha256, uploaded, root.display().to_string(), module))
     }

@@ -153,6 +153,24 @@ async fn main() -> anyhow::Result<()> {
     let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
     hit.vs_floor = true;
     figures.push(hit);
+    // Artifact upload: a call writing N MB under $RH_OUTPUTS vs the same call writing them to a
+    // scratch file; the difference is the upload (node -> gateway -> artifact store, streamed).
+    let megabytes: u64 = if plan.smoke { 10 } else { 100 };
+    let size = megabytes * 1024 * 1024;
+    let kept = json!({"function": "pkg.jobs:write_outputs", "args": [size], "bundle": bundle, "cluster": "local"});
+    let scratch = json!({"function": "pkg.jobs:write_scratch", "args": [size], "bundle": bundle, "cluster": "local"});
+    create_and_wait(&stack.client, &stack.url, &token, &scratch).await?;
+    let mut rates = Vec::new();
+    for _ in 0..plan.runs {
+        let started = Instant::now();
+        create_and_wait(&stack.client, &stack.url, &token, &scratch).await?;
+        let without = started.elapsed();
+        let started = Instant::now();
+        create_and_wait(&stack.client, &stack.url, &token, &kept).await?;
+        let with = started.elapsed();
+        rates.push(megabytes as f64 / with.saturating_sub(without).as_secs_f64().max(1e-3));
+    }
+    figures.push(fig("artifact_upload_mb_per_s", "artifact upload, one file (MiB/s)", "MiB/s", "", rates));
     let throughput = repeat(plan.runs, || throughput(&stack, &token, &noop, plan.concurrency, plan.window)).await?;
     figures.push(fig(
         "throughput_per_s",

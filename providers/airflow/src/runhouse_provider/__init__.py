@@ -33,7 +33,8 @@ def get_provider_info() -> dict[str, Any]:
         "sensors": [{"integration-name": "Runhouse Gateway", "python-modules": ["runhouse_provider.sensors"]}],
         "hooks": [{"integration-name": "Runhouse Gateway", "python-modules": ["runhouse_provider.hooks"]}],
         "triggers": [{"integration-name": "Runhouse Gateway", "python-modules": ["runhouse_provider.triggers"]}],
-        "extra-links": ["runhouse_provider.links.RunhouseDispatchLink"],
+        "extra-links": ["runhouse_provider.links.RunhouseDispatchLink",
+                        "runhouse_provider.links.RunhouseArtifactsLink"],
         "connection-types": [
             {
                 "connection-type": "runhouse",

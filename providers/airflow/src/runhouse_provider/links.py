@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: XCom key holding the dispatch's address.
 XCOM_DISPATCH_URL = "runhouse_dispatch_url"
+#: XCom key holding the address of the dispatch's artifact list, once it kept files.
+XCOM_ARTIFACTS_URL = "runhouse_artifacts_url"
 
 
 class RunhouseDispatchLink(BaseOperatorLink):
@@ -28,4 +30,17 @@ class RunhouseDispatchLink(BaseOperatorLink):
         from airflow.sdk.execution_time.xcom import XCom
 
         url: Any = XCom.get_value(ti_key=ti_key, key=XCOM_DISPATCH_URL)
+        return str(url) if url else ""
+
+
+class RunhouseArtifactsLink(BaseOperatorLink):
+    """Links a RunhouseOperator task to the files its dispatch kept (empty until it kept some)."""
+
+    name = "Runhouse artifacts"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        """The address stored by the task, or an empty string if its call kept no files."""
+        from airflow.sdk.execution_time.xcom import XCom
+
+        url: Any = XCom.get_value(ti_key=ti_key, key=XCOM_ARTIFACTS_URL)
         return str(url) if url else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -20,7 +21,8 @@ from runhouse_gateway import Dispatch, GatewayError
 
 from runhouse_provider._generated import InstanceOperatorParameters, OperatorParameters
 from runhouse_provider.hooks import UsesRunhouseHook, cancel_within_budget
-from runhouse_provider.links import XCOM_DISPATCH_URL, RunhouseDispatchLink
+from runhouse_provider.links import (XCOM_ARTIFACTS_URL, XCOM_DISPATCH_URL, RunhouseArtifactsLink,
+                                     RunhouseDispatchLink)
 from runhouse_provider.outcomes import ACTIVE_STATES, TERMINAL_STATES, RemoteLogWriter, result_or_raise
 from runhouse_provider.triggers import DEADLINE_PASSED, RunhouseTrigger
 
@@ -53,7 +55,7 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
 
     template_fields_renderers = {"op_args": "json", "op_kwargs": "json", "labels": "json"}
     ui_color = "#e8f0fe"
-    operator_extra_links = (RunhouseDispatchLink(),)
+    operator_extra_links = (RunhouseDispatchLink(), RunhouseArtifactsLink())
 
     def _check_parameters(self) -> None:
         given = [n for n in ("function", "python_callable", "instance") if getattr(self, n) is not None]
@@ -202,6 +204,7 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
     def _finish(self, context: Context, data: dict[str, Any]) -> Any:
         if self._killed and data["state"] == "cancelled":
             raise AirflowException(f"dispatch {data['id']} cancelled because Airflow stopped the task")
+        self._name_artifacts(context, data)
         result = result_or_raise(data, self.log)
         store = context.get("task_state_store") if self.durable else None
         if store is not None:
@@ -211,6 +214,24 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
 
     def _cancel_within_budget(self, handle: Dispatch, reason: str) -> None:
         cancel_within_budget(handle, reason, self.log)
+
+    def _name_artifacts(self, context: Context, data: dict[str, Any]) -> None:
+        """Names the files the call kept in the task log, and links them from the task."""
+        if data["state"] not in ("succeeded", "failed"):
+            return
+        try:
+            artifacts = self.hook.get_dispatch(data["id"]).artifacts()
+        except GatewayError as err:
+            self.log.warning("cannot list the artifacts of dispatch %s: %s", data["id"], err)
+            return
+        if not artifacts:
+            return
+        url = f"{self.hook.dispatch_url(data['id'])}/artifacts"
+        context["ti"].xcom_push(key=XCOM_ARTIFACTS_URL, value=url)
+        for artifact in artifacts:
+            self.log.info("artifact %s (%d bytes, %s): %s/%s", artifact["path"], artifact["size_bytes"],
+                          artifact["content_type"], url, quote(artifact["path"], safe=""))
+        self.log.info("download them with: rh artifacts get %s", data["id"])
 
     def _task_ref(self) -> str:
         return f"{self.dag_id}.{self.task_id}"

@@ -1,0 +1,235 @@
+//! A call's `$RH_OUTPUTS`: a folder the node makes for each call, whose
+//! files become the dispatch's artifacts when the call ends.
+//!
+//! Everything in it is checked before anything is uploaded: regular files
+//! only (a symbolic link could point anywhere on the node), UTF-8 paths the
+//! gateway accepts, and the gateway's limits. A folder that breaks a rule
+//! fails the call with a message naming the file and the rule, rather than
+//! keeping part of what the call asked to keep.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::gateway::{self, GatewayClient};
+
+/// Where calls' output folders go, and who owns them.
+pub struct Outputs {
+    root: PathBuf,
+    /// The worker user, when workers run as another user than the daemon.
+    owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    limits: Mutex<wire::ArtifactLimits>,
+}
+
+/// One file to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub path: String,
+    pub file: PathBuf,
+    pub size: u64,
+}
+
+/// Why a call's outputs could not be kept: a failure code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// What a node assumes the gateway allows until it says otherwise.
+const DEFAULT_LIMITS: wire::ArtifactLimits =
+    wire::ArtifactLimits { max_file_bytes: 1 << 30, max_call_bytes: 4 << 30, max_files: 1_000 };
+
+impl Outputs {
+    /// Output folders under `root` (made now), owned by `owner` if given.
+    pub fn new(root: PathBuf, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> std::io::Result<Outputs> {
+        std::fs::create_dir_all(&root)?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(&root, Some(uid), Some(gid))?;
+        }
+        Ok(Outputs { root, owner, limits: Mutex::new(DEFAULT_LIMITS) })
+    }
+
+    /// The limits the gateway announced at registration.
+    pub fn set_limits(&self, limits: wire::ArtifactLimits) {
+        *self.limits.lock().expect("limits lock poisoned") = limits;
+    }
+
+    /// Makes (empty) the output folder of call `id`.
+    pub fn create(&self, id: wire::DispatchId) -> std::io::Result<PathBuf> {
+        let dir = self.root.join(id.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::chown(&dir, Some(uid), Some(gid))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes a call's output folder (its files are uploaded or not wanted).
+    pub fn remove(&self, dir: &Path) {
+        if let Err(err) = std::fs::remove_dir_all(dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a call's output folder");
+            }
+        }
+    }
+
+    /// The files of `dir` to keep, checked against the rules and limits.
+    pub fn collect(&self, dir: &Path) -> Result<Vec<Kept>, Refusal> {
+        let limits = *self.limits.lock().expect("limits lock poisoned");
+        let rejected = |message: String| Refusal { code: "artifact_rejected", message };
+        let too_large = |message: String| Refusal { code: "artifact_too_large", message };
+        let mut kept = Vec::new();
+        let mut folders = vec![dir.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            let entries = std::fs::read_dir(&folder)
+                .map_err(|e| rejected(format!("cannot read {} in $RH_OUTPUTS: {e}", folder.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| rejected(format!("cannot read $RH_OUTPUTS: {e}")))?;
+                let file = entry.path();
+                let relative = file.strip_prefix(dir).expect("walked from dir");
+                let Some(path) = relative.to_str().map(str::to_owned) else {
+                    return Err(rejected(format!("{} in $RH_OUTPUTS is not a UTF-8 name", relative.display())));
+                };
+                // Never follows a link: what the node uploads stays inside the folder.
+                let meta = std::fs::symlink_metadata(&file)
+                    .map_err(|e| rejected(format!("cannot read `{path}` in $RH_OUTPUTS: {e}")))?;
+                if meta.is_dir() {
+                    folders.push(file);
+                    continue;
+                }
+                if !meta.is_file() {
+                    let what = if meta.file_type().is_symlink() { "a symbolic link" } else { "not a regular file" };
+                    return Err(rejected(format!(
+                        "`{path}` in $RH_OUTPUTS is {what}; only regular files are kept (copy the file there instead)"
+                    )));
+                }
+                if let Some(problem) = wire::artifact_path_problem(&path) {
+                    return Err(rejected(problem));
+                }
+                if meta.len() > limits.max_file_bytes {
+                    return Err(too_large(format!(
+                        "artifact `{path}` is {} bytes, over the gateway's artifacts.max_file_bytes ({} bytes); keep \
+                         smaller files, or write large data to your own storage and return its URI",
+                        meta.len(),
+                        limits.max_file_bytes
+                    )));
+                }
+                kept.push(Kept { path, file, size: meta.len() });
+            }
+        }
+        if kept.len() > limits.max_files as usize {
+            return Err(too_large(format!(
+                "the call wrote {} files to $RH_OUTPUTS, over the gateway's artifacts.max_files ({})",
+                kept.len(),
+                limits.max_files
+            )));
+        }
+        let total: u64 = kept.iter().map(|k| k.size).sum();
+        if total > limits.max_call_bytes {
+            return Err(too_large(format!(
+                "the call wrote {total} bytes to $RH_OUTPUTS, over the gateway's artifacts.max_call_bytes ({} bytes)",
+                limits.max_call_bytes
+            )));
+        }
+        kept.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(kept)
+    }
+}
+
+/// Uploads `kept` as artifacts of `id`, in order; stops at the first refusal.
+pub async fn upload(gateway: &GatewayClient, id: wire::DispatchId, kept: &[Kept]) -> Result<(), Refusal> {
+    for file in kept {
+        let started = std::time::Instant::now();
+        match gateway.artifact_put(id, &file.path, &file.file).await {
+            Ok(()) => {
+                tracing::debug!(dispatch_id = %id, path = %file.path, bytes = file.size, elapsed = ?started.elapsed(), "artifact kept")
+            }
+            Err(gateway::Error::Refused { status, body }) => {
+                let message = serde_json::from_str::<wire::ErrorBody>(&body).map(|b| b.message).unwrap_or(body);
+                let code = if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+                    "artifact_too_large"
+                } else {
+                    "artifact_rejected"
+                };
+                return Err(Refusal {
+                    code,
+                    message: format!("the gateway refused artifact `{}`: {message}", file.path),
+                });
+            }
+            Err(err @ gateway::Error::Unavailable(_)) => {
+                return Err(Refusal {
+                    code: "artifact_upload_failed",
+                    message: format!("artifact `{}` could not be uploaded: {err}", file.path),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `1234567` → `1.2 MB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outputs() -> (Outputs, PathBuf) {
+        let root = std::env::temp_dir().join(format!("rh-outputs-test-{}", uuid::Uuid::new_v4().simple()));
+        (Outputs::new(root.clone(), None).unwrap(), root)
+    }
+
+    #[test]
+    fn files_in_folders_are_kept_by_relative_path() {
+        let (outputs, root) = outputs();
+        let dir = outputs.create(wire::DispatchId(uuid::Uuid::new_v4())).unwrap();
+        std::fs::create_dir_all(dir.join("plots")).unwrap();
+        std::fs::write(dir.join("plots/iris.png"), b"png").unwrap();
+        std::fs::write(dir.join("model.bin"), b"12345").unwrap();
+        let kept = outputs.collect(&dir).unwrap();
+        let paths: Vec<(&str, u64)> = kept.iter().map(|k| (k.path.as_str(), k.size)).collect();
+        assert_eq!(paths, [("model.bin", 5), ("plots/iris.png", 3)]);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn links_and_oversized_files_are_refused_with_their_names() {
+        let (outputs, root) = outputs();
+        let dir = outputs.create(wire::DispatchId(uuid::Uuid::new_v4())).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
+        let refusal = outputs.collect(&dir).unwrap_err();
+        assert_eq!(refusal.code, "artifact_rejected");
+        assert!(refusal.message.contains("`passwd`") && refusal.message.contains("symbolic link"), "{refusal:?}");
+        std::fs::remove_file(dir.join("passwd")).unwrap();
+        outputs.set_limits(wire::ArtifactLimits { max_file_bytes: 4, max_call_bytes: 100, max_files: 10 });
+        std::fs::write(dir.join("big.bin"), b"12345").unwrap();
+        let refusal = outputs.collect(&dir).unwrap_err();
+        assert_eq!(refusal.code, "artifact_too_large");
+        assert!(
+            refusal.message.contains("big.bin") && refusal.message.contains("max_file_bytes (4 bytes)"),
+            "{refusal:?}"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(31_200), "31.2 kB");
+        assert_eq!(human_bytes(104_857_600), "104.9 MB");
+    }
+}
