@@ -44,15 +44,15 @@ impl<'a> EntryPoint<'a> {
                 relative_path(rest, ".ipynb")?;
                 Ok(EntryPoint::Notebook { path: rest })
             }
-            "shell" if rest.is_empty() => Err("`shell` needs a command, e.g. `shell ./prepare.sh`".into()),
+            "shell" if rest.is_empty() => Err("`function`: `shell` needs a command, e.g. `shell ./prepare.sh`".into()),
             "shell" if rest.len() > MAX_SHELL_COMMAND => {
                 Err(format!("a `shell` command is at most {MAX_SHELL_COMMAND} bytes"))
             }
             "shell" if rest.contains('\0') => Err("a `shell` command cannot contain a NUL".into()),
             "shell" => Ok(EntryPoint::Shell { command: rest }),
             other => Err(format!(
-                "`{other} …` is not an entry point: use `module:qualname`, `python <script.py>`, `shell <command>` \
-                 or `notebook <file.ipynb>`"
+                "`function` `{other} …` is not an entry point: use `module:qualname`, `python <script.py>`, \
+                 `shell <command>` or `notebook <file.ipynb>`"
             )),
         }
     }
@@ -86,13 +86,13 @@ fn is_dotted(text: &str) -> bool {
 /// A path inside the bundle ending in `suffix`.
 fn relative_path(path: &str, suffix: &str) -> Result<(), String> {
     if !path.ends_with(suffix) || path.len() <= suffix.len() {
-        return Err(format!("`{path}` must name a `{suffix}` file in the bundle"));
+        return Err(format!("`function`: `{path}` must name a `{suffix}` file in the bundle"));
     }
     if path.contains(char::is_whitespace) || path.contains(['\\', '\0']) {
-        return Err(format!("`{path}` must be a path with no spaces or backslashes"));
+        return Err(format!("`function`: `{path}` must be a path with no spaces or backslashes"));
     }
     if path.starts_with('/') || path.split('/').any(|part| part.is_empty() || part == "..") {
-        return Err(format!("`{path}` must be a path inside the bundle (relative, with no `..`)"));
+        return Err(format!("`function`: `{path}` must be a path inside the bundle (relative, with no `..`)"));
     }
     Ok(())
 }
