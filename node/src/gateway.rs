@@ -159,73 +159,68 @@ impl GatewayClient {
     /// retrying (from the start) while the gateway is unavailable. The
     /// gateway stores an upload whole or not at all, so a retry is safe.
     pub async fn artifact_put(&self, id: wire::DispatchId, path: &str, file: &std::path::Path) -> Result<(), Error> {
-        let mut attempts = 0u32;
-        loop {
-            let base = self.base().to_owned();
-            let result = async {
-                let mut url = reqwest::Url::parse(&base).map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
-                url.path_segments_mut()
-                    .map_err(|()| Error::Unavailable(format!("{base} cannot be a base URL")))?
-                    .pop_if_empty()
-                    .extend(["v1", "dispatches", &id.to_string(), "artifacts", path]);
-                let opened = tokio::fs::File::open(file).await.map_err(|e| Error::Refused {
-                    status: StatusCode::GONE,
-                    body: format!("{}: {e}", file.display()),
-                })?;
-                let length = opened.metadata().await.map(|m| m.len()).unwrap_or(0);
-                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(opened, 256 * 1024));
-                let response = self
-                    .http
-                    .put(url)
-                    .bearer_auth(&self.token)
-                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                    .header(reqwest::header::CONTENT_LENGTH, length)
-                    // A large file takes longer than the client's usual 30 s.
-                    .timeout(Duration::from_secs(3600))
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()))?;
-                check(response).await.map(drop)
-            }
-            .await;
-            if let Err(Error::Unavailable(_)) = &result {
-                self.fail_over(&base);
-            }
-            match result {
-                Err(Error::Unavailable(err)) if attempts < 8 => {
-                    attempts += 1;
-                    tracing::debug!(dispatch_id = %id, path, error = %err, "artifact upload failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempts.min(5))).await;
-                }
-                other => return other,
-            }
-        }
+        self.retrying(|base| async move {
+            let mut url = reqwest::Url::parse(&base).map_err(|e| Error::Unavailable(format!("{base}: {e}")))?;
+            url.path_segments_mut()
+                .map_err(|()| Error::Unavailable(format!("{base} cannot be a base URL")))?
+                .pop_if_empty()
+                .extend(["v1", "dispatches", &id.to_string(), "artifacts", path]);
+            let opened = tokio::fs::File::open(file)
+                .await
+                .map_err(|e| Error::Refused { status: StatusCode::GONE, body: format!("{}: {e}", file.display()) })?;
+            let length = opened.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(opened, 256 * 1024));
+            let response = self
+                .http
+                .put(url)
+                .bearer_auth(&self.token)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .header(reqwest::header::CONTENT_LENGTH, length)
+                // A large file takes longer than the client's usual 30 s.
+                .timeout(Duration::from_secs(3600))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            check(response).await.map(drop)
+        })
+        .await
     }
 
     /// Downloads a bundle's bytes, retrying while the gateway is unavailable.
     pub async fn bundle(&self, sha256: &str) -> Result<Vec<u8>, Error> {
+        self.retrying(|base| async move {
+            let response = self
+                .http
+                .get(format!("{base}/v1/bundles/{sha256}"))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            let response = check(response).await?;
+            response.bytes().await.map(|b| b.to_vec()).map_err(|e| Error::Unavailable(e.to_string()))
+        })
+        .await
+    }
+
+    /// Runs `request` against the replica in use; while it is unavailable,
+    /// fails over and tries again, up to 10 times with a growing pause.
+    async fn retrying<T, F, Fut>(&self, request: F) -> Result<T, Error>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let mut attempts = 0;
         loop {
             let base = self.base().to_owned();
-            let result = async {
-                let response = self
-                    .http
-                    .get(format!("{base}/v1/bundles/{sha256}"))
-                    .bearer_auth(&self.token)
-                    .send()
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()))?;
-                let response = check(response).await?;
-                response.bytes().await.map(|b| b.to_vec()).map_err(|e| Error::Unavailable(e.to_string()))
-            }
-            .await;
+            let result = request(base.clone()).await;
             if let Err(Error::Unavailable(_)) = &result {
                 self.fail_over(&base);
             }
             match result {
-                Err(Error::Unavailable(_)) if attempts < 10 => {
+                Err(Error::Unavailable(err)) if attempts < 10 => {
                     attempts += 1;
+                    tracing::debug!(error = %err, attempts, "the gateway is unavailable; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * attempts)).await;
                 }
                 other => return other,

@@ -350,6 +350,16 @@ impl Stack {
         dispatch["id"].as_str().unwrap().to_owned()
     }
 
+    /// The dispatch's run record, once its node has sent it (records travel
+    /// in batches, at most 100 ms after the call starts).
+    pub async fn record(&self, id: &str) -> Value {
+        let path = format!("/v1/dispatches/{id}/record");
+        self.wait_until(Duration::from_secs(10), "the run record", || async { self.get(&path).await.0 == 200 })
+            .await
+            .unwrap();
+        self.get(&path).await.1
+    }
+
     /// Long-polls until the dispatch is terminal (or `timeout_s`).
     pub async fn wait(&self, id: &str, timeout_s: u32) -> Value {
         self.get(&format!("/v1/dispatches/{id}/wait?timeout_s={timeout_s}")).await.1

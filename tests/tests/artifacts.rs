@@ -61,14 +61,7 @@ async fn a_call_keeps_what_it_writes_and_it_downloads_byte_exact() {
         list["items"][1]["sha256"].as_str().unwrap()
     );
     // The record lists them; the log says so.
-    // (Records travel in batches, at most 100 ms after the call starts.)
-    stack
-        .wait_until(Duration::from_secs(10), "the run record", || async {
-            stack.get(&format!("/v1/dispatches/{id}/record")).await.0 == 200
-        })
-        .await
-        .unwrap();
-    let (_, record) = stack.get(&format!("/v1/dispatches/{id}/record")).await;
+    let record = stack.record(&id).await;
     assert_eq!(record["artifacts"].as_array().map(Vec::len), Some(2), "{record}");
     let (_, page) = stack.get(&format!("/v1/dispatches/{id}/logs")).await;
     let system: Vec<&str> = page["entries"]
@@ -196,13 +189,7 @@ async fn scripts_and_shell_commands_run_with_exit_codes_logs_and_outputs() {
     let id = stack.dispatch(&bundle, "python scripts/exit_with.py", json!(["--note", "fine"]), json!({})).await;
     let done = stack.wait(&id, 60).await;
     assert_eq!((done["state"].as_str(), &done["result"]), (Some("succeeded"), &json!({"exit_code": 0})), "{done}");
-    stack
-        .wait_until(Duration::from_secs(10), "the run record", || async {
-            stack.get(&format!("/v1/dispatches/{id}/record")).await.0 == 200
-        })
-        .await
-        .unwrap();
-    let (_, record) = stack.get(&format!("/v1/dispatches/{id}/record")).await;
+    let record = stack.record(&id).await;
     assert_eq!(record["function"], "python scripts/exit_with.py");
     assert_eq!(record["args"], json!(["--note", "fine"]));
 

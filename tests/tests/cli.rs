@@ -292,26 +292,15 @@ async fn a_run_record_names_the_git_commit_of_the_packed_project_and_whether_it_
         dispatch["id"].as_str().unwrap().to_owned()
     };
     let stack = &stack;
-    let record = |id: String| async move {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (status, record) = stack.get(&format!("/v1/dispatches/{id}/record")).await;
-            if status == 200 {
-                return record;
-            }
-            assert!(Instant::now() < deadline, "no record: {record}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
     json(&rh(stack, &["deploy", &format!("{file}:answer"), "--name", "answer", "--cluster", "local", "--json"]));
-    let clean = record(source_of_a_run(stack)).await;
+    let clean = stack.record(&source_of_a_run(stack)).await;
     assert_eq!(clean["source"]["git_commit"], head.as_str(), "{clean}");
     assert_eq!(clean["source"]["git_dirty"], false, "{clean}");
     assert!(clean["source"]["packer"].as_str().unwrap().starts_with("rh-sdk "), "{clean}");
 
     std::fs::write(project.join("pkg/steps.py"), "def answer():\n    return 43\n").unwrap();
     json(&rh(stack, &["deploy", &format!("{file}:answer"), "--name", "answer", "--cluster", "local", "--json"]));
-    let dirty = record(source_of_a_run(stack)).await;
+    let dirty = stack.record(&source_of_a_run(stack)).await;
     assert_eq!(dirty["source"]["git_commit"], head.as_str(), "{dirty}");
     assert_eq!(dirty["source"]["git_dirty"], true, "{dirty}");
 }
