@@ -25,7 +25,7 @@ def test_the_runhouse_connection_form_has_url_token_and_default_cluster_and_the_
     assert form["field"]["schema"]["title"] == "Default cluster"
     assert form["behaviour"]["relabeling"] == {"host": "Gateway URL", "password": "Token"}
     assert "password" not in form["behaviour"]["hidden_fields"]
-    assert form["links"] == ["runhouse_provider.links.RunhouseDispatchLink"]
+    assert form["links"] == ["runhouse_provider.links.RunhouseArtifactsLink", "runhouse_provider.links.RunhouseDispatchLink"]
     assert form["triggers"] == ["runhouse_provider.triggers"]
 
 
