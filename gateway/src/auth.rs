@@ -124,6 +124,8 @@ pub struct Caller {
     pub sub: String,
     pub project: String,
     pub jti: String,
+    /// When the caller's token expires, seconds since the epoch.
+    pub exp: i64,
     scopes: HashSet<String>,
     node: Option<NodeBinding>,
 }
@@ -142,9 +144,17 @@ impl Caller {
             sub,
             project: project.to_owned(),
             jti: String::new(),
+            exp: i64::MAX,
             scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             node: None,
         }
+    }
+
+    /// The caller's scope names, sorted.
+    pub fn scope_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.scopes.iter().cloned().collect();
+        names.sort();
+        names
     }
 
     /// The node this caller is, if it holds a node credential.
@@ -159,6 +169,7 @@ impl From<Claims> for Caller {
             sub: claims.sub,
             project: claims.project,
             jti: claims.jti,
+            exp: claims.exp,
             scopes: claims.scopes.into_iter().collect(),
             node: claims.node,
         }

@@ -27,6 +27,7 @@ pub struct Settings {
     pub results: ResultSettings,
     pub artifacts: ArtifactSettings,
     pub compute: ComputeSettings,
+    pub ui: UiSettings,
     /// Named cluster specs a dispatch may bring up on demand: a dispatch to a
     /// cluster that does not exist but has a profile provisions it.
     pub profiles: BTreeMap<String, wire::ClusterSpec>,
@@ -191,6 +192,17 @@ pub struct ResultSettings {
     /// dispatch with `result_too_large`, naming this limit; the call is not
     /// run again. Nodes learn it when they register.
     pub max_bytes: usize,
+}
+
+/// The dashboard under `/ui`: where the orchestrators' own UIs are, so a
+/// run's page links to its Airflow task instance or Prefect flow run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiSettings {
+    /// Airflow's base URL, e.g. `http://airflow.internal:8080`.
+    pub airflow_url: Option<String>,
+    /// Prefect's UI base URL, e.g. `http://prefect.internal:4200`.
+    pub prefect_url: Option<String>,
 }
 
 /// Where the files calls keep (artifacts) are stored, and how much a call may keep.
@@ -362,6 +374,7 @@ impl Default for Settings {
             results: ResultSettings::default(),
             artifacts: ArtifactSettings::default(),
             compute: ComputeSettings::default(),
+            ui: UiSettings::default(),
             profiles: BTreeMap::new(),
         }
     }

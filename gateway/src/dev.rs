@@ -48,7 +48,7 @@ pub async fn run(mut settings: Settings, url_is_set: bool, dir: &Path) -> anyhow
         settings.auth.hs256_secret = Some(SecretString::from(read_or_create_secret(&dir.join(SECRET_FILE))?));
     }
     let keys = Keys::from_settings(&settings.auth)?;
-    let (token, _) = keys.mint("dev-admin", "default", &[Scope::Admin], Duration::from_secs(30 * 86_400))?;
+    let (token, claims) = keys.mint("dev-admin", "default", &[Scope::Admin], Duration::from_secs(30 * 86_400))?;
     let token_path = dir.join(ADMIN_TOKEN_FILE);
     write_private(&token_path, format!("{token}\n").as_bytes())?;
 
@@ -76,7 +76,10 @@ pub async fn run(mut settings: Settings, url_is_set: bool, dir: &Path) -> anyhow
             )
             .await?;
     }
+    let (login, _) = app.app().ui_link_create(&crate::auth::Caller::from(claims)).await?;
     println!("Runhouse Gateway is up.");
+    println!("  Dashboard:    http://{address}{login}");
+    println!("                (a one-time sign-in link for 5 minutes; `rh ui` prints another)");
     println!("  API:          http://{address}/v1");
     println!("  Docs:         http://{address}/docs");
     println!("  Admin token:  {} (project `default`)", token_path.display());

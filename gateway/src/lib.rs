@@ -21,5 +21,6 @@ pub mod notify;
 pub mod schedule;
 pub mod startup;
 pub mod telemetry;
+pub mod ui;
 
 pub use error::{Error, Result};

@@ -249,6 +249,13 @@ impl Calls {
     }
 
     /// The instances hosted here.
+    /// Warm Python workers: idle in the pool, running a call, or hosting an instance.
+    pub fn warm_workers(&self) -> u32 {
+        let busy = self.entries.lock().expect("calls lock poisoned").len();
+        let hosted = self.instances.lock().expect("instances lock poisoned").len();
+        (self.pool.idle_count() + busy + hosted) as u32
+    }
+
     pub fn instances(&self) -> Vec<uuid::Uuid> {
         self.instances.lock().expect("instances lock poisoned").keys().copied().collect()
     }

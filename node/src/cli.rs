@@ -229,6 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let heartbeat = wire::Heartbeat {
             running: calls.running().into_iter().map(|c| c.dispatch_id).collect(),
             instances: calls.instances(),
+            warm_workers: Some(calls.warm_workers()),
         };
         match gateway.heartbeat(node_id.0, &heartbeat).await {
             Ok(()) => {}

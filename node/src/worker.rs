@@ -534,6 +534,11 @@ impl Pool {
         idle.entry(worker.key.clone()).or_default().push(worker);
     }
 
+    /// How many idle workers are kept warm, over every environment.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().expect("pool lock poisoned").values().map(Vec::len).sum()
+    }
+
     /// A worker of its own for `key`, never taken from or given back to the
     /// pool (an instance lives in it).
     pub async fn dedicated(&self, key: &EnvKey) -> Result<Worker, Error> {

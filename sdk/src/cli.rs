@@ -63,6 +63,8 @@ enum Command {
     /// Files a dispatch kept: `rh artifacts ls ID`, `rh artifacts get ID [PATH] [--out DIR]`.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Print a one-time link that signs a browser in to the dashboard as your token (5 minutes, works once).
+    Ui,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +262,16 @@ impl Cli {
         let json = self.json;
         match self.command {
             Command::Dispatch(args) => dispatch(&client, args, json).await,
+            Command::Ui => {
+                let link = client.ui_login_link().await?;
+                if json {
+                    println!("{}", serde_json::to_string(&link).expect("a link serializes"));
+                } else {
+                    println!("{}", link.url);
+                    eprintln!("Open it within 5 minutes; it works once and signs the browser in as your token.");
+                }
+                Ok(())
+            }
             Command::Status { id } => {
                 let dispatch = client.dispatch_get(id).await?;
                 print_dispatches(&[dispatch], json, true);

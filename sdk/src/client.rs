@@ -364,6 +364,15 @@ impl Client {
         self.send(|| self.request(Method::GET, &format!("/v1/functions/{name}"))).await
     }
 
+    /// A one-time link that signs a browser in to the dashboard as this
+    /// client's token (works once, for 5 minutes). The returned `url` is on
+    /// the URL this client talks to.
+    pub async fn ui_login_link(&self) -> Result<wire::LoginLink, Error> {
+        let mut link: wire::LoginLink = self.send(|| self.request(Method::POST, "/v1/ui/login-links")).await?;
+        link.url = format!("{}{}", self.url().trim_end_matches('/'), link.path);
+        Ok(link)
+    }
+
     /// Every node (admin tokens).
     pub async fn node_list(&self) -> Result<NodeList, Error> {
         self.send(|| self.request(Method::GET, "/v1/nodes")).await

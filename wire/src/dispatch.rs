@@ -331,6 +331,8 @@ pub struct ListDispatches {
     pub state: Vec<String>,
     /// Only this cluster.
     pub cluster: Option<String>,
+    /// Only this function: its registered name, or else its entry point (`module:qualname`).
+    pub function: Option<String>,
     /// Only dispatches carrying this label, as `key=value` (repeat to require several).
     #[serde(default)]
     #[param(value_type = Option<Vec<String>>, example = "dag_id=ml_pipeline")]

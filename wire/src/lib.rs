@@ -15,6 +15,7 @@ pub mod log;
 pub mod node;
 pub mod record;
 pub mod schedule;
+pub mod ui;
 
 pub use artifact::*;
 pub use bundle::*;
@@ -27,3 +28,4 @@ pub use log::*;
 pub use node::*;
 pub use record::*;
 pub use schedule::*;
+pub use ui::*;

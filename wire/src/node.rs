@@ -97,6 +97,9 @@ pub struct Heartbeat {
     /// Every instance the node hosts.
     #[serde(default)]
     pub instances: Vec<uuid::Uuid>,
+    /// How many Python workers the node keeps warm (idle, busy or hosting an instance).
+    #[serde(default)]
+    pub warm_workers: Option<u32>,
 }
 
 /// Whether a node is reachable.
@@ -128,6 +131,9 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
+    /// Warm Python workers at its last heartbeat, if it reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_workers: Option<u32>,
 }
 
 /// `GET /v1/nodes`.

@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
 use uuid::Uuid;
 
 use super::auth::Authenticated;
@@ -49,7 +48,18 @@ pub async fn dispatch_artifact_get(
 ) -> Result<Response, ApiError> {
     let caller = auth.require(Scope::DispatchRead)?;
     let (row, bytes) = state.app.artifact_open(&caller, id, &path).await?;
-    let name = path.rsplit('/').next().unwrap_or(&path);
+    Ok(artifact_response(&row, bytes))
+}
+
+/// An artifact's bytes as a download that can never render as a page of the
+/// gateway (the API and the dashboard both send it this way).
+pub(crate) fn artifact_response<S, E>(row: &crate::db::ArtifactRow, bytes: S) -> Response
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let path = &row.path;
+    let name = path.rsplit('/').next().unwrap_or(path);
     // RFC 6266 `filename*`: the name percent-encoded, so no quote or newline can break the header.
     let encoded: String = name
         .bytes()
@@ -65,7 +75,7 @@ pub async fn dispatch_artifact_get(
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
     let content_type = HeaderValue::from_str(&row.content_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    let mut response = Body::from_stream(bytes.map_err(std::io::Error::other)).into_response();
+    let mut response = Body::from_stream(bytes).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(row.size_bytes));
@@ -73,7 +83,7 @@ pub async fn dispatch_artifact_get(
     headers.insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", row.sha256)).expect("hex is a valid header"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
-    Ok(response)
+    response
 }
 
 /// Keep a file of a running call (its node only). The body is the file's

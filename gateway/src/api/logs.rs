@@ -69,17 +69,29 @@ pub async fn dispatch_logs(
         return Err(crate::Error::invalid("offset", "`offset` must be 0 or more").into());
     }
     if query.follow.unwrap_or(false) {
-        // Subscribe before the first read, so nothing written in between is
-        // missed; the read fails fast (404) before committing to a stream.
-        let logs = state.app.log_notifier.subscribe(id);
-        let states = state.app.notifier.subscribe(id);
-        let first = state.app.dispatch_logs_read(&caller, id, offset).await?;
-        return Ok(follow(state, caller, id, offset, first, (logs, states)).into_response());
+        return follow_response(state, caller, id, offset).await;
     }
     let (row, rows, complete) = state.app.dispatch_logs_read(&caller, id, offset).await?;
     let next_offset = rows.last().map_or(offset, |r| r.seq);
     let entries = rows.into_iter().map(entry).collect();
     Ok(Json(LogPage { entries, next_offset, complete, truncated: row.log_truncated }).into_response())
+}
+
+/// The server-sent event stream of a dispatch's output after `offset`, as
+/// `GET /v1/dispatches/{id}/logs?follow=true` serves it (the dashboard's run
+/// page follows the same stream).
+pub(crate) async fn follow_response(
+    state: AppState,
+    caller: Caller,
+    id: Uuid,
+    offset: i64,
+) -> Result<Response, ApiError> {
+    // Subscribe before the first read, so nothing written in between is
+    // missed; the read fails fast (404) before committing to a stream.
+    let logs = state.app.log_notifier.subscribe(id);
+    let states = state.app.notifier.subscribe(id);
+    let first = state.app.dispatch_logs_read(&caller, id, offset).await?;
+    Ok(follow(state, caller, id, offset, first, (logs, states)).into_response())
 }
 
 type Subscriptions = (Subscription<()>, Subscription<Arc<DispatchRow>>);

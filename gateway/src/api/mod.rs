@@ -31,7 +31,8 @@ pub mod instances;
 pub mod logs;
 pub mod nodes;
 pub mod schedules;
-mod views;
+pub mod sessions;
+pub(crate) mod views;
 
 /// What every handler can reach. Cheap to clone: every request gets a copy.
 #[derive(Clone)]
@@ -78,6 +79,7 @@ impl std::ops::Deref for AppState {
         (name = "clusters", description = "Compute the gateway provisions: local processes, existing hosts, EC2, Compute Engine."),
         (name = "schedules", description = "Cron schedules that create dispatches, exactly once per instant across replicas."),
         (name = "instances", description = "Remote objects: a class constructed once on a node, its methods called as dispatches."),
+        (name = "dashboard", description = "Signing in to the web dashboard under `/ui`."),
         (name = "nodes", description = "Routes node daemons and new machines call."),
         (name = "health", description = "Liveness, readiness and metrics; no token needed.")
     )
@@ -134,6 +136,7 @@ fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(schedules::schedule_runs))
         .routes(routes!(instances::instance_create, instances::instance_list))
         .routes(routes!(instances::instance_get, instances::instance_delete))
+        .routes(routes!(sessions::ui_login_link))
         .routes(routes!(nodes::node_register, nodes::node_list))
         .routes(routes!(nodes::node_heartbeat))
         .routes(routes!(health::background_tasks))
@@ -156,6 +159,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, spec) = api_routes(report_limit).split_for_parts();
     let metrics = state.metrics.clone();
     routes
+        .merge(crate::ui::router())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit_bytes))

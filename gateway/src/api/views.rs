@@ -90,6 +90,7 @@ pub(crate) fn node_view(row: crate::db::NodeRow, with_address: bool) -> wire::No
         labels: serde_json::from_value(row.labels).unwrap_or_default(),
         registered_at: row.registered_at,
         last_heartbeat_at: row.last_heartbeat_at,
+        warm_workers: row.warm_workers.map(|w| w.max(0) as u32),
     }
 }
 

@@ -224,6 +224,25 @@ impl App {
         })
     }
 
+    /// When an idle cluster with autostop will be stopped, if it is idle
+    /// now: its last dispatch's end (or its ready time) plus
+    /// `autostop_idle_minutes`. `None` while busy or without autostop.
+    pub async fn cluster_autostop_at(
+        &self,
+        cluster: &ClusterRow,
+        spec: &wire::ClusterSpec,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let Some(minutes) = spec.autostop_idle_minutes else {
+            return Ok(None);
+        };
+        let (busy, last) = self.db.cluster_activity(&cluster.key()).await?;
+        if busy {
+            return Ok(None);
+        }
+        let since = last.into_iter().chain(cluster.ready_at).max().unwrap_or(cluster.updated_at);
+        Ok(Some(since + chrono::Duration::milliseconds((minutes * 60_000.0) as i64)))
+    }
+
     /// The URL machines use to reach this gateway.
     pub fn public_url(&self) -> String {
         self.settings.compute.public_url.clone().unwrap_or_else(|| format!("http://{}", self.settings.listen))

@@ -312,6 +312,7 @@ impl App {
         let filter = ListFilter {
             states,
             cluster: query.cluster,
+            function: query.function.filter(|f| !f.is_empty()),
             labels: Value::Object(labels),
             created_after: query.created_after,
             created_before: query.created_before,

@@ -27,6 +27,7 @@ pub mod placement;
 pub mod provision;
 pub mod record;
 pub mod schedule;
+pub mod ui;
 
 /// The application: the data store, notification hubs, the node client and settings.
 #[derive(Clone)]

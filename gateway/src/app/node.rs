@@ -115,7 +115,8 @@ impl App {
     /// run twice). A cancelling one it does not list is done.
     pub async fn node_heartbeat(&self, caller: &Caller, node_id: Uuid, heartbeat: wire::Heartbeat) -> Result<NodeRow> {
         let me = self.node_key(caller)?;
-        let node = self.db.node_heartbeat(node_id, &me).await?.ok_or_else(|| Error::NotFound {
+        let warm = heartbeat.warm_workers.map(|w| w.min(i32::MAX as u32) as i32);
+        let node = self.db.node_heartbeat(node_id, &me, warm).await?.ok_or_else(|| Error::NotFound {
             kind: "node",
             id: format!("{node_id} for this credential (register again with POST /v1/nodes)"),
         })?;

@@ -135,11 +135,10 @@ impl App {
             }
             return Ok("provisioning");
         }
-        if let Some(minutes) = spec.autostop_idle_minutes {
-            let (busy, last) = self.db.cluster_activity(&cluster.key()).await?;
-            let since = last.into_iter().chain(cluster.ready_at).max().unwrap_or(cluster.updated_at);
-            let idle_for = chrono::Duration::milliseconds((minutes * 60_000.0) as i64);
-            if !busy && Utc::now() - since >= idle_for {
+        if let (Some(minutes), Some(at)) =
+            (spec.autostop_idle_minutes, self.cluster_autostop_at(&cluster, &spec).await?)
+        {
+            if Utc::now() >= at {
                 let reason = format!("idle for {minutes} min (autostop)");
                 if self
                     .db

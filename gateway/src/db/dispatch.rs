@@ -163,6 +163,8 @@ pub struct Transition {
 pub struct ListFilter {
     pub states: Vec<DispatchState>,
     pub cluster: Option<String>,
+    /// The registered function name, else the entry point.
+    pub function: Option<String>,
     /// A JSON object the labels must contain.
     pub labels: Value,
     pub created_after: Option<DateTime<Utc>>,
@@ -355,6 +357,40 @@ impl DataStore {
             .as_object()
             .and_then(|labels| labels.iter().next())
             .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_owned()));
+        if let (None, Some(function)) = (&first_label, &filter.function) {
+            // Walk one function's rows newest first (`dispatch_project_function`).
+            let rows = sqlx::query_as!(
+                DispatchRow,
+                r#"
+                select dispatch_id, project, function_ref, function_name, bundle, requirements,
+                       args, kwargs, cluster, node_id,
+                       state as "state: DispatchState", generation, idempotency_key, request_hash,
+                       requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
+                       created_at, started_at, cancel_requested_at, finished_at, updated_at,
+                       log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
+                from dispatch
+                where project = $1 and coalesce(function_name, function_ref) = $8
+                  and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
+                  and ($3::text is null or cluster = $3)
+                  and ($4::timestamptz is null or created_at >= $4)
+                  and ($5::timestamptz is null or created_at < $5)
+                  and ($6::uuid is null or dispatch_id < $6)
+                order by coalesce(function_name, function_ref), dispatch_id desc
+                limit $7
+                "#,
+                project,
+                &states,
+                filter.cluster,
+                filter.created_after,
+                filter.created_before,
+                filter.before_id,
+                filter.limit,
+                function,
+            )
+            .fetch_all(self.pool())
+            .await?;
+            return Ok(rows);
+        }
         let Some((key, value)) = first_label else {
             let rows = sqlx::query_as!(
                 DispatchRow,
@@ -407,6 +443,7 @@ impl DataStore {
               and ($3::text is null or d.cluster = $3)
               and ($5::timestamptz is null or d.created_at >= $5)
               and ($6::timestamptz is null or d.created_at < $6)
+              and ($11::text is null or coalesce(d.function_name, d.function_ref) = $11)
             order by l.dispatch_id desc
             limit $8
             "#,
@@ -420,6 +457,7 @@ impl DataStore {
             filter.limit,
             key,
             value,
+            filter.function,
         )
         .fetch_all(self.pool())
         .await?;

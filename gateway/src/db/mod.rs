@@ -22,6 +22,7 @@ pub mod object;
 pub mod record;
 pub mod schedule;
 pub mod token;
+pub mod ui;
 
 pub use artifact::{ArtifactInsert, ArtifactRow};
 pub use bundle::{BundleRow, FunctionRow};

@@ -34,6 +34,8 @@ pub struct NodeRow {
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
     pub running: i64,
+    /// Warm Python workers at the last heartbeat that said.
+    pub warm_workers: Option<i32>,
 }
 
 /// Where and how the gateway reaches a node: what forwarding a call needs.
@@ -100,7 +102,7 @@ impl DataStore {
                 last_heartbeat_at = now()
             returning node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                       max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                      0::bigint as "running!"
+                      0::bigint as "running!", warm_workers
             "#,
             Uuid::now_v7(),
             node.name,
@@ -119,21 +121,27 @@ impl DataStore {
 
     /// Records a heartbeat of node `node_id`, which must be `me`. `None` if
     /// that node is unknown, someone else, or was declared lost (it must register again).
-    pub async fn node_heartbeat(&self, node_id: Uuid, me: &NodeKey) -> Result<Option<NodeRow>> {
+    pub async fn node_heartbeat(
+        &self,
+        node_id: Uuid,
+        me: &NodeKey,
+        warm_workers: Option<i32>,
+    ) -> Result<Option<NodeRow>> {
         let row = sqlx::query_as!(
             NodeRow,
             r#"
-            update node n set last_heartbeat_at = now()
+            update node n set last_heartbeat_at = now(), warm_workers = coalesce($5, warm_workers)
             where node_id = $1 and state in ('ready', 'unreachable')
               and project = $2 and cluster = $3 and name = $4
             returning node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                       max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                      node_running(n.node_id) as "running!"
+                      node_running(n.node_id) as "running!", warm_workers
             "#,
             node_id,
             me.cluster.project,
             me.cluster.name,
-            me.name
+            me.name,
+            warm_workers
         )
         .fetch_optional(self.pool())
         .await?;
@@ -147,7 +155,7 @@ impl DataStore {
             r#"
             select node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                    max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                   node_running(n.node_id) as "running!"
+                   node_running(n.node_id) as "running!", warm_workers
             from node n where node_id = $1
             "#,
             node_id
@@ -164,7 +172,7 @@ impl DataStore {
             r#"
             select node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
                    max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                   node_running(n.node_id) as "running!"
+                   node_running(n.node_id) as "running!", warm_workers
             from node n
             where project = $1 and ($2::text is null or cluster = $2)
             order by cluster, name

@@ -149,8 +149,8 @@ class RunhouseHook(BaseHook):
         return self.get_conn().dispatch(dispatch_id)
 
     def dispatch_url(self, dispatch_id: str) -> str:
-        """The dispatch's address on the gateway."""
-        return f"{self.settings.url}/v1/dispatches/{dispatch_id}"
+        """The dispatch's page on the gateway's dashboard (live output, timeline, outcome, cancel)."""
+        return f"{self.settings.url.rstrip('/')}/ui/runs/{dispatch_id}"
 
     def test_connection(self) -> tuple[bool, str]:
         """Airflow's "Test" button: lists one dispatch, which needs a reachable gateway and a valid token."""

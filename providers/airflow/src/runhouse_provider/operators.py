@@ -226,11 +226,11 @@ class RunhouseOperator(UsesRunhouseHook, OperatorParameters, BaseOperator):
             return
         if not artifacts:
             return
-        url = f"{self.hook.dispatch_url(data['id'])}/artifacts"
-        context["ti"].xcom_push(key=XCOM_ARTIFACTS_URL, value=url)
+        page = self.hook.dispatch_url(data["id"])
+        context["ti"].xcom_push(key=XCOM_ARTIFACTS_URL, value=f"{page}#artifacts")
         for artifact in artifacts:
             self.log.info("artifact %s (%d bytes, %s): %s/%s", artifact["path"], artifact["size_bytes"],
-                          artifact["content_type"], url, quote(artifact["path"], safe=""))
+                          artifact["content_type"], f"{page}/artifacts", quote(artifact["path"], safe=""))
         self.log.info("download them with: rh artifacts get %s", data["id"])
 
     def _task_ref(self) -> str:

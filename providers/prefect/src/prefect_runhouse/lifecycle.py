@@ -155,7 +155,7 @@ def _submit(call: RemoteCall, gw: Gateway, creds: RunhouseCredentials) -> Dispat
         key = f"prefect:{labels['task_run_id']}:{labels['attempt']}"
     handle = remote.submit(call.args, call.kwargs, labels=labels, idempotency_key=key, request=call.request)
     call.handle = handle
-    get_run_logger().info("Dispatch %s created on cluster %s: %s/v1/dispatches/%s", handle.id,
+    get_run_logger().info("Dispatch %s created on cluster %s: %s/ui/runs/%s", handle.id,
                           handle.data.get("cluster"), creds.url.rstrip("/"), handle.id)
     return handle
 
