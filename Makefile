@@ -3,7 +3,7 @@
 export CACHE ?= $(HOME)/.cache/runhouse-gateway
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 
-.PHONY: run test bench bench-sdk openapi shims sqlx-prepare fmt lint
+.PHONY: run test bench bench-sdk screenshots openapi shims sqlx-prepare fmt lint
 
 ## Run the local stack: private Postgres under ./.rh/, the gateway on 127.0.0.1:8080, one local node.
 run:
@@ -25,6 +25,13 @@ bench:
 bench-sdk:
 	cargo build --locked --release -p gateway -p node
 	RH_SDK_RELEASE=1 RH_BIN_DIR=$(CARGO_TARGET_DIR)/release ./scripts/python-sdk.sh -s tests/python/bench_sdk.py
+
+## Regenerate the dashboard's screenshots in docs/screenshots/ (the browser tests, and the ML pipeline DAG for its Gantt chart).
+screenshots:
+	cargo build --locked -p gateway -p node
+	./scripts/python-sdk.sh --collect-only -q tests/python >/dev/null
+	RH_SCREENSHOTS=$(CURDIR)/docs/screenshots ./scripts/airflow.sh tests/dashboard \
+	  tests/airflow/test_examples.py::test_the_dag_runs_gantt_and_each_tasks_extra_link_open_in_the_dashboard
 
 ## Regenerate the committed OpenAPI document after an API change.
 openapi:

@@ -201,6 +201,9 @@ struct LsArgs {
     state: Vec<String>,
     #[arg(long)]
     cluster: Option<String>,
+    /// Only this function (its registered name, or `module:qualname`).
+    #[arg(long)]
+    function: Option<String>,
     #[arg(long = "label")]
     labels: Vec<String>,
     #[arg(long, default_value_t = 20)]
@@ -281,6 +284,7 @@ impl Cli {
                 let query = ListDispatches {
                     state: args.state,
                     cluster: args.cluster,
+                    function: args.function,
                     label: args.labels,
                     limit: Some(args.limit),
                     ..ListDispatches::default()

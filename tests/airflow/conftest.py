@@ -1,10 +1,8 @@
-"""A real Runhouse stack and a real Airflow home for the provider tests, one of each per session.
+"""A real Airflow home for the provider tests, one per session, connected to the
+session's stack (the `stack` fixture of the `rh_stack` plugin, `tests/support/`).
 
-The stack is `rh-gateway dev` (private Postgres, gateway, node `local-1` in
-cluster `local`, and the `cpu` and `train` clusters the examples use, which
-it brings up on demand) in a temporary folder. The Airflow home is a temporary folder with a
-SQLite database, migrated once; tests run `airflow ...` commands in it as
-subprocesses, exactly as a user would.
+The Airflow home is a temporary folder with a SQLite database, migrated once;
+tests run `airflow ...` commands in it as subprocesses, exactly as a user would.
 """
 
 from __future__ import annotations
@@ -12,14 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,96 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dags"
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, token: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read().decode())
-
-
-def _bin(name: str) -> str:
-    """A prebuilt binary; waits a little if another build is replacing it right now."""
-    path = Path(os.environ["RH_BIN_DIR"]) / name
-    deadline = time.time() + 120
-    while not path.exists():
-        if time.time() > deadline:
-            raise RuntimeError(f"{path} is missing: build it first")
-        time.sleep(2)
-    return str(path)
-
-
-def _ready_clusters(url: str, token: str) -> set[str]:
-    return {n["cluster"] for n in _get(f"{url}/v1/nodes", token)["items"] if n["state"] == "ready"}
-
-
-def _wait_for_clusters(url: str, token: str, clusters: set[str], process: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 90
-    while True:
-        try:
-            if clusters <= _ready_clusters(url, token):
-                return
-        except Exception:
-            pass
-        if time.time() > deadline or process.poll() is not None:
-            raise RuntimeError(f"the local stack did not come up: {log.read_text()[-3000:]}")
-        time.sleep(0.1)
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder the remote code may write to as well: under a root test run,
-    nodes run calls as their unprivileged worker user (README, "Security model")."""
-    path = Path(tempfile.mkdtemp(prefix="rh-shared-"))
-    os.chmod(path, 0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def stack() -> Iterator[dict[str, Any]]:
-    """`rh-gateway dev` on 127.0.0.1: node `local-1` ready in cluster `local`; `cpu` and `train` come up
-    on demand from its cluster profiles when the first dispatch asks for them."""
-    work = Path(tempfile.mkdtemp(prefix="rh-airflow-"))
-    os.chmod(work, 0o755)  # as root, the postgres user must reach ./.rh/pg
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    log_path = work / "dev.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen([_bin("rh-gateway"), "dev", "--listen", f"127.0.0.1:{port}"], cwd=work, env=env,
-                               stdout=log, stderr=log)
-    try:
-        token_file = work / ".rh" / "admin-token"
-        deadline = time.time() + 90
-        while not token_file.exists():
-            if time.time() > deadline or process.poll() is not None:
-                raise RuntimeError(f"the local stack did not come up: {log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        token = token_file.read_text().strip()
-        _wait_for_clusters(url, token, {"local"}, process, log_path)
-        yield {"url": url, "token": token, "work": work}
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(work, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def gw(stack: dict[str, Any]) -> Any:
-    """An SDK client on the stack, for looking at dispatches from the gateway's side."""
-    from runhouse_gateway import Gateway
-
-    return Gateway(stack["url"], stack["token"])
 
 
 class AirflowHome:

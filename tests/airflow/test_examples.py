@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 
-def test_the_ml_pipeline_trains_on_two_clusters_and_reports_its_accuracy(airflow, gw):
-    result = airflow.dags_test("ml_pipeline", timeout=400)
+
+@pytest.fixture(scope="module")
+def ml_pipeline(airflow):
+    """One `airflow dags test` of the ML pipeline, shared by the tests that look at it."""
+    return airflow.dags_test("ml_pipeline", timeout=400)
+
+
+def test_the_ml_pipeline_trains_on_two_clusters_and_reports_its_accuracy(ml_pipeline, airflow, gw):
+    result = ml_pipeline
     states = airflow.task_states("ml_pipeline")
     assert states == {t: ("success", 1) for t in ("preprocess", "split", "train", "predict", "accuracy")}, \
         result.stdout[-6000:]
@@ -19,6 +27,28 @@ def test_the_ml_pipeline_trains_on_two_clusters_and_reports_its_accuracy(airflow
     assert [a["path"] for a in predict.artifacts()] == ["iris_logistic.png"]
     assert predict.artifact("iris_logistic.png").startswith(b"\x89PNG\r\n\x1a\n")
     assert "artifact iris_logistic.png" in result.stdout, result.stdout[-6000:]
+
+
+def test_the_dag_runs_gantt_and_each_tasks_extra_link_open_in_the_dashboard(ml_pipeline, airflow, gw, dashboard,
+                                                                              stack):
+    run_id = airflow.latest_run_id("ml_pipeline")
+    (train,) = gw.dispatches(labels={"dag_id": "ml_pipeline", "run_id": run_id, "task_id": "train"})
+    # The task's "Runhouse dispatch" extra link is the run's page on the dashboard.
+    link = airflow.xcom("ml_pipeline", "train", key="runhouse_dispatch_url")
+    assert link == f"{stack['url']}/ui/runs/{train.id}"
+    page = dashboard.page()
+    page.goto(link)
+    assert page.locator("[data-live]").first.inner_text() == "succeeded"
+    assert "trained: train accuracy" in page.wait_for_selector("#log[data-ended='true']").inner_text()
+    # From there, the Gantt chart of the whole DAG run: one bar per task, queued apart from running.
+    page.click("text=Gantt of this DAG run")
+    bars = page.locator("svg.gantt a")
+    assert bars.count() == 5
+    labels = page.locator("svg.gantt text.row-label").all_inner_texts()
+    assert sorted(labels) == ["accuracy", "predict", "preprocess", "split", "train"], labels
+    assert page.locator("svg.gantt rect.st-succeeded").count() == 5
+    assert page.locator("svg.gantt rect.queued").count() == 5
+    dashboard.shot(page, "gantt")
 
 
 def test_fire_and_forget_then_a_deferred_sensor_returns_the_result(airflow, gw):

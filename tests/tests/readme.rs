@@ -154,3 +154,10 @@ async fn the_readme_objects_walkthrough_works_verbatim() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn the_readme_dashboard_sign_in_works_verbatim() {
+    let stdout = run_block("dashboard").await;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, ["303", "<h1>Runs</h1>", "410"], "{stdout}");
+}

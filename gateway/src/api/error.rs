@@ -259,11 +259,11 @@ pub async fn error_bodies(request: Request, next: Next) -> Response {
     let pending = match pending {
         Some(pending) => pending,
         None if status.is_client_error() || status.is_server_error() => {
-            let is_json = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            if is_json {
+            // JSON bodies are already in shape; HTML ones are the dashboard's error pages.
+            let shaped = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+                v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+            });
+            if shaped {
                 return response;
             }
             framework_error(status)

@@ -195,7 +195,7 @@ fn function_of(d: &wire::Dispatch) -> &str {
 }
 
 fn state_badge(d: &wire::Dispatch) -> Markup {
-    html! { span.state class=(format!("st-{}", d.state)) data-live=(d.id) { (d.state.to_string()) } }
+    html! { span class=(format!("state st-{}", d.state)) data-live=(d.id) { (d.state.to_string()) } }
 }
 
 fn labels_list(labels: &BTreeMap<String, String>) -> Markup {
@@ -348,7 +348,7 @@ pub fn run(
                         tr {
                             td { (time(e.at)) }
                             td { (e.from_state.map(|s| s.to_string()).unwrap_or_default()) }
-                            td { span.state class=(format!("st-{}", e.to_state)) { (e.to_state.to_string()) } }
+                            td { span class=(format!("state st-{}", e.to_state)) { (e.to_state.to_string()) } }
                             td { (e.actor) }
                             td { (e.reason.as_deref().unwrap_or("")) }
                         }
@@ -433,7 +433,7 @@ pub fn clusters(
             @let c = &view.row;
             @let spec = serde_json::from_value::<wire::ClusterSpec>(c.spec.clone()).unwrap_or_default();
             section.cluster {
-                h2 { (c.name) " " span.state class=(format!("cl-{}", word(c.state))) { (word(c.state)) } }
+                h2 { (c.name) " " span class=(format!("state cl-{}", word(c.state))) { (word(c.state)) } }
                 p {
                     "provider " strong { (c.provider) }
                     @if let Some(kind) = &spec.instance_type { " · instance type " strong { (kind) } }

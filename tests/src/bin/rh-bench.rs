@@ -262,6 +262,17 @@ async fn main() -> anyhow::Result<()> {
         vec![list_p99],
     ));
 
+    // The dashboard's runs page over the same rows, rendered by the gateway.
+    let (runs_p50, runs_p99) = runs_page_with_rows(&stack, &token).await?;
+    figures.push(fig(
+        "ui_runs_page_p50_ms",
+        "GET /ui/runs at the listing's row count: unfiltered, by label, by function (p50)",
+        "ms",
+        "<= 50",
+        vec![runs_p50],
+    ));
+    figures.push(fig("ui_runs_page_p99_ms", "GET /ui/runs, as above (p99)", "ms", "", vec![runs_p99]));
+
     // Replicas: a dispatch created through this gateway, waited on through another.
     let wake = cross_replica_wake(&stack, &token, &noop, if plan.smoke { 5 } else { 300 }).await?;
     figures.push(fig(
@@ -726,6 +737,48 @@ async fn list_with_rows(stack: &Stack, token: &str, rows: i64) -> anyhow::Result
         }
     }
     Ok(quantile(&latencies, 0.99))
+}
+
+/// Times the dashboard's runs page (50 rows, rendered server-side) over the
+/// rows `list_with_rows` left in the table: alternately unfiltered, filtered by
+/// a label on every row, and by the function every row has. Signs in the way
+/// a browser does: a one-time link, then its session cookie.
+async fn runs_page_with_rows(stack: &Stack, token: &str) -> anyhow::Result<(f64, f64)> {
+    let link: Value = stack
+        .client
+        .post(format!("{}/v1/ui/login-links", stack.url))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let signed_in = browser.get(format!("{}{}", stack.url, link["path"].as_str().unwrap_or_default())).send().await?;
+    let cookie = signed_in
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("the login link set no session cookie")?
+        .to_owned();
+    let mut latencies = Vec::new();
+    for i in 0..150 {
+        let query = match i % 3 {
+            0 => "",
+            1 => "?label=dag_id%3Dbench",
+            _ => "?function=json%3Adumps",
+        };
+        let started = Instant::now();
+        let response = browser.get(format!("{}/ui/runs{query}", stack.url)).header("cookie", &cookie).send().await?;
+        anyhow::ensure!(response.status().is_success(), "runs page failed: {}", response.status());
+        let html = response.text().await?;
+        anyhow::ensure!(html.contains("<table class=\"runs\">"), "the runs page listed nothing");
+        if i >= 15 {
+            latencies.push(ms(started.elapsed()));
+        }
+    }
+    Ok((quantile(&latencies, 0.5), quantile(&latencies, 0.99)))
 }
 
 fn rss_mb(pid: u32) -> f64 {

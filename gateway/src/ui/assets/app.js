@@ -163,6 +163,7 @@ class LogView {
   }
 
   newline() {
+    this.render();
     if (this.line === null) {
       // An empty line.
       this.line = document.createElement("div");
