@@ -44,7 +44,7 @@ def test_the_dag_runs_gantt_and_each_tasks_extra_link_open_in_the_dashboard(ml_p
     page.click("text=Gantt of this DAG run")
     bars = page.locator("svg.gantt a")
     assert bars.count() == 5
-    labels = page.locator("svg.gantt text.row-label").all_inner_texts()
+    labels = page.locator("svg.gantt text.row-label").all_text_contents()
     assert sorted(labels) == ["accuracy", "predict", "preprocess", "split", "train"], labels
     assert page.locator("svg.gantt rect.st-succeeded").count() == 5
     assert page.locator("svg.gantt rect.queued").count() == 5
