@@ -83,7 +83,7 @@ phase "hostile input (schemathesis over the served OpenAPI document)" ./scripts/
 run_airflow() {
     ./scripts/airflow.sh 2>&1 | tee -a "$test_log"
 }
-phase "airflow provider (real Airflow 3.3 against a local stack)" run_airflow
+phase "airflow provider and dashboard (real Airflow 3.3, headless Chromium, one local stack)" run_airflow
 run_prefect() {
     ./scripts/prefect.sh 2>&1 | tee -a "$test_log"
 }

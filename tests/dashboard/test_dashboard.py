@@ -17,7 +17,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent / "project"))
 
 import ui_jobs  # noqa: E402
-from rh_browser import login_link
+from rh_browser import login_link, note
 from rh_stack import mint_token
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
@@ -115,7 +115,7 @@ def test_output_appears_live_with_colours_and_one_line_per_progress_bar(dashboar
     summary = {"lines": len(latencies), "first_s": round(first, 3), "median_s": round(statistics.median(latencies), 3),
                "p95_s": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 3)}
     (dashboard.shots / "live-log-latency.json").write_text(json.dumps(summary))
-    print(f"\nlive output latency in the browser: {summary}")
+    note(f"live output latency in the browser: {summary}")
     assert first < 1.0, summary  # the bar: the first line within 1 s
     assert page.locator("#log .fg-green").first.inner_text().startswith("tick 0")
     assert finished(ticker) == "succeeded"

@@ -69,9 +69,25 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+# What the session's summary reports: where the screenshots went, and notes the tests left.
+_REPORT: dict[str, Any] = {"shots": None, "notes": []}
+
+
+def note(line: str) -> None:
+    """A line for the end-of-session summary (shown even when output is captured)."""
+    _REPORT["notes"].append(line)
+
+
 @pytest.fixture(scope="session")
 def dashboard(browser: Any, stack: dict[str, Any]) -> Iterator[Dashboard]:
     shots = Path(os.environ.get("RH_SCREENSHOTS") or tempfile.mkdtemp(prefix="rh-dashboard-shots-"))
     shots.mkdir(parents=True, exist_ok=True)
+    _REPORT["shots"] = shots
     yield Dashboard(browser, stack, shots)
-    print(f"\ndashboard screenshots: {shots}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _REPORT["shots"] is not None:
+        terminalreporter.write_line(f"dashboard screenshots: {_REPORT['shots']}")
+    for line in _REPORT["notes"]:
+        terminalreporter.write_line(line)

@@ -118,19 +118,34 @@ pub fn outcomes(hours: &[FunctionHour]) -> Markup {
             text.axis x=(WIDTH - 20.0) y=(height - 8.0) text-anchor="end" { (last.hour.format("%b %d %H:00")) }
             @for hour in hours {
                 @let bx = 60.0 + (hour.hour - first.hour).num_hours() as f64 / slots * (WIDTH - 80.0);
-                @let mut top = 10.0 + plot_h;
-                @for (class, count) in [("st-succeeded", hour.succeeded), ("st-failed", hour.failed), ("st-cancelled", hour.cancelled), ("st-timed_out", hour.timed_out)] {
-                    @if count > 0 {
-                        @let h = count as f64 / max * plot_h;
-                        @let _ = { top -= h; };
-                        rect class=(class) x=(bx) y=(top) width=(bar_w - 1.0) height=(h) {
-                            title { (hour.hour.format("%b %d %H:00")) ": " (count) " " (class.trim_start_matches("st-")) }
-                        }
+                @for (class, count, top, h) in stack(hour, max, plot_h) {
+                    rect class=(class) x=(bx) y=(top) width=(bar_w - 1.0) height=(h) {
+                        title { (hour.hour.format("%b %d %H:00")) ": " (count) " " (class.trim_start_matches("st-")) }
                     }
                 }
             }
         }
     }
+}
+
+/// One hour's outcome segments, bottom up: (class, count, top y, height).
+fn stack(hour: &FunctionHour, max: f64, plot_h: f64) -> Vec<(&'static str, i64, f64, f64)> {
+    let mut top = 10.0 + plot_h;
+    let counts = [
+        ("st-succeeded", hour.succeeded),
+        ("st-failed", hour.failed),
+        ("st-cancelled", hour.cancelled),
+        ("st-timed_out", hour.timed_out),
+    ];
+    counts
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(class, count)| {
+            let h = count as f64 / max * plot_h;
+            top -= h;
+            (class, count, top, h)
+        })
+        .collect()
 }
 
 /// About five round tick positions (ms) across a span.
