@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for UiSession {
         if cross_site {
             return Err(pages::reload(&here).into_response());
         }
-        let next = url_encode(&here);
+        let next = pages::encode(&here);
         Err(Redirect::to(&format!("/ui/login?next={next}")).into_response())
     }
 }
@@ -194,15 +194,6 @@ fn safe_next(next: Option<&str>) -> String {
         }
         _ => "/ui/runs".to_owned(),
     }
-}
-
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
