@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,14 +40,29 @@ def wait_until(what: str, condition: Callable[[], Any], timeout: float = 60, int
         time.sleep(interval)
 
 
-def http(method: str, url: str, body: Any = None, token: str | None = None) -> Any:
+def http(method: str, url: str, body: Any = None, token: str | None = None, retry_for: float = 30) -> Any:
+    """One JSON request. A 503 is retried until ``retry_for`` seconds have passed.
+
+    The Prefect server answers 503 when its SQLite database is busy (``is_client_retryable_exception``
+    in ``prefect.server.api.server``) and its own client retries those; so does this helper, with a
+    short backoff, instead of failing a test on a lock another writer held for a moment.
+    """
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read().decode()
-    return json.loads(text) if text else None
+    deadline = time.monotonic() + retry_for
+    backoff = 0.05
+    while True:
+        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+            return json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or time.monotonic() + backoff > deadline:
+                raise
+            time.sleep(backoff)  # retry backoff on the server's own "try again" answer, not synchronisation
+            backoff = min(backoff * 2, 1.0)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +73,7 @@ def stack() -> Iterator[dict[str, Any]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["RH_GATEWAY_COMPUTE__LOCAL_WORK_DIR"] = str(work / "nodes")  # removed with the work folder
     log_path = work / "dev.log"
     log = open(log_path, "w")
     binary = Path(os.environ["RH_BIN_DIR"]) / "rh-gateway"

@@ -83,6 +83,7 @@ def stack() -> Iterator[dict[str, Any]]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["RH_GATEWAY_COMPUTE__LOCAL_WORK_DIR"] = str(work / "nodes")  # removed with the work folder
     log_path = work / "dev.log"
     log = open(log_path, "w")
     process = subprocess.Popen([_bin("rh-gateway"), "dev", "--listen", f"127.0.0.1:{port}"], cwd=work, env=env,

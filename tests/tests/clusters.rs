@@ -69,6 +69,14 @@ async fn a_local_cluster_of_two_nodes_runs_work_then_autostops_and_its_processes
         .unwrap();
     let (_, nodes) = stack.get("/v1/nodes").await;
     assert!(nodes["items"].as_array().unwrap().iter().all(|n| n["state"] == "lost"), "{nodes}");
+    // A terminated node's folder (work files, virtualenvs, log) is removed once its process is gone.
+    let folders = stack.work.join("local-nodes");
+    stack
+        .wait_until(Duration::from_secs(10), "the node folders to be removed", || async {
+            std::fs::read_dir(&folders).map(|entries| entries.count() == 0).unwrap_or(true)
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

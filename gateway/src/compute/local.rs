@@ -97,9 +97,21 @@ impl Provider for LocalProvider {
         let Ok(pid) = provider_id.parse::<i32>() else { return Ok(()) };
         // The node leads its own process group; its workers are in theirs and die with it.
         if killpg(Pid::from_raw(pid), Signal::SIGTERM).is_ok() {
+            let dir = self.dir.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                // Up to 5 s to exit cleanly, then SIGKILL; once it is gone its folder
+                // (work files, virtualenvs, log) goes too, so terminated nodes leave nothing.
+                let gone = || process_state(pid).is_none_or(|state| state == "Z");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !gone() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if !gone() {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                if let Some(folder) = folder_of_pid(&dir, pid) {
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(folder)).await;
+                }
             });
         }
         Ok(())
@@ -130,9 +142,8 @@ impl Provider for LocalProvider {
 fn read_instance(dir: &Path, key: &str) -> Option<Instance> {
     let pid: u32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    if state == Some("Z") || !String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg == key) {
+    let state = process_state(pid as i32);
+    if state.as_deref() == Some("Z") || !String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg == key) {
         return None;
     }
     let cluster_id = std::fs::read_to_string(dir.join("cluster")).ok().and_then(|s| s.trim().parse::<Uuid>().ok());
@@ -142,6 +153,21 @@ fn read_instance(dir: &Path, key: &str) -> Option<Instance> {
         instance_key: Some(key.to_owned()),
         location: String::new(),
     })
+}
+
+/// The state letter of process `pid` from `/proc` (`Z` for a zombie), if it exists.
+fn process_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().next()?.to_owned())
+}
+
+/// The instance folder whose pid file names `pid`.
+fn folder_of_pid(dir: &Path, pid: i32) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| std::fs::read_to_string(path.join("pid")).is_ok_and(|text| text.trim() == pid.to_string()))
 }
 
 fn unavailable(what: &str, err: std::io::Error) -> ProviderError {
