@@ -317,7 +317,7 @@ impl Calls {
             Work::Construct { id, .. } => Some(*id),
             _ => None,
         };
-        let outputs_dir = match self.outputs.create(id) {
+        let outputs_dir = match self.outputs.take() {
             Ok(dir) => Some(dir),
             Err(err) => {
                 tracing::warn!(dispatch_id = %id, error = %err, "cannot make the call's output folder");
@@ -365,8 +365,8 @@ impl Calls {
             (Ending::Finished(Ok(_)), Some(dir)) => Some(self.keep_outputs(id, dir).await),
             _ => None,
         };
-        if let Some(dir) = &outputs_dir {
-            self.outputs.remove(dir);
+        if let Some(dir) = outputs_dir {
+            self.outputs.remove_later(dir);
         }
         drop(output_tx);
         // Output shipped while the call ran is stored; what is left goes with

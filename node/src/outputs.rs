@@ -1,6 +1,13 @@
 //! A call's `$RH_OUTPUTS`: a folder the node makes for each call, whose
 //! files become the dispatch's artifacts when the call ends.
 //!
+//! Making and removing a folder are metadata writes that can wait behind
+//! the file system's journal (on a disk Postgres is flushing, several
+//! milliseconds), so neither happens on a call's path: a few empty folders
+//! are made ahead of time, and a finished call's folder is removed after
+//! it. A folder is never given to a second call, so a process the first
+//! left behind cannot write into another call's outputs.
+//!
 //! Everything in it is checked before anything is uploaded: regular files
 //! only (a symbolic link could point anywhere on the node), UTF-8 paths the
 //! gateway accepts, and the gateway's limits. A folder that breaks a rule
@@ -8,7 +15,8 @@
 //! keeping part of what the call asked to keep.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::gateway::{self, GatewayClient};
 
@@ -18,7 +26,14 @@ pub struct Outputs {
     /// The worker user, when workers run as another user than the daemon.
     owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
     limits: Mutex<wire::ArtifactLimits>,
+    /// Empty folders made ahead of calls.
+    ready: Mutex<Vec<PathBuf>>,
+    /// Whether a task is making more of them.
+    refilling: AtomicBool,
 }
+
+/// How many empty folders are kept ready.
+const READY_FOLDERS: usize = 8;
 
 /// One file to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,13 +55,23 @@ const DEFAULT_LIMITS: wire::ArtifactLimits =
     wire::ArtifactLimits { max_file_bytes: 1 << 30, max_call_bytes: 4 << 30, max_files: 1_000 };
 
 impl Outputs {
-    /// Output folders under `root` (made now), owned by `owner` if given.
+    /// Output folders under `root` (made now, and emptied of any a previous
+    /// run of the node left), owned by `owner` if given.
     pub fn new(root: PathBuf, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> std::io::Result<Outputs> {
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
         std::fs::create_dir_all(&root)?;
         if let Some((uid, gid)) = owner {
             nix::unistd::chown(&root, Some(uid), Some(gid))?;
         }
-        Ok(Outputs { root, owner, limits: Mutex::new(DEFAULT_LIMITS) })
+        Ok(Outputs {
+            root,
+            owner,
+            limits: Mutex::new(DEFAULT_LIMITS),
+            ready: Mutex::default(),
+            refilling: AtomicBool::new(false),
+        })
     }
 
     /// The limits the gateway announced at registration.
@@ -54,10 +79,35 @@ impl Outputs {
         *self.limits.lock().expect("limits lock poisoned") = limits;
     }
 
-    /// Makes (empty) the output folder of call `id`.
-    pub fn create(&self, id: wire::DispatchId) -> std::io::Result<PathBuf> {
-        let dir = self.root.join(id.to_string());
-        let _ = std::fs::remove_dir_all(&dir);
+    /// An empty output folder for one call: one made ahead of time if there
+    /// is one (and more are made in the background), else one made now.
+    pub fn take(self: &Arc<Self>) -> std::io::Result<PathBuf> {
+        let ready = self.ready.lock().expect("folders lock poisoned").pop();
+        let dir = match ready {
+            Some(dir) => dir,
+            None => self.make()?,
+        };
+        if !self.refilling.swap(true, Ordering::AcqRel) {
+            let outputs = self.clone();
+            tokio::task::spawn_blocking(move || {
+                while outputs.ready.lock().expect("folders lock poisoned").len() < READY_FOLDERS {
+                    match outputs.make() {
+                        Ok(dir) => outputs.ready.lock().expect("folders lock poisoned").push(dir),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot make an output folder ahead of a call");
+                            break;
+                        }
+                    }
+                }
+                outputs.refilling.store(false, Ordering::Release);
+            });
+        }
+        Ok(dir)
+    }
+
+    /// Makes one empty folder only the worker user can use.
+    fn make(&self) -> std::io::Result<PathBuf> {
+        let dir = self.root.join(uuid::Uuid::new_v4().simple().to_string());
         std::fs::create_dir(&dir)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         if let Some((uid, gid)) = self.owner {
@@ -66,13 +116,15 @@ impl Outputs {
         Ok(dir)
     }
 
-    /// Removes a call's output folder (its files are uploaded or not wanted).
-    pub fn remove(&self, dir: &Path) {
-        if let Err(err) = std::fs::remove_dir_all(dir) {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a call's output folder");
+    /// Removes a call's output folder (its files are uploaded or not wanted), in the background.
+    pub fn remove_later(&self, dir: PathBuf) {
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = std::fs::remove_dir_all(&dir) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a call's output folder");
+                }
             }
-        }
+        });
     }
 
     /// The files of `dir` to keep, checked against the rules and limits.
@@ -188,15 +240,41 @@ pub fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    fn outputs() -> (Outputs, PathBuf) {
+    fn outputs() -> (Arc<Outputs>, PathBuf) {
         let root = std::env::temp_dir().join(format!("rh-outputs-test-{}", uuid::Uuid::new_v4().simple()));
-        (Outputs::new(root.clone(), None).unwrap(), root)
+        (Arc::new(Outputs::new(root.clone(), None).unwrap()), root)
+    }
+
+    #[tokio::test]
+    async fn every_call_gets_a_new_empty_folder_and_spares_are_made_ahead() {
+        let (outputs, root) = outputs();
+        let first = outputs.take().unwrap();
+        std::fs::write(first.join("model.bin"), b"1").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while outputs.ready.lock().unwrap().len() < READY_FOLDERS {
+            assert!(std::time::Instant::now() < deadline, "the spare folders were not made");
+            tokio::task::yield_now().await;
+        }
+        let second = outputs.take().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read_dir(&second).unwrap().count(), 0);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&second).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700);
+        outputs.remove_later(first.clone());
+        while first.exists() {
+            assert!(std::time::Instant::now() < deadline, "the used folder was not removed");
+            tokio::task::yield_now().await;
+        }
+        // A restarted node starts from an empty root.
+        drop(Outputs::new(root.clone(), None).unwrap());
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn files_in_folders_are_kept_by_relative_path() {
         let (outputs, root) = outputs();
-        let dir = outputs.create(wire::DispatchId(uuid::Uuid::new_v4())).unwrap();
+        let dir = outputs.make().unwrap();
         std::fs::create_dir_all(dir.join("plots")).unwrap();
         std::fs::write(dir.join("plots/iris.png"), b"png").unwrap();
         std::fs::write(dir.join("model.bin"), b"12345").unwrap();
@@ -209,7 +287,7 @@ mod tests {
     #[test]
     fn links_and_oversized_files_are_refused_with_their_names() {
         let (outputs, root) = outputs();
-        let dir = outputs.create(wire::DispatchId(uuid::Uuid::new_v4())).unwrap();
+        let dir = outputs.make().unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
         let refusal = outputs.collect(&dir).unwrap_err();
         assert_eq!(refusal.code, "artifact_rejected");

@@ -15,6 +15,17 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// `options` for hot connections. Their statements find rows by key or claim
+/// a slot, so one generic plan suits every parameter. Without this setting
+/// Postgres plans each of a statement's first five executions on every
+/// connection anew, and goes on planning whenever the generic plan's
+/// estimate looks costlier, and the create's and the report's statements
+/// are large. (With the setting database-wide, one run on this machine put
+/// a create over REST at 1.9 ms p50 instead of 2.6 ms.)
+pub fn options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("plan_cache_mode", "force_generic_plan")])
+}
+
 /// A bounded set of connections, opened on demand.
 #[derive(Clone)]
 pub struct HotConnections {

@@ -56,7 +56,7 @@ impl DataStore {
         // Half the connections serve the hot path, half everything else.
         let hot_max = (settings.max_connections / 2).max(1);
         let timeout = Duration::from_secs(settings.acquire_timeout_s);
-        let hot = hot::HotConnections::new(options.clone(), hot_max as usize, timeout);
+        let hot = hot::HotConnections::new(hot::options(options.clone()), hot_max as usize, timeout);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.saturating_sub(hot_max).max(1))
             // A broken connection fails its query, which callers see as
@@ -72,7 +72,7 @@ impl DataStore {
     pub fn from_pool(pool: PgPool) -> DataStore {
         let options = (*pool.connect_options()).clone();
         let max = pool.options().get_max_connections() as usize;
-        let hot = hot::HotConnections::new(options, max, pool.options().get_acquire_timeout());
+        let hot = hot::HotConnections::new(hot::options(options), max, pool.options().get_acquire_timeout());
         DataStore { pool, hot }
     }
 
