@@ -300,7 +300,9 @@ async fn main() -> anyhow::Result<()> {
         vec![fire_p99],
     ));
 
-    print_table(&plan, &figures, floor_ms);
+    let results_dir = e2e::workspace_root().join("bench/results");
+    let previous = previous_run(&results_dir.join("latest.json"));
+    print_table(&plan, &figures, floor_ms, &previous);
     println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
     if !plan.smoke {
         let results = json!({
@@ -319,7 +321,10 @@ async fn main() -> anyhow::Result<()> {
                 "ratio_to_floor": f.vs_floor.then(|| f.median() / floor_ms),
             }))).collect::<serde_json::Map<_, _>>(),
         });
-        let path = e2e::workspace_root().join("bench/results/latest.json");
+        let path = results_dir.join("latest.json");
+        if path.exists() {
+            std::fs::rename(&path, results_dir.join("previous.json"))?;
+        }
         std::fs::write(&path, serde_json::to_string_pretty(&results)?)?;
         println!("written to {}", path.display());
     }
@@ -817,7 +822,27 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
-fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64) {
+/// A figure of an earlier run: its median, and its ratio to that run's floor.
+struct Previous {
+    median: f64,
+    ratio_to_floor: Option<f64>,
+}
+
+/// The figures of the last full run (the results file this run replaces), by key.
+fn previous_run(path: &std::path::Path) -> std::collections::HashMap<String, Previous> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Default::default() };
+    let Ok(results) = serde_json::from_str::<Value>(&text) else { return Default::default() };
+    let Some(figures) = results["figures"].as_object() else { return Default::default() };
+    figures
+        .iter()
+        .filter_map(|(key, figure)| {
+            let median = figure["median"].as_f64()?;
+            Some((key.clone(), Previous { median, ratio_to_floor: figure["ratio_to_floor"].as_f64() }))
+        })
+        .collect()
+}
+
+fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64, previous: &std::collections::HashMap<String, Previous>) {
     println!();
     println!(
         "Runhouse Gateway benchmarks ({}; {}; median of {} run(s), min-max)",
@@ -825,20 +850,29 @@ fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64) {
         if plan.smoke { "SMOKE: tiny sizes, numbers mean nothing" } else { "release build, durable commits" },
         plan.runs
     );
-    println!("{:<72} {:>10} {:>19} {:>9}  vs floor", "measure", "median", "min-max", "target");
+    println!(
+        "{:<72} {:>10} {:>19} {:>9} {:>8} {:>16}",
+        "measure", "median", "min-max", "target", "vs floor", "previous run"
+    );
     for f in figures {
         let min = f.runs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let ratio = if f.vs_floor { format!("{:.1}x", f.median() / floor_ms) } else { String::new() };
+        let before = match previous.get(f.key) {
+            Some(Previous { median, ratio_to_floor: Some(r) }) => format!("{median:.2} ({r:.1}x)"),
+            Some(Previous { median, ratio_to_floor: None }) => format!("{median:.2}"),
+            None => "-".to_owned(),
+        };
         println!(
-            "{:<72} {:>7.2} {:<2} {:>8.2}-{:<10.2} {:>9}  {}",
+            "{:<72} {:>7.2} {:<2} {:>8.2}-{:<10.2} {:>9} {:>8} {:>16}",
             f.label,
             f.median(),
             short(f.unit),
             min,
             max,
             f.target,
-            ratio
+            ratio,
+            before
         );
     }
     println!("floor (sum of the three floor parts): {floor_ms:.2} ms");
