@@ -17,6 +17,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod node_client;
+pub mod node_link;
 pub mod notify;
 pub mod schedule;
 pub mod startup;

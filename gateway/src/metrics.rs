@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -53,6 +54,13 @@ pub struct Metrics {
     dispatches: Family<StateLabels, Gauge>,
     bundles: Gauge,
     watched: Gauge,
+    links: Gauge,
+    link_messages: Family<DirectionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,17 +87,41 @@ impl Default for Metrics {
             "Dispatches this replica has parked long-polls or live log followers for",
             watched.clone(),
         );
-        Metrics { registry: Mutex::new(registry), requests, dispatches, bundles, watched }
+        let links = Gauge::default();
+        registry.register("node_links", "Node links open to this replica", links.clone());
+        let link_messages = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "node_link_messages",
+            "Messages carried over node links: `to_nodes` counts requests this replica sent, \
+             `from_nodes` every message nodes sent",
+            link_messages.clone(),
+        );
+        Metrics { registry: Mutex::new(registry), requests, dispatches, bundles, watched, links, link_messages }
     }
 }
 
 impl Metrics {
     /// Renders the text exposition, with `counts` as the current dispatches by
     /// state, `bundles` as the number of stored bundles and `watched` as the
-    /// dispatches waited on here.
-    pub fn render(&self, counts: &[(DispatchState, i64)], bundles: i64, watched: i64) -> String {
+    /// dispatches waited on here, and `links` as this replica's node links.
+    pub fn render(
+        &self,
+        counts: &[(DispatchState, i64)],
+        bundles: i64,
+        watched: i64,
+        links: &crate::node_link::Links,
+    ) -> String {
+        use std::sync::atomic::Ordering;
         self.bundles.set(bundles);
         self.watched.set(watched);
+        self.links.set(links.count() as i64);
+        for (direction, total) in [("to_nodes", &links.sent), ("from_nodes", &links.received)] {
+            // Mirrors the links' own tally, which is the source of truth.
+            self.link_messages
+                .get_or_create(&DirectionLabels { direction })
+                .inner()
+                .store(total.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         for state in DispatchState::ALL {
             let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             self.dispatches.get_or_create(&StateLabels { state: state.to_string() }).set(count);

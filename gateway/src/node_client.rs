@@ -1,13 +1,18 @@
 //! Gateway → node calls. Each request carries a short-lived JWT signed with
 //! the node's own key (sent at registration), so a node runs code only for
-//! its gateway.
+//! its gateway, whether the request travels over the node's link or HTTP.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use link::LinkError;
+use reqwest::StatusCode;
 use serde::Serialize;
 
 use crate::db::NodeEndpoint;
+use crate::node_link::Links;
 
 /// Why a call could not be handed to a node.
 #[derive(Debug, thiserror::Error)]
@@ -38,22 +43,36 @@ struct GatewayClaims<'a> {
     exp: i64,
 }
 
-/// A small typed client for the node API.
+/// A small typed client for the node API: over the node's link when this
+/// replica holds it, else over HTTP to the address the node registered.
 #[derive(Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
+    /// The node links this replica holds.
+    pub links: Arc<Links>,
 }
 
 impl Default for NodeClient {
     fn default() -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(64)
             .build()
             .expect("reqwest client");
-        NodeClient { http }
+        NodeClient { http, links: Arc::default() }
     }
+}
+
+/// How long a node has to answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a request to a node has no answer.
+enum NoAnswer {
+    /// It certainly did not reach the node.
+    NotSent(String),
+    /// It may or may not have.
+    Unknown(String),
 }
 
 impl NodeClient {
@@ -68,31 +87,51 @@ impl NodeClient {
         .expect("HS256 signing cannot fail")
     }
 
+    /// `POST path` on the node, signed for it, with `body`: over its link if
+    /// this replica holds one, else (or if that link just closed) over HTTP.
+    async fn post<T: Serialize>(
+        &self,
+        node: &NodeEndpoint,
+        path: &str,
+        body: Option<&T>,
+    ) -> Result<link::Answer, NoAnswer> {
+        let token = Self::token(node);
+        if let Some(peer) = self.links.get(node.node_id) {
+            self.links.sent.fetch_add(1, Ordering::Relaxed);
+            match peer.request("POST", path, Some(&token), body, REQUEST_TIMEOUT).await {
+                Ok(answer) => return Ok(answer),
+                Err(LinkError::Closed) => {}
+                Err(err) => return Err(NoAnswer::Unknown(err.to_string())),
+            }
+        }
+        let mut request = self.http.post(format!("{}{path}", node.address.trim_end_matches('/'))).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|err| {
+            if err.is_connect() || err.is_builder() {
+                NoAnswer::NotSent(err.to_string())
+            } else {
+                NoAnswer::Unknown(err.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        Ok(link::Answer { status, body: response.text().await.unwrap_or_default() })
+    }
+
     /// Hands a call to the node. A node that already has the call answers 2xx too.
     pub async fn start(&self, node: &NodeEndpoint, call: &wire::StartCall) -> Result<(), ForwardError> {
-        let response = self
-            .http
-            .post(format!("{}/calls", node.address.trim_end_matches('/')))
-            .bearer_auth(Self::token(node))
-            .json(call)
-            .send()
-            .await
-            .map_err(|err| {
-                if err.is_connect() || err.is_builder() {
-                    ForwardError::Refused { message: err.to_string(), unreachable: true }
-                } else {
-                    ForwardError::Unknown(err.to_string())
-                }
-            })?;
-        let status = response.status();
+        let answer = self.post(node, "/calls", Some(call)).await.map_err(|err| match err {
+            NoAnswer::NotSent(message) => ForwardError::Refused { message, unreachable: true },
+            NoAnswer::Unknown(message) => ForwardError::Unknown(message),
+        })?;
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
         if status.is_success() {
-            return Ok(());
-        }
-        let body = response.text().await.unwrap_or_default();
-        if status.is_client_error() || status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-            Err(ForwardError::Refused { message: format!("{status}: {body}"), unreachable: false })
+            Ok(())
+        } else if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE {
+            Err(ForwardError::Refused { message: format!("{status}: {}", answer.body), unreachable: false })
         } else {
-            Err(ForwardError::Unknown(format!("{status}: {body}")))
+            Err(ForwardError::Unknown(format!("{status}: {}", answer.body)))
         }
     }
 
@@ -103,33 +142,26 @@ impl NodeClient {
         dispatch_id: uuid::Uuid,
         cancel: &wire::CancelCall,
     ) -> Result<CancelOutcome, String> {
-        let response = self
-            .http
-            .post(format!("{}/calls/{dispatch_id}/cancel", node.address.trim_end_matches('/')))
-            .bearer_auth(Self::token(node))
-            .json(cancel)
-            .send()
-            .await
-            .map_err(|err| err.to_string())?;
-        match response.status() {
-            s if s.is_success() => Ok(CancelOutcome::Accepted),
-            reqwest::StatusCode::NOT_FOUND => Ok(CancelOutcome::UnknownCall),
+        let answer = self.post(node, &format!("/calls/{dispatch_id}/cancel"), Some(cancel)).await.map_err(text)?;
+        match answer.status {
+            s if (200..300).contains(&s) => Ok(CancelOutcome::Accepted),
+            404 => Ok(CancelOutcome::UnknownCall),
             s => Err(format!("node answered {s}")),
         }
     }
 
     /// Asks the node to stop an instance's worker (404: it has none; also done).
     pub async fn stop_instance(&self, node: &NodeEndpoint, instance_id: uuid::Uuid) -> Result<(), String> {
-        let response = self
-            .http
-            .post(format!("{}/instances/{instance_id}/stop", node.address.trim_end_matches('/')))
-            .bearer_auth(Self::token(node))
-            .send()
-            .await
-            .map_err(|err| err.to_string())?;
-        match response.status() {
-            s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
+        let answer = self.post(node, &format!("/instances/{instance_id}/stop"), None::<&()>).await.map_err(text)?;
+        match answer.status {
+            s if (200..300).contains(&s) || s == 404 => Ok(()),
             s => Err(format!("node answered {s}")),
         }
+    }
+}
+
+fn text(err: NoAnswer) -> String {
+    match err {
+        NoAnswer::NotSent(message) | NoAnswer::Unknown(message) => message,
     }
 }

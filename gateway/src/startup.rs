@@ -48,6 +48,7 @@ impl Application {
         let artifacts = crate::artifact_store::ArtifactStore::open(&settings.artifacts, installation)
             .context("cannot open the artifact store")?;
         tracing::info!(store = %artifacts.url, "artifact store");
+        let creates = crate::app::group::CreateGroups::start(db.clone());
         let app = App {
             artifacts,
             provisioner: Arc::new(Notify::new()),
@@ -59,6 +60,7 @@ impl Application {
             notifier: Notifier::default(),
             log_notifier: Notifier::default(),
             nodes: NodeClient::default(),
+            creates,
             placement: Arc::new(Notify::new()),
             bundles_seen: Arc::default(),
             node_ids: Arc::default(),

@@ -94,6 +94,11 @@ pub struct RunArgs {
     #[arg(long, env = "RH_NODE_NO_RUN_RECORDS", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub no_run_records: bool,
+    /// Talk to the gateway over HTTP requests only, without the long-lived
+    /// link (a WebSocket) that carries calls, cancels, heartbeats and reports.
+    #[arg(long, env = "RH_NODE_NO_LINK", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_link: bool,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -218,6 +223,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(%name, cluster = %identity.cluster, %address, node_id = %node_id.0, "node registered");
     let _ = prewarm.await;
 
+    // Heartbeat at once whenever the link (re)opens: the gateway reconciles.
+    let link_opened = Arc::new(tokio::sync::Notify::new());
+    let link = (!args.no_link).then(|| {
+        tokio::spawn(crate::link::run(
+            gateway.clone(),
+            state.node_id.clone(),
+            api::router(state.clone()),
+            link_opened.clone(),
+        ))
+    });
     let mut interval = tokio::time::interval(Duration::from_secs(node_id.1.max(1).into()));
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -225,6 +240,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut stop => break,
             _ = interval.tick() => {}
+            _ = link_opened.notified() => {}
         }
         let heartbeat = wire::Heartbeat {
             running: calls.running().into_iter().map(|c| c.dispatch_id).collect(),
@@ -238,6 +254,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if let Ok(again) = register(&gateway, &registration, &calls).await {
                     node_id = again;
                     *state.node_id.write().expect("lock poisoned") = Some(node_id.0);
+                    // The link belonged to the node's old registration.
+                    gateway.close_link();
                 }
             }
             Err(gateway::Error::Refused { status, body }) if status == reqwest::StatusCode::UNAUTHORIZED => {
@@ -249,6 +267,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    if let Some(link) = link {
+        link.abort();
+    }
     server.abort();
     drop(pool);
     cgroups.remove();

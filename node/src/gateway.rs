@@ -2,15 +2,20 @@
 //! downloads. Reports and log batches are retried until the gateway
 //! acknowledges them, so a gateway restart loses nothing.
 //!
+//! Once the node's link to its gateway is open (see [`crate::link`]), these
+//! requests travel over it; while it is down they go over HTTP, so a dropped
+//! link delays nothing that retrying cannot deliver.
+//!
 //! A node may know several gateway replicas (they share one database, so
 //! any of them takes any request). It talks to one at a time and moves to
 //! the next when the current one cannot be reached or fails (5xx); a
 //! refusal (4xx) is an answer and moves nothing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use link::{LinkError, Peer};
 use reqwest::StatusCode;
 
 /// A client for the gateway's node-facing routes.
@@ -22,7 +27,12 @@ pub struct GatewayClient {
     /// Index into `bases` of the replica in use.
     current: Arc<AtomicUsize>,
     token: String,
+    /// The link to the replica in use, while it is open.
+    link: Arc<RwLock<Option<Arc<Peer>>>>,
 }
+
+/// How long the gateway has to answer a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +51,45 @@ impl GatewayClient {
     pub fn new(bases: &str, token: &str) -> GatewayClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
+            .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("reqwest client");
-        GatewayClient { http, bases: Arc::new(split_bases(bases)), current: Arc::default(), token: token.to_owned() }
+        GatewayClient {
+            http,
+            bases: Arc::new(split_bases(bases)),
+            current: Arc::default(),
+            token: token.to_owned(),
+            link: Arc::default(),
+        }
+    }
+
+    /// This node's credential.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Sends requests over `peer` from now on.
+    pub(crate) fn set_link(&self, peer: Arc<Peer>) {
+        *self.link.write().expect("link lock poisoned") = Some(peer);
+    }
+
+    /// Goes back to HTTP, if `peer` is still the link in use.
+    pub(crate) fn clear_link(&self, peer: &Arc<Peer>) {
+        let mut link = self.link.write().expect("link lock poisoned");
+        if link.as_ref().is_some_and(|l| Arc::ptr_eq(l, peer)) {
+            *link = None;
+        }
+    }
+
+    /// Closes the link in use (it will be opened again).
+    pub(crate) fn close_link(&self) {
+        if let Some(peer) = self.link.read().expect("link lock poisoned").as_ref() {
+            peer.close();
+        }
+    }
+
+    fn open_link(&self) -> Option<Arc<Peer>> {
+        self.link.read().expect("link lock poisoned").clone().filter(|p| !p.is_closed())
     }
 
     /// The replica in use.
@@ -53,7 +98,7 @@ impl GatewayClient {
     }
 
     /// After `base` failed: use the next replica, unless another request moved on already.
-    fn fail_over(&self, base: &str) {
+    pub(crate) fn fail_over(&self, base: &str) {
         if self.bases.len() < 2 {
             return;
         }
@@ -66,11 +111,34 @@ impl GatewayClient {
         }
     }
 
-    async fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<reqwest::Response, Error> {
+    /// `POST path` with `body`, over the link if it is open; the answer's body.
+    async fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> Result<String, Error> {
+        if let Some(peer) = self.open_link() {
+            match peer.request("POST", path, None, Some(body), REQUEST_TIMEOUT).await {
+                Ok(answer) => {
+                    return match StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY) {
+                        status if status.is_success() => Ok(answer.body),
+                        status if status.is_client_error() => Err(Error::Refused { status, body: answer.body }),
+                        status => Err(Error::Unavailable(format!("{status}"))),
+                    };
+                }
+                // Not sent: HTTP carries it instead.
+                Err(LinkError::Closed) => {}
+                Err(err) => {
+                    // Sent, but no answer: the link is suspect. Reopening it
+                    // is the link task's job; the caller retries.
+                    peer.close();
+                    return Err(Error::Unavailable(err.to_string()));
+                }
+            }
+        }
         let base = self.base().to_owned();
         let sent = self.http.post(format!("{base}{path}")).bearer_auth(&self.token).json(body).send().await;
         let result = match sent {
-            Ok(response) => check(response).await,
+            Ok(response) => match check(response).await {
+                Ok(response) => response.text().await.map_err(|e| Error::Unavailable(e.to_string())),
+                Err(err) => Err(err),
+            },
             Err(e) => Err(Error::Unavailable(e.to_string())),
         };
         if let Err(Error::Unavailable(_)) = &result {
@@ -101,7 +169,8 @@ impl GatewayClient {
 
     /// Registers this node.
     pub async fn register(&self, node: &wire::RegisterNode) -> Result<wire::NodeRegistered, Error> {
-        self.post("/v1/nodes", node).await?.json().await.map_err(|e| Error::Unavailable(e.to_string()))
+        let body = self.post("/v1/nodes", node).await?;
+        serde_json::from_str(&body).map_err(|e| Error::Unavailable(format!("the gateway's answer: {e}")))
     }
 
     /// Sends a heartbeat. `Refused` with 404 means: register again.

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod envs;
 pub mod gateway;
+pub mod link;
 pub mod outputs;
 pub mod protocol;
 pub mod python;

@@ -357,6 +357,15 @@ fn template(args: &TemplateArgs) -> Result<CreateDispatch, Failure> {
 
 async fn dispatch(client: &Client, args: DispatchArgs, json: bool) -> Result<(), Failure> {
     let request = template(&args.template)?;
+    // Listen for Ctrl-C before the create, so one pressed while it is in
+    // flight still reaches the dispatch it makes (once it has an id).
+    let mut interrupt = match args.wait {
+        true => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| Failure::Usage(format!("cannot listen for Ctrl-C: {e}")))?,
+        ),
+        false => None,
+    };
     let dispatch = client.dispatch_create(request).await?;
     if !args.wait {
         print_dispatches(&[dispatch], json, true);
@@ -368,7 +377,7 @@ async fn dispatch(client: &Client, args: DispatchArgs, json: bool) -> Result<(),
     }
     let finished = tokio::select! {
         result = wait_streaming(client, id, json) => result?,
-        _ = tokio::signal::ctrl_c() => {
+        _ = async { interrupt.as_mut().expect("listening while waiting").recv().await } => {
             if args.cancel_on_interrupt || ask("\nCancel the remote run? [y/N] ") {
                 let dispatch = client.dispatch_cancel(id, Some("interrupted from rh".into())).await?;
                 eprintln!("cancel requested: {id} is {}", dispatch.state);

@@ -441,3 +441,66 @@ pub fn notebook_requirements() -> Vec<String> {
         .map(Into::into)
         .collect()
 }
+
+/// A TCP proxy in front of a server, whose open connections a test can cut
+/// (both ends see them drop, as after a network fault).
+pub struct Proxy {
+    /// `http://127.0.0.1:<port>` of the proxy.
+    pub url: String,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards connections to `target` (`http://host:port`).
+    pub async fn start(target: &str) -> anyhow::Result<Proxy> {
+        let upstream = target.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tracked = open.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let copying = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tracked.lock().expect("proxy lock poisoned").push(copying);
+            }
+        });
+        Ok(Proxy { url, open, accepting })
+    }
+
+    /// Drops every connection open now; new ones are still accepted.
+    pub fn cut(&self) {
+        for connection in self.open.lock().expect("proxy lock poisoned").drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
+impl Stack {
+    /// The value of the metric line starting with `series` (e.g.
+    /// `rh_node_links` or `rh_node_link_messages_total{direction="to_nodes"}`), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let Ok(response) = self.client.get(format!("{}/metrics", self.url)).send().await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|line| line.strip_prefix(series))
+            .find_map(|rest| rest.strip_prefix(' ').and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}

@@ -118,7 +118,7 @@ async fn ctrl_c_while_waiting_cancels_the_remote_run_when_asked_to() {
     let stack = Stack::start().await.unwrap();
     let _node = stack.start_node("n1", "local", 4).await.unwrap();
     let bundle = stack.fixture_bundle().await;
-    let mut child = Command::new(e2e::bin_dir().join("rh"))
+    let child = Command::new(e2e::bin_dir().join("rh"))
         .args(["dispatch", "pkg.jobs:sleepy", "--arg", "600", "--bundle", &bundle, "--cluster", "local"])
         .args(["--label", "suite=interrupt", "--wait", "--cancel-on-interrupt"])
         .env("RH_GATEWAY_URL", &stack.url)
@@ -137,8 +137,8 @@ async fn ctrl_c_while_waiting_cancels_the_remote_run_when_asked_to() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
     let done = stack.wait(&id, 30).await;
     assert_eq!(done["state"], "cancelled", "{done}");
     assert_eq!(done["cancellation"]["reason"], "interrupted from rh");

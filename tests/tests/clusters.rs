@@ -489,3 +489,104 @@ async fn killing_the_replica_that_started_a_clusters_nodes_leaves_exactly_two_an
     assert_eq!(logged(&stack, "machine terminated"), 2, "each replacement was terminated once");
     assert_eq!(logged(&stack, "cluster terminated"), 1);
 }
+
+/// Waits until this stack's gateway holds `count` node links.
+async fn links_open(stack: &Stack, count: f64) {
+    stack
+        .wait_until(Duration::from_secs(30), "the node's link to open", || async {
+            stack.metric("rh_node_links").await == count
+        })
+        .await
+        .unwrap();
+}
+
+/// How many lines of the gateway's log carry `message`.
+fn gateway_logged(stack: &Stack, message: &str) -> usize {
+    let log = std::fs::read_to_string(stack.work.join("gateway.log")).unwrap_or_default();
+    log.lines().filter(|line| line.contains(message)).count()
+}
+
+#[tokio::test]
+async fn cutting_a_nodes_link_mid_call_records_the_result_once_and_runs_nothing_twice() {
+    let stack = Stack::start().await.unwrap();
+    let proxy = e2e::Proxy::start(&stack.url).await.unwrap();
+    let _node = stack.start_node_with("n1", "local", 2, &proxy.url).await.unwrap();
+    links_open(&stack, 1.0).await;
+    let bundle = stack.fixture_bundle().await;
+    let (runs, gate) = (stack.work.join("runs.txt"), stack.work.join("gate"));
+    let args = json!([runs.display().to_string(), gate.display().to_string()]);
+    let id = stack.dispatch(&bundle, "pkg.jobs:gated_run", args, json!({})).await;
+    stack.wait_until(Duration::from_secs(60), "the call to run", || async { runs.exists() }).await.unwrap();
+    // The placement travelled over the link, not over HTTP.
+    assert!(stack.metric("rh_node_link_messages_total{direction=\"to_nodes\"}").await >= 1.0);
+    assert_eq!(gateway_logged(&stack, "node link open"), 1);
+
+    proxy.cut();
+    // The node opens a new link, and heartbeats over it at once (the reconcile).
+    stack
+        .wait_until(Duration::from_secs(30), "the node to open its link again", || async {
+            gateway_logged(&stack, "node link open") == 2 && stack.metric("rh_node_links").await == 1.0
+        })
+        .await
+        .unwrap();
+    let (_, running) = stack.get(&format!("/v1/dispatches/{id}")).await;
+    assert_eq!(running["state"], "running", "the reconcile keeps the call it is still running: {running}");
+
+    std::fs::write(&gate, "go").unwrap();
+    let done = stack.wait(&id, 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"], json!("through"), "{done}");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n", "the call ran exactly once");
+    let (_, events) = stack.get(&format!("/v1/dispatches/{id}/events")).await;
+    let states: Vec<&str> =
+        events["items"].as_array().unwrap().iter().map(|e| e["to_state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["queued", "running", "succeeded"], "{events}");
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_worker_over_the_link() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 2).await.unwrap();
+    links_open(&stack, 1.0).await;
+    let bundle = stack.fixture_bundle().await;
+    let (runs, gate) = (stack.work.join("runs.txt"), stack.work.join("never"));
+    let args = json!([runs.display().to_string(), gate.display().to_string()]);
+    let id = stack.dispatch(&bundle, "pkg.jobs:gated_run", args, json!({})).await;
+    stack.wait_until(Duration::from_secs(60), "the call to run", || async { runs.exists() }).await.unwrap();
+    let sent = stack.metric("rh_node_link_messages_total{direction=\"to_nodes\"}").await;
+    let (status, body) = stack.post(&format!("/v1/dispatches/{id}/cancel"), &json!({"reason": "test"})).await;
+    assert!(status.is_success(), "{status} {body}");
+    // `cancelled` is recorded only once the node confirms the worker stopped.
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert!(stack.metric("rh_node_link_messages_total{direction=\"to_nodes\"}").await > sent);
+}
+
+#[tokio::test]
+async fn the_link_route_opens_only_the_callers_own_node_and_only_as_a_websocket() {
+    let stack = Stack::start().await.unwrap();
+    let _node = stack.start_node("n1", "local", 1).await.unwrap();
+    let (_, nodes) = stack.get("/v1/nodes").await;
+    let id = nodes["items"][0]["id"].as_str().unwrap().to_owned();
+    let token = |name: &str| {
+        let binding = gateway::auth::NodeBinding { cluster: "local".into(), name: name.into() };
+        stack.keys.mint_node("default", &binding, Duration::from_secs(60), &uuid::Uuid::new_v4().to_string()).unwrap().0
+    };
+    let get = |path: String, token: String| {
+        let (client, url) = (stack.client.clone(), stack.url.clone());
+        async move {
+            let response = client.get(format!("{url}{path}")).bearer_auth(token).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = get(format!("/v1/nodes/{id}/link"), token("n1")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "not_an_upgrade", "{body}");
+    // Another node's credential (here: one never registered) cannot open n1's link.
+    let (status, body) = get(format!("/v1/nodes/{id}/link"), token("n2")).await;
+    assert_eq!(status, 404, "{body}");
+    // Nor can a token without the `node` scope.
+    let (status, body) = get(format!("/v1/nodes/{id}/link"), stack.admin_token()).await;
+    assert_eq!(status, 403, "{body}");
+}

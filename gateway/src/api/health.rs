@@ -55,7 +55,7 @@ pub async fn metrics(
     let counts = state.app.db.dispatch_count_by_state().await?;
     let bundles = state.app.db.bundle_count().await?;
     let watched = state.app.notifier.watched() as i64;
-    let text = state.metrics.render(&counts, bundles, watched);
+    let text = state.metrics.render(&counts, bundles, watched, &state.app.nodes.links);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
 }
 

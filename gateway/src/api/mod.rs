@@ -139,6 +139,7 @@ fn api_routes(report_limit_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::ui_login_link))
         .routes(routes!(nodes::node_register, nodes::node_list))
         .routes(routes!(nodes::node_heartbeat))
+        .routes(routes!(nodes::node_link))
         .routes(routes!(health::background_tasks))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -1,6 +1,10 @@
 //! `/v1/nodes`: node daemons register and heartbeat here.
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
 use uuid::Uuid;
 use wire::{Heartbeat, Node, NodeList, NodeRegistered, RegisterNode};
 
@@ -57,6 +61,48 @@ pub async fn node_heartbeat(
 ) -> Result<Json<Node>, ApiError> {
     let caller = auth.require(Scope::Node)?;
     Ok(Json(state.app.node_heartbeat(&caller, id, body).await?.into()))
+}
+
+/// Open the node's link: a WebSocket the node keeps open, over which the
+/// gateway sends it calls and cancels and it sends heartbeats, reports and
+/// output (each message a request of the receiver's own API). Only for the
+/// caller's own, registered node.
+#[utoipa::path(get, path = "/v1/nodes/{id}/link", tag = "nodes", operation_id = "node_link",
+    params(("id" = Uuid, Path, description = "The node id.")),
+    responses((status = 101, description = "Switched to the WebSocket protocol: the link is open."),
+        BadRequest, Unauthorized, Forbidden, NotFound, Unavailable),
+    security(("bearer" = ["node"])))]
+pub async fn node_link(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(id): Path<Uuid>,
+    headers: axum::http::HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let caller = auth.require(Scope::Node)?;
+    state.app.node_link_check(&caller, id).await?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_an_upgrade",
+            format!(
+                "this route opens a WebSocket: send GET with `Connection: upgrade`, `Upgrade: websocket`, \
+                 `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key` ({rejection})"
+            ),
+        )
+    })?;
+    // Authenticated already, so the header is there.
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(upgrade
+        .max_message_size(link::MAX_MESSAGE_BYTES)
+        .max_frame_size(link::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| crate::node_link::serve(state, id, token, socket)))
 }
 
 /// List the project's nodes, with their addresses.

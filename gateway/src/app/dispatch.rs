@@ -245,8 +245,9 @@ impl App {
         // write nor a committed dispatch that nobody forwards or places.
         let app = self.clone();
         let new_for_insert = new.clone();
+        // Alone, or grouped with other creates waiting (see `group`).
         let inserted = tokio::spawn(async move {
-            let inserted = app.db.dispatch_insert_and_place(&new_for_insert).await?;
+            let inserted = app.creates.insert(new_for_insert).await?;
             // Nobody can wait on a dispatch before its create returns: no one to wake.
             if let Some((row, node)) = &inserted {
                 match node {

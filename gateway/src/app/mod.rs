@@ -20,6 +20,7 @@ pub mod artifact;
 pub mod bundle;
 pub mod cluster;
 pub mod dispatch;
+pub mod group;
 pub mod logs;
 pub mod node;
 pub mod object;
@@ -40,6 +41,8 @@ pub struct App {
     /// Tells the other gateway replicas about changes.
     pub publisher: Publisher,
     pub nodes: NodeClient,
+    /// Creates waiting to be written, alone or grouped (see [`group`]).
+    pub creates: group::CreateGroups,
     /// Signals the placement task that there may be work to place.
     pub placement: Arc<Notify>,
     /// Clusters this replica has seen work queue up on, until placement

@@ -169,6 +169,18 @@ impl App {
         Ok(node)
     }
 
+    /// Checks that `node_id` is the caller's own registered node (before it opens its link).
+    pub async fn node_link_check(&self, caller: &Caller, node_id: Uuid) -> Result<()> {
+        let binding = caller.node().ok_or(Error::MissingNodeCredential)?;
+        match self.node_id_of(caller, binding).await? {
+            Some(id) if id == node_id => Ok(()),
+            _ => Err(Error::NotFound {
+                kind: "node",
+                id: format!("{node_id} for this credential (register with POST /v1/nodes first)"),
+            }),
+        }
+    }
+
     /// Every node of the caller's project (admin).
     pub async fn node_list(&self, caller: &Caller) -> Result<Vec<NodeRow>> {
         self.db.node_list(&caller.project, None).await

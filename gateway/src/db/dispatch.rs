@@ -304,6 +304,109 @@ impl DataStore {
         Ok(hot.finished(row)?.map(PlacedRow::split))
     }
 
+    /// Records several new dispatches as `queued` in one statement and one
+    /// commit (group commit: the placement task places them, oldest first,
+    /// also many per commit). Each result is its item's, in order: `None`
+    /// when the project already has a dispatch with that idempotency key.
+    ///
+    /// If the statement fails, each item is tried again on its own, so an
+    /// item the database refuses fails alone, with its own error, and the
+    /// others are stored.
+    pub async fn dispatch_insert_group(&self, news: &[&NewDispatch]) -> Vec<Result<Option<DispatchRow>>> {
+        match self.dispatch_insert_queued(news).await {
+            Ok(rows) => {
+                news.iter().map(|new| Ok(rows.iter().find(|r| r.dispatch_id == new.dispatch_id).cloned())).collect()
+            }
+            Err(err) if news.len() == 1 => vec![Err(err)],
+            Err(err) => {
+                tracing::debug!(error = %err, items = news.len(), "a grouped create failed; storing its items one by one");
+                let mut results = Vec::with_capacity(news.len());
+                for new in news {
+                    results.push(self.dispatch_insert_queued(&[new]).await.map(|mut rows| rows.pop()));
+                }
+                results
+            }
+        }
+    }
+
+    /// The statement behind [`DataStore::dispatch_insert_group`].
+    async fn dispatch_insert_queued(&self, news: &[&NewDispatch]) -> Result<Vec<DispatchRow>> {
+        let mut hot = self.hot.acquire().await?;
+        let column = |f: fn(&NewDispatch) -> Value| news.iter().map(|n| f(n)).collect::<Vec<Value>>();
+        let rows = sqlx::query_as!(
+            DispatchRow,
+            r#"
+            with input as (
+                select * from unnest(
+                    $1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[], $7::text[],
+                    $8::text[], $9::text[], $10::jsonb[], $11::int[], $12::text[], $13::text[], $14::jsonb[],
+                    $15::text[], $16::uuid[], $17::text[], $18::text[]
+                ) with ordinality as t(
+                    dispatch_id, project, function_ref, args, kwargs, cluster, idempotency_key,
+                    request_hash, requester, labels, timeout_s, function_name, bundle, requirements,
+                    cluster_project, object_id, method, cache_key, position
+                )
+            ),
+            inserted as (
+                insert into dispatch (
+                    dispatch_id, project, function_ref, args, kwargs, cluster,
+                    idempotency_key, request_hash, requester, labels, timeout_s,
+                    function_name, bundle, requirements, cluster_project, object_id, method, cache_key,
+                    state, generation
+                )
+                select dispatch_id, project, function_ref, args, kwargs, cluster,
+                       idempotency_key, request_hash, requester, labels, timeout_s,
+                       function_name, bundle, requirements, cluster_project, object_id, method, cache_key,
+                       'queued'::dispatch_state, 1
+                from input order by position
+                on conflict (project, idempotency_key) do nothing
+                returning *
+            ),
+            event as (
+                insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+                select dispatch_id, null::dispatch_state, 'queued'::dispatch_state, 1::bigint, requester, 'created'
+                from inserted
+            ),
+            labelled as (
+                insert into dispatch_label (project, key, value, dispatch_id)
+                select i.project, l.key, l.value, i.dispatch_id from inserted i, jsonb_each_text(i.labels) l
+            )
+            select
+                i.dispatch_id as "dispatch_id!", i.project as "project!", i.function_ref as "function_ref!",
+                i.function_name, i.bundle, i.requirements as "requirements!",
+                i.args as "args!", i.kwargs as "kwargs!", i.cluster as "cluster!", i.node_id,
+                i.state as "state!: DispatchState", i.generation as "generation!",
+                i.idempotency_key, i.request_hash as "request_hash!", i.requester as "requester!",
+                i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
+                i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
+                i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
+                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from
+            from inserted i
+            "#,
+            &news.iter().map(|n| n.dispatch_id).collect::<Vec<_>>(),
+            &news.iter().map(|n| n.project.clone()).collect::<Vec<_>>(),
+            &news.iter().map(|n| n.function_ref.clone()).collect::<Vec<_>>(),
+            &column(|n| n.args.clone()),
+            &column(|n| n.kwargs.clone()),
+            &news.iter().map(|n| n.cluster.clone()).collect::<Vec<_>>(),
+            &news.iter().map(|n| n.idempotency_key.clone()).collect::<Vec<_>>() as &[Option<String>],
+            &news.iter().map(|n| n.request_hash.clone()).collect::<Vec<_>>(),
+            &news.iter().map(|n| n.requester.clone()).collect::<Vec<_>>(),
+            &column(|n| n.labels.clone()),
+            &news.iter().map(|n| n.timeout_s).collect::<Vec<_>>() as &[Option<i32>],
+            &news.iter().map(|n| n.function_name.clone()).collect::<Vec<_>>() as &[Option<String>],
+            &news.iter().map(|n| n.bundle.clone()).collect::<Vec<_>>() as &[Option<String>],
+            &column(|n| n.requirements.clone()),
+            &news.iter().map(|n| n.cluster_project.clone()).collect::<Vec<_>>(),
+            &news.iter().map(|n| n.object_id).collect::<Vec<_>>() as &[Option<Uuid>],
+            &news.iter().map(|n| n.method.clone()).collect::<Vec<_>>() as &[Option<String>],
+            &news.iter().map(|n| n.cache_key.clone()).collect::<Vec<_>>() as &[Option<String>],
+        )
+        .fetch_all(hot.conn())
+        .await;
+        Ok(hot.finished(rows)?)
+    }
+
     /// The project's dispatch with this idempotency key.
     pub async fn dispatch_by_idempotency_key(&self, project: &str, key: &str) -> Result<Option<DispatchRow>> {
         let row = sqlx::query_as!(

@@ -234,3 +234,84 @@ async fn a_bad_list_filter_names_the_parameter() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(error["message"].as_str().unwrap().contains("colour"), "{error}");
 }
+
+/// A create as the API would build it, in project `default`, cluster `train`.
+fn new_dispatch(key: Option<&str>) -> gateway::db::NewDispatch {
+    gateway::db::NewDispatch {
+        dispatch_id: uuid::Uuid::now_v7(),
+        project: "default".into(),
+        function_ref: "json:dumps".into(),
+        function_name: None,
+        bundle: None,
+        requirements: json!([]),
+        args: json!([1]),
+        kwargs: json!({}),
+        cluster: "train".into(),
+        cluster_project: "default".into(),
+        idempotency_key: key.map(str::to_owned),
+        request_hash: "h".into(),
+        requester: "tester".into(),
+        labels: json!({"batch": "yes"}),
+        timeout_s: None,
+        object_id: None,
+        method: None,
+        cache_key: None,
+    }
+}
+
+#[tokio::test]
+async fn a_grouped_create_with_one_item_the_database_refuses_fails_only_that_item_and_stores_the_others() {
+    let app = spawn_app().await;
+    let settings = crate::helpers::test_settings(&app.database_url);
+    let db = gateway::db::DataStore::connect_lazy(&settings.database).unwrap();
+    let (first, third) = (new_dispatch(None), new_dispatch(Some("k1")));
+    // A method call without an object: the `dispatch_method_needs_object` check refuses it.
+    let mut refused = new_dispatch(None);
+    refused.method = Some("fit".into());
+    let results = db.dispatch_insert_group(&[&first, &refused, &third]).await;
+    assert_eq!(results.len(), 3);
+    let stored = results[0].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!((stored.dispatch_id, stored.state.to_string()), (first.dispatch_id, "queued".to_owned()));
+    // Its own error: the database's refusal (a 500 over the API, with the cause kept for the log).
+    let err = results[1].as_ref().unwrap_err();
+    let cause = std::error::Error::source(err).map(|s| s.to_string()).unwrap_or_default();
+    assert!(matches!(err, gateway::Error::Internal(_)) && cause.contains("dispatch_method_needs_object"), "{cause}");
+    assert_eq!(results[2].as_ref().unwrap().as_ref().unwrap().dispatch_id, third.dispatch_id);
+    // Stored whole: rows, creation events and labels; nothing of the refused item.
+    assert_eq!(app.count("dispatch").await, 2);
+    assert_eq!(app.count("dispatch_event").await, 2);
+    assert_eq!(app.count("dispatch_label").await, 2);
+
+    // The same idempotency key again, grouped with a new item: `None` for the key, the other stored.
+    let (again, fourth) = (new_dispatch(Some("k1")), new_dispatch(None));
+    let results = db.dispatch_insert_group(&[&again, &fourth]).await;
+    assert!(results[0].as_ref().unwrap().is_none());
+    assert_eq!(results[1].as_ref().unwrap().as_ref().unwrap().dispatch_id, fourth.dispatch_id);
+    assert_eq!(app.count("dispatch").await, 3);
+}
+
+#[tokio::test]
+async fn many_concurrent_creates_are_each_stored_once_with_their_events_and_labels() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let creates = (0..200).map(|i| {
+        let body = json!({"function": "json:dumps", "args": [i], "cluster": "train", "labels": {"n": i.to_string()},
+                          "idempotency_key": format!("key-{}", i % 150)});
+        let (app, token) = (&app, &token);
+        async move { app.post("/v1/dispatches", token, &body).await }
+    });
+    let answers = futures::future::join_all(creates).await;
+    let mut ids = HashSet::new();
+    for (status, dispatch) in &answers {
+        // 50 keys are used twice with different bodies: the second is a conflict, never a second row.
+        assert!(status.is_success() || *status == StatusCode::CONFLICT, "{status} {dispatch}");
+        if status.is_success() {
+            assert_eq!(dispatch["state"], "queued", "{dispatch}");
+            ids.insert(dispatch["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), 150);
+    assert_eq!(app.count("dispatch").await, 150);
+    assert_eq!(app.count("dispatch_event").await, 150);
+    assert_eq!(app.count("dispatch_label").await, 150);
+}

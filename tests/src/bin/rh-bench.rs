@@ -84,6 +84,9 @@ impl Figure {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--park-server") {
+        return park_server().await;
+    }
     let plan = Plan::new(std::env::args().any(|a| a == "--smoke"));
     if !plan.smoke {
         std::env::set_var("RH_E2E_DURABLE", "1");
@@ -142,6 +145,27 @@ async fn main() -> anyhow::Result<()> {
         fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
     without.vs_floor = true;
     figures.push(without);
+
+    // What the node link saves: the same no-op on a node talking plain HTTP requests.
+    let _http_only =
+        stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?;
+    let plain = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "nolink"});
+    for _ in 0..20 {
+        create_and_wait(&stack.client, &stack.url, &token, &plain).await?;
+    }
+    let mut plain_p50s = Vec::new();
+    for _ in 0..plan.runs {
+        plain_p50s.push(quantile(&sequential(&stack, &token, &plain, plan.sequential).await?, 0.50));
+    }
+    let mut no_link = fig(
+        "rest_noop_no_link_p50_ms",
+        "  the same, node without its link (HTTP requests) (p50)",
+        "ms",
+        "",
+        plain_p50s,
+    );
+    no_link.vs_floor = true;
+    figures.push(no_link);
 
     // A cache hit: the create answers with the earlier result, no node involved.
     let cached = json!({"function": "json:dumps", "args": ["cached"], "cluster": "local", "cache": true});
@@ -236,13 +260,24 @@ async fn main() -> anyhow::Result<()> {
     figures.push(fig("idle_rss_workers_mb", "  (and the node's warm Python workers)", "MB", "", vec![workers_rss]));
 
     // Many concurrent long-poll waiters.
+    let idle_gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
     let (waiters_rss, wake_p99) = waiters(&stack, &token, plan.waiters).await?;
     figures.push(fig(
         "waiters_gateway_rss_mb",
         "gateway RSS with the long-poll waiters parked",
         "MB",
-        "<= 256",
+        "<= 128",
         vec![waiters_rss],
+    ));
+    let per_waiter_kb = (waiters_rss - idle_gateway_rss) * 1024.0 / plan.waiters as f64;
+    figures.push(fig("waiter_kb", "  gateway memory per parked waiter", "KiB", "", vec![per_waiter_kb]));
+    let floor_kb = park_floor_kb(&token, plan.waiters).await?;
+    figures.push(fig(
+        "floor_parked_request_kb",
+        "  floor: memory per parked request on a bare axum server",
+        "KiB",
+        "",
+        vec![floor_kb],
     ));
     figures.push(fig(
         "waiters_wake_p99_ms",
@@ -654,8 +689,12 @@ async fn waiters(stack: &Stack, token: &str, n: usize) -> anyhow::Result<(f64, f
         }));
     }
     drop(tx);
-    // Let every wait reach the gateway and park.
-    tokio::time::sleep(Duration::from_secs(if n > 1000 { 8 } else { 2 })).await;
+    // Every wait has reached the gateway and parked once the gateway watches all n dispatches.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.metric("rh_dispatches_watched").await < n as f64 {
+        anyhow::ensure!(Instant::now() < deadline, "the waiters did not all park within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
     let acked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     for chunk in ids.chunks(64) {
@@ -784,6 +823,63 @@ async fn runs_page_with_rows(stack: &Stack, token: &str) -> anyhow::Result<(f64,
         }
     }
     Ok((quantile(&latencies, 0.5), quantile(&latencies, 0.99)))
+}
+
+/// `rh-bench --park-server`: a bare axum server on the same runtime settings as
+/// the gateway, whose `/park` never answers and `/parked` counts those waiting.
+/// Prints its port, then serves until killed.
+async fn park_server() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PARKED: AtomicUsize = AtomicUsize::new(0);
+    let router = axum::Router::new()
+        .route(
+            "/park",
+            axum::routing::get(|| async {
+                PARKED.fetch_add(1, Ordering::Relaxed);
+                std::future::pending::<()>().await
+            }),
+        )
+        .route("/parked", axum::routing::get(|| async { PARKED.load(Ordering::Relaxed).to_string() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+/// The floor under a parked waiter's memory: parks `n` requests (same client,
+/// same headers as the waiters) on a bare axum server in its own process and
+/// returns its RSS growth per request, in KiB.
+async fn park_floor_kb(token: &str, n: usize) -> anyhow::Result<f64> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--park-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("piped")), &mut line)?;
+    let url = format!("http://127.0.0.1:{}", line.trim());
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let parked = || async { client.get(format!("{url}/parked")).send().await?.text().await };
+    parked().await?;
+    let before = rss_mb(child.id());
+    let waits: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url, token) = (client.clone(), url.clone(), token.to_owned());
+            tokio::spawn(async move { client.get(format!("{url}/park?timeout_s=120")).bearer_auth(token).send().await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while parked().await?.trim().parse::<usize>()? < n {
+        anyhow::ensure!(Instant::now() < deadline, "the requests did not all park within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = rss_mb(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    for wait in waits {
+        wait.abort();
+    }
+    Ok((after - before) * 1024.0 / n as f64)
 }
 
 fn rss_mb(pid: u32) -> f64 {

@@ -1,0 +1,101 @@
+//! The node links this replica holds: each node keeps one WebSocket open to
+//! the replica it talks to (`GET /v1/nodes/{id}/link`; the protocol is the
+//! `link` crate's). The node's requests over it run through this replica's
+//! own router, presenting the token the node opened the link with, so every
+//! check an HTTP request gets still applies, a revoked token included.
+//!
+//! A replica that holds no link to a node (another replica does, or the node
+//! runs an older daemon) reaches it over HTTP instead; see
+//! [`crate::node_client::NodeClient`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use link::{Handler, Peer};
+use uuid::Uuid;
+
+use crate::api::AppState;
+
+/// The open links, by node id, and what they carried.
+#[derive(Default)]
+pub struct Links {
+    open: Mutex<HashMap<Uuid, Arc<Peer>>>,
+    /// Requests sent to nodes over a link.
+    pub sent: AtomicU64,
+    /// Requests nodes sent over a link.
+    pub received: AtomicU64,
+}
+
+impl Links {
+    /// The open link to `node_id`, if this replica holds one.
+    pub fn get(&self, node_id: Uuid) -> Option<Arc<Peer>> {
+        self.open.lock().expect("links lock poisoned").get(&node_id).filter(|p| !p.is_closed()).cloned()
+    }
+
+    /// How many links are open.
+    pub fn count(&self) -> usize {
+        self.open.lock().expect("links lock poisoned").len()
+    }
+
+    /// Keeps `peer` as `node_id`'s link; a link it replaces is closed (the
+    /// node reconnected before this replica noticed the old one drop).
+    fn insert(&self, node_id: Uuid, peer: Arc<Peer>) {
+        if let Some(old) = self.open.lock().expect("links lock poisoned").insert(node_id, peer) {
+            old.close();
+        }
+    }
+
+    /// Forgets `peer`, unless a newer link to the node replaced it already.
+    fn remove(&self, node_id: Uuid, peer: &Arc<Peer>) {
+        let mut open = self.open.lock().expect("links lock poisoned");
+        if open.get(&node_id).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+            open.remove(&node_id);
+        }
+    }
+}
+
+/// Serves node `node_id`'s link until it drops. `token` is the credential the
+/// node opened it with (checked already, and again with each request).
+pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSocket) {
+    let links = state.app.nodes.links.clone();
+    let (peer, outgoing) = Peer::new();
+    links.insert(node_id, peer.clone());
+    tracing::info!(%node_id, "node link open");
+    // Silence for as long as makes a node lost means the link is dead.
+    let idle = Duration::from_secs(state.app.settings.nodes.lost_after_s.max(1).into());
+    let router = crate::api::router(state.clone());
+    let (sink, stream) = socket.split();
+    let counted = links.clone();
+    let incoming = stream
+        .scan((), |(), message| {
+            futures::future::ready(match message {
+                Ok(Message::Close(_)) | Err(_) => None,
+                Ok(message) => Some(message),
+            })
+        })
+        .filter_map(move |message| {
+            futures::future::ready(match message {
+                Message::Text(text) => {
+                    counted.received.fetch_add(1, Ordering::Relaxed);
+                    Some(text.as_str().to_owned())
+                }
+                _ => None,
+            })
+        });
+    let sink = sink.with(|text: String| futures::future::ready(Ok::<_, axum::Error>(Message::Text(text.into()))));
+    link::drive(
+        peer.clone(),
+        outgoing,
+        Box::pin(incoming),
+        Box::pin(sink),
+        Handler { router, token: Some(token) },
+        idle,
+    )
+    .await;
+    links.remove(node_id, &peer);
+    tracing::info!(%node_id, "node link closed");
+}
