@@ -144,7 +144,7 @@ impl NodeClient {
     ) -> Result<CancelOutcome, String> {
         let answer = self.post(node, &format!("/calls/{dispatch_id}/cancel"), Some(cancel)).await.map_err(text)?;
         match answer.status {
-            s if (200..300).contains(&s) => Ok(CancelOutcome::Accepted),
+            _ if answer.is_success() => Ok(CancelOutcome::Accepted),
             404 => Ok(CancelOutcome::UnknownCall),
             s => Err(format!("node answered {s}")),
         }
@@ -154,7 +154,8 @@ impl NodeClient {
     pub async fn stop_instance(&self, node: &NodeEndpoint, instance_id: uuid::Uuid) -> Result<(), String> {
         let answer = self.post(node, &format!("/instances/{instance_id}/stop"), None::<&()>).await.map_err(text)?;
         match answer.status {
-            s if (200..300).contains(&s) || s == 404 => Ok(()),
+            _ if answer.is_success() => Ok(()),
+            404 => Ok(()),
             s => Err(format!("node answered {s}")),
         }
     }
