@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Shared};
+use crate::app::group;
 use crate::app::App;
 use crate::auth::{Keys, Revocations};
 use crate::background::{self, Statuses};
@@ -48,7 +49,9 @@ impl Application {
         let artifacts = crate::artifact_store::ArtifactStore::open(&settings.artifacts, installation)
             .context("cannot open the artifact store")?;
         tracing::info!(store = %artifacts.url, "artifact store");
-        let creates = crate::app::group::CreateGroups::start(db.clone());
+        let creates = group::Groups::start(group::Creates(db.clone()));
+        let transitions = group::Groups::start(group::Transitions(db.clone()));
+        let acks = group::Acks::start(db.clone());
         let app = App {
             artifacts,
             provisioner: Arc::new(Notify::new()),
@@ -61,6 +64,8 @@ impl Application {
             log_notifier: Notifier::default(),
             nodes: NodeClient::default(),
             creates,
+            transitions,
+            acks,
             placement: Arc::new(Notify::new()),
             bundles_seen: Arc::default(),
             node_ids: Arc::default(),

@@ -35,6 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 /// The largest message either end sends or takes (a report carries a result
 /// and the call's last output; the receiving router applies its own limits).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

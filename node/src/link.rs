@@ -11,13 +11,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use link::{Handler, Peer};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, http::StatusCode};
 
 use crate::gateway::GatewayClient;
 
@@ -38,7 +34,7 @@ pub async fn run(
     loop {
         let id = *node_id.read().expect("lock poisoned");
         let base = gateway.base().to_owned();
-        match id.map(|id| connect(&base, id, gateway.token())) {
+        match id.map(|id| link::client::connect(&base, id, gateway.token())) {
             None => {}
             Some(connecting) => match connecting.await {
                 Ok(socket) => {
@@ -47,25 +43,8 @@ pub async fn run(
                     gateway.set_link(peer.clone());
                     tracing::info!(gateway = %base, "link open");
                     opened.notify_one();
-                    let (sink, stream) = socket.split();
-                    let incoming = stream
-                        .scan((), |(), message| {
-                            futures::future::ready(match message {
-                                Ok(Message::Close(_)) | Err(_) => None,
-                                Ok(message) => Some(message),
-                            })
-                        })
-                        .filter_map(|message| {
-                            futures::future::ready(match message {
-                                Message::Text(text) => Some(text.as_str().to_owned()),
-                                _ => None,
-                            })
-                        });
-                    let sink = sink.with(|text: String| {
-                        futures::future::ready(Ok::<_, tungstenite::Error>(Message::Text(text.into())))
-                    });
                     let handler = Handler { router: router.clone(), token: None };
-                    link::drive(peer.clone(), outgoing, Box::pin(incoming), Box::pin(sink), handler, IDLE).await;
+                    link::client::run(socket, peer.clone(), outgoing, handler, IDLE).await;
                     gateway.clear_link(&peer);
                     tracing::warn!(gateway = %base, "link dropped; opening it again");
                 }
@@ -88,27 +67,4 @@ pub async fn run(
         tokio::time::sleep(delay + Duration::from_millis(rand::random::<u64>() % 50)).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens the link to `base` (`http://…`; `https://` becomes `wss://`).
-async fn connect(base: &str, id: wire::NodeId, token: &str) -> Result<Socket, tungstenite::Error> {
-    let ws_base = match base.split_once("://") {
-        Some(("https", rest)) => format!("wss://{rest}"),
-        Some((_, rest)) => format!("ws://{rest}"),
-        None => format!("ws://{base}"),
-    };
-    let mut request = format!("{ws_base}/v1/nodes/{id}/link").into_client_request()?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|e| tungstenite::Error::HttpFormat(tungstenite::http::Error::from(e)))?;
-    request.headers_mut().insert(header::AUTHORIZATION, bearer);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(link::MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(link::MAX_MESSAGE_BYTES));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let (socket, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
-        .await
-        .map_err(|_| tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-    Ok(socket)
 }

@@ -3,6 +3,7 @@
 //! processes, and helpers to talk to them over HTTP.
 
 pub mod gce_fake;
+pub mod simnodes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

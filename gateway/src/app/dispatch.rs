@@ -247,7 +247,7 @@ impl App {
         let new_for_insert = new.clone();
         // Alone, or grouped with other creates waiting (see `group`).
         let inserted = tokio::spawn(async move {
-            let inserted = app.creates.insert(new_for_insert).await?;
+            let inserted = app.creates.write(new_for_insert).await?;
             // Nobody can wait on a dispatch before its create returns: no one to wake.
             if let Some((row, node)) = &inserted {
                 match node {
@@ -471,7 +471,7 @@ impl App {
         Box::pin(async move {
             let id = change.dispatch_id;
             loop {
-                if let Some(row) = self.db.dispatch_transition(&change).await? {
+                if let Some(row) = self.transitions.write(change.clone()).await? {
                     if !change.logs.is_empty() {
                         self.logs_changed(id);
                     }

@@ -1,62 +1,85 @@
-//! Group commit for creates.
+//! Group commit: creates, state changes and acknowledgements that arrive
+//! while earlier ones are being written are written together.
 //!
-//! A create that finds no other create waiting is written at once, alone, by
-//! the statement that also places it on a free slot (one commit, no added
-//! wait). Creates that arrive while others are being written queue up, and
-//! the next free writer takes all of them (up to [`MAX_GROUP`]) as one
-//! multi-row statement and one commit; they are placed by the placement task,
-//! which also commits many placements at once. Each create is still answered
-//! only after the commit that holds it. Nothing waits on a timer: a group is
-//! whatever queued while the writers were busy.
+//! A write that finds no other waiting is written at once, alone, by the
+//! statement it would use anyway (one commit, no added wait). Writes that
+//! arrive while the writers are busy queue up, and the next free writer takes
+//! all of them (up to [`MAX_GROUP`]) into one commit. Each caller is still
+//! answered only after the commit that holds its write. Nothing waits on a
+//! timer: a group is whatever queued while the writers were busy.
+//!
+//! - Creates: a lone create is inserted and placed on a free slot by one
+//!   statement; a group is inserted as `queued` by one multi-row statement,
+//!   and the placement task places them, also many per statement.
+//! - State changes (reports, cancels, requeues): a group is applied in one
+//!   transaction, each change by its own compare-and-set statement.
+//! - Acknowledgements (a node accepted a call): one multi-row statement; no
+//!   caller waits for them.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
+use uuid::Uuid;
 
-use crate::db::{DataStore, DispatchRow, NewDispatch, NodeEndpoint};
+use crate::db::{DataStore, DispatchRow, NewDispatch, NodeEndpoint, Transition};
 use crate::Result;
 
-/// Most creates written by one statement.
+/// Most writes in one commit.
 const MAX_GROUP: usize = 64;
 /// Writers working at once (each holds one database connection while writing).
 const WRITERS: usize = 4;
+/// Most acknowledgements written by one statement.
+const MAX_ACKS: usize = 512;
 
-/// A create's outcome: its row and, if placed in the same commit, its node;
-/// `None` when the project already has a dispatch with its idempotency key.
-pub type Inserted = Option<(DispatchRow, Option<NodeEndpoint>)>;
-
-type Item = (NewDispatch, oneshot::Sender<Result<Inserted>>);
-
-/// The queue of creates waiting for a writer.
-#[derive(Clone)]
-pub struct CreateGroups {
-    queue: mpsc::UnboundedSender<Item>,
+/// One kind of write that can be grouped.
+pub trait GroupWrite: Clone + Send + Sync + 'static {
+    type Item: Send + 'static;
+    type Output: Send + 'static;
+    /// Writes `item` alone, with no other waiting.
+    fn one(&self, item: Self::Item) -> impl Future<Output = Result<Self::Output>> + Send;
+    /// Writes `items` in one commit: one result per item, in order. An item
+    /// the database refuses must fail alone, with its own error.
+    fn many(&self, items: Vec<Self::Item>) -> impl Future<Output = Vec<Result<Self::Output>>> + Send;
 }
 
-impl CreateGroups {
-    /// Starts the writers, on `db`.
-    pub fn start(db: DataStore) -> CreateGroups {
+type Waiting<W> = (<W as GroupWrite>::Item, oneshot::Sender<Result<<W as GroupWrite>::Output>>);
+
+/// The queue of writes of one kind waiting for a writer.
+pub struct Groups<W: GroupWrite> {
+    queue: mpsc::UnboundedSender<Waiting<W>>,
+}
+
+impl<W: GroupWrite> Clone for Groups<W> {
+    fn clone(&self) -> Self {
+        Groups { queue: self.queue.clone() }
+    }
+}
+
+impl<W: GroupWrite> Groups<W> {
+    /// Starts the writers.
+    pub fn start(write: W) -> Groups<W> {
         let (queue, waiting) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..WRITERS {
-            tokio::spawn(write(db.clone(), waiting.clone()));
+            tokio::spawn(writer(write.clone(), waiting.clone()));
         }
-        CreateGroups { queue }
+        Groups { queue }
     }
 
-    /// Records `new`, alone or with whatever other creates are waiting.
-    pub async fn insert(&self, new: NewDispatch) -> Result<Inserted> {
+    /// Writes `item`, alone or with whatever else is waiting; answers after its commit.
+    pub async fn write(&self, item: W::Item) -> Result<W::Output> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((new, reply))
-            .map_err(|_| crate::Error::Internal(anyhow::anyhow!("the create writers have stopped")))?;
-        answer.await.map_err(|_| crate::Error::Internal(anyhow::anyhow!("a create writer stopped mid-write")))?
+            .send((item, reply))
+            .map_err(|_| crate::Error::Internal(anyhow::anyhow!("the group writers have stopped")))?;
+        answer.await.map_err(|_| crate::Error::Internal(anyhow::anyhow!("a group writer stopped mid-write")))?
     }
 }
 
-/// One writer: takes the first waiting create and every other one queued
+/// One writer: takes the first waiting write and every other one queued
 /// behind it, and writes them.
-async fn write(db: DataStore, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Item>>>) {
+async fn writer<W: GroupWrite>(write: W, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Waiting<W>>>>) {
     loop {
         let mut group = Vec::new();
         {
@@ -71,14 +94,89 @@ async fn write(db: DataStore, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Item>>>
             }
         }
         if group.len() == 1 {
-            let (new, reply) = group.pop().expect("one item");
-            let _ = reply.send(db.dispatch_insert_and_place(&new).await);
+            let (item, reply) = group.pop().expect("one item");
+            let _ = reply.send(write.one(item).await);
             continue;
         }
-        let news: Vec<&NewDispatch> = group.iter().map(|(new, _)| new).collect();
-        let results = db.dispatch_insert_group(&news).await;
-        for ((_, reply), result) in group.into_iter().zip(results) {
-            let _ = reply.send(result.map(|row| row.map(|row| (row, None))));
+        let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        for (reply, result) in replies.into_iter().zip(write.many(items).await) {
+            let _ = reply.send(result);
         }
+    }
+}
+
+/// A create's outcome: its row and, if placed in the same commit, its node;
+/// `None` when the project already has a dispatch with its idempotency key.
+pub type Inserted = Option<(DispatchRow, Option<NodeEndpoint>)>;
+
+/// Creates.
+#[derive(Clone)]
+pub struct Creates(pub DataStore);
+
+impl GroupWrite for Creates {
+    type Item = NewDispatch;
+    type Output = Inserted;
+
+    async fn one(&self, new: NewDispatch) -> Result<Inserted> {
+        self.0.dispatch_insert_and_place(&new).await
+    }
+
+    async fn many(&self, news: Vec<NewDispatch>) -> Vec<Result<Inserted>> {
+        let news: Vec<&NewDispatch> = news.iter().collect();
+        let results = self.0.dispatch_insert_group(&news).await;
+        results.into_iter().map(|result| result.map(|row| row.map(|row| (row, None)))).collect()
+    }
+}
+
+/// State changes: `None` when the change wrote nothing (see
+/// [`DataStore::dispatch_transition`]).
+#[derive(Clone)]
+pub struct Transitions(pub DataStore);
+
+impl GroupWrite for Transitions {
+    type Item = Transition;
+    type Output = Option<DispatchRow>;
+
+    async fn one(&self, change: Transition) -> Result<Option<DispatchRow>> {
+        self.0.dispatch_transition(&change).await
+    }
+
+    async fn many(&self, changes: Vec<Transition>) -> Vec<Result<Option<DispatchRow>>> {
+        self.0.dispatch_transition_group(&changes).await
+    }
+}
+
+/// Acknowledgements (dispatch, node), written in the background: losing one
+/// to a crash costs only what the heartbeat restores (see
+/// [`DataStore::dispatch_acked`]), so nobody waits for them.
+#[derive(Clone)]
+pub struct Acks {
+    queue: mpsc::UnboundedSender<(Uuid, Uuid)>,
+}
+
+impl Acks {
+    /// Starts the writer.
+    pub fn start(db: DataStore) -> Acks {
+        let (queue, mut waiting) = mpsc::unbounded_channel::<(Uuid, Uuid)>();
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut acks = vec![first];
+                while acks.len() < MAX_ACKS {
+                    match waiting.try_recv() {
+                        Ok(ack) => acks.push(ack),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(err) = db.dispatch_acked(&acks).await {
+                    tracing::warn!(error = %err, acks = acks.len(), "cannot record that nodes have their calls");
+                }
+            }
+        });
+        Acks { queue }
+    }
+
+    /// Records, soon, that `node_id` has `dispatch_id`'s call.
+    pub fn ack(&self, dispatch_id: Uuid, node_id: Uuid) {
+        let _ = self.queue.send((dispatch_id, node_id));
     }
 }

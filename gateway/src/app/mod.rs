@@ -42,7 +42,11 @@ pub struct App {
     pub publisher: Publisher,
     pub nodes: NodeClient,
     /// Creates waiting to be written, alone or grouped (see [`group`]).
-    pub creates: group::CreateGroups,
+    pub creates: group::Groups<group::Creates>,
+    /// State changes waiting to be written, alone or grouped.
+    pub transitions: group::Groups<group::Transitions>,
+    /// Nodes' acknowledgements of calls, written in groups in the background.
+    pub acks: group::Acks,
     /// Signals the placement task that there may be work to place.
     pub placement: Arc<Notify>,
     /// Clusters this replica has seen work queue up on, until placement

@@ -89,11 +89,7 @@ impl App {
             instance: row.object_id.map(|id| wire::InstanceCall { instance_id: id, method: row.method.clone() }),
         };
         match self.nodes.start(&node, &call).await {
-            Ok(()) => {
-                if let Err(err) = self.db.dispatch_acked(id, node.node_id).await {
-                    tracing::warn!(dispatch_id = %id, error = %err, "cannot record that the node has the call");
-                }
-            }
+            Ok(()) => self.acks.ack(id, node.node_id),
             Err(ForwardError::Refused { message, unreachable }) => {
                 tracing::warn!(dispatch_id = %id, node = %node.name, %message, "node refused a call; requeueing");
                 if unreachable {

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{ClusterKey, DataStore, LogStream, NodeEndpoint};
@@ -574,139 +575,94 @@ impl DataStore {
     /// output does not fit, or the dispatch does not exist.
     #[tracing::instrument(skip_all, fields(dispatch_id = %change.dispatch_id))]
     pub async fn dispatch_transition(&self, change: &Transition) -> Result<Option<DispatchRow>> {
-        let from: Vec<String> = change.moves.iter().map(|(from, _)| from.to_string()).collect();
-        let to: Vec<String> = change.moves.iter().map(|(_, to)| to.to_string()).collect();
-        let seqs: Vec<i64> = change.logs.iter().map(|e| e.0).collect();
-        let streams: Vec<String> = change.logs.iter().map(|e| e.1.as_str().to_owned()).collect();
-        let (texts, escaped) = super::log::stored_texts(&change.logs);
-        let log_bytes: i64 = change.logs.iter().map(|e| e.2.len() as i64).sum();
         let mut hot = self.hot.acquire().await?;
-        let row = sqlx::query_as!(
-            DispatchRow,
-            r#"
-            with moves as (
-                select * from unnest($2::text[], $3::text[]) as m (from_state, to_state)
-            ),
-            updated as (
-                update dispatch d set
-                    state = m.to_state::dispatch_state,
-                    generation = d.generation + 1,
-                    updated_at = now(),
-                    started_at = case when m.to_state = 'running' then now() else d.started_at end,
-                    cancel_requested_at = case when $7::text is not null then now() else d.cancel_requested_at end,
-                    finished_at = case when m.to_state in ('succeeded', 'failed', 'cancelled', 'timed_out')
-                                       then now() else d.finished_at end,
-                    -- As JSON text, never through jsonb, which cannot hold a NUL.
-                    result = coalesce($8::text::json, d.result),
-                    failure = coalesce($9::text::json, d.failure),
-                    cancelled_by = coalesce($7, d.cancelled_by),
-                    cancel_reason = case when $7::text is not null then $6 else d.cancel_reason end,
-                    -- Back in the queue means on no node.
-                    node_id = case when m.to_state = 'queued' then null else d.node_id end,
-                    requeues = d.requeues + case when m.to_state = 'queued' then 1 else 0 end,
-                    log_bytes = d.log_bytes + $13
-                from moves m
-                where d.dispatch_id = $1 and d.state = m.from_state::dispatch_state
-                  and ($4::bigint is null or d.generation = $4)
-                  and ($10::text is null or d.project = $10)
-                  and ($16::uuid is null or d.node_id = $16)
-                  and (cardinality($11::bigint[]) = 0 or (not d.log_truncated and d.log_bytes + $13 <= $14))
-                returning d.*, m.from_state
-            ),
-            event as (
-                insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
-                select dispatch_id, from_state::dispatch_state, state, generation, $5, $6 from updated
-            ),
-            logged as (
-                insert into dispatch_log (dispatch_id, seq, stream, text, escaped)
-                select u.dispatch_id, l.seq, l.stream::log_stream, l.text, l.escaped
-                from updated u, unnest($11::bigint[], $12::text[], $15::text[], $17::bool[]) as l (seq, stream, text, escaped)
-                on conflict (dispatch_id, seq) do nothing
-            )
-            select
-                dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
-                function_name, bundle, requirements as "requirements!",
-                args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
-                state as "state!: DispatchState", generation as "generation!",
-                idempotency_key, request_hash as "request_hash!", requester as "requester!",
-                labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
-                created_at as "created_at!", started_at, cancel_requested_at, finished_at,
-                updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!",
-                cluster_project as "cluster_project!", acked_at, requeues as "requeues!", object_id, method, cache_key, cached_from
-            from updated
-            "#,
-            change.dispatch_id,
-            &from,
-            &to,
-            change.expected_generation,
-            change.actor,
-            change.reason,
-            change.cancelled_by,
-            change.result.as_ref().map(Value::to_string),
-            change.failure.as_ref().map(Value::to_string),
-            change.project,
-            &seqs,
-            &streams,
-            log_bytes,
-            change.log_limit,
-            &texts,
-            change.node,
-            &escaped,
-        )
-        .fetch_optional(hot.conn())
-        .await;
+        let row = transition_on(hot.conn(), change).await;
         Ok(hot.finished(row)?)
+    }
+
+    /// Applies several changes in one transaction and one commit (group
+    /// commit); one result per change, in order, each as
+    /// [`DataStore::dispatch_transition`] gives it.
+    ///
+    /// If any statement or the commit fails, each change is applied again on
+    /// its own: a change that did commit then finds its row moved and writes
+    /// nothing, which its caller already handles as a repeat.
+    pub async fn dispatch_transition_group(&self, changes: &[Transition]) -> Vec<Result<Option<DispatchRow>>> {
+        let grouped = async {
+            let mut hot = self.hot.acquire().await?;
+            let written = async {
+                let mut tx = sqlx::Connection::begin(hot.conn()).await?;
+                let mut rows = Vec::with_capacity(changes.len());
+                for change in changes {
+                    rows.push(transition_on(&mut tx, change).await?);
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(rows)
+            }
+            .await;
+            Ok::<_, crate::Error>(hot.finished(written)?)
+        };
+        match grouped.await {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(err) => {
+                tracing::debug!(error = %err, items = changes.len(), "a grouped change failed; applying its items one by one");
+                let mut results = Vec::with_capacity(changes.len());
+                for change in changes {
+                    results.push(self.dispatch_transition(change).await);
+                }
+                results
+            }
+        }
     }
 
     /// Places up to `max` queued dispatches of `cluster`, oldest first, each
     /// on a free slot of a ready node, filling every node's first slot before
-    /// any node's second. Each placement is one statement (its own commit):
-    /// slots and dispatches are claimed with `SKIP LOCKED`, so replicas never
-    /// place one dispatch twice or overfill a node, and never wait on each other.
+    /// any node's second, in one statement and one commit. Slots and
+    /// dispatches are claimed with `SKIP LOCKED`, so replicas never place one
+    /// dispatch twice or overfill a node, and never wait on each other.
     #[tracing::instrument(skip_all, fields(cluster))]
     pub async fn dispatch_place_batch(&self, cluster: &ClusterKey, max: usize) -> Result<Vec<Placed>> {
-        let mut placed = Vec::new();
-        while placed.len() < max {
-            let Some(next) = self.dispatch_place_one(cluster).await? else { break };
-            placed.push(next);
-        }
-        Ok(placed)
-    }
-
-    async fn dispatch_place_one(&self, cluster: &ClusterKey) -> Result<Option<Placed>> {
-        let row = sqlx::query_as!(
+        let rows = sqlx::query_as!(
             PlacedRow,
             r#"
-            with slot as (
+            with free as (
                 select s.node_id, s.slot
                 from node_slot s
                 join node n on n.node_id = s.node_id
                 where n.project = $2 and n.cluster = $1 and n.state = 'ready'
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
-                order by s.slot
-                limit 1
+                order by s.slot, s.node_id
+                limit $3
                 for update of s skip locked
             ),
-            next as (
+            slots as (
+                select node_id, slot, row_number() over (order by slot, node_id) as rank from free
+            ),
+            waiting as (
                 select dispatch_id from dispatch
                 where state = 'queued' and cluster_project = $2 and cluster = $1 and method is null
-                  and cached_from is null and exists (select 1 from slot)
+                  and cached_from is null
                 order by dispatch_id
-                limit 1
+                limit (select count(*) from slots)
                 for update skip locked
             ),
+            pairs as (
+                select w.dispatch_id, s.node_id, s.slot
+                from (select dispatch_id, row_number() over (order by dispatch_id) as rank from waiting) w
+                join slots s on s.rank = w.rank
+            ),
             updated as (
-                update dispatch d set state = 'running', generation = d.generation + 1, node_id = slot.node_id,
+                update dispatch d set state = 'running', generation = d.generation + 1, node_id = p.node_id,
                                       started_at = now(), updated_at = now()
-                from slot
-                where d.dispatch_id = (select dispatch_id from next)
+                from pairs p
+                where d.dispatch_id = p.dispatch_id
                 returning d.*
             ),
             occupied as (
                 update node_slot s set dispatch_id = u.dispatch_id
-                from updated u, slot
-                where s.node_id = slot.node_id and s.slot = slot.slot
+                from updated u join pairs p on p.dispatch_id = u.dispatch_id
+                where s.node_id = p.node_id and s.slot = p.slot
             ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
@@ -726,13 +682,15 @@ impl DataStore {
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
             from updated u
             join node n on n.node_id = u.node_id
+            order by u.dispatch_id
             "#,
             cluster.name,
             cluster.project,
+            max as i64,
         )
-        .fetch_optional(self.pool())
+        .fetch_all(self.pool())
         .await?;
-        Ok(row.map(PlacedRow::split).and_then(|(row, node)| node.map(|node| (row, node))))
+        Ok(rows.into_iter().map(PlacedRow::split).filter_map(|(row, node)| node.map(|node| (row, node))).collect())
     }
 
     /// Places up to `max` queued method calls of object `object_id`, oldest
@@ -1160,25 +1118,31 @@ impl DataStore {
         Ok(rows.into_iter().map(|r| ClusterKey { project: r.cluster_project, name: r.cluster }).collect())
     }
 
-    /// The node has the call (it accepted the forward): from now on the
-    /// dispatch is never requeued, and the node's forward failures reset.
-    /// An ack lost in a crash costs nothing but that protection, so its commit
+    /// The nodes have the calls (each accepted its forward), as (dispatch,
+    /// node) pairs: from now on those dispatches are never requeued, and the
+    /// nodes' forward failures reset. An ack lost in a crash costs nothing but
+    /// that protection (the node's next heartbeat restores it), so the commit
     /// does not wait for the disk.
-    pub async fn dispatch_acked(&self, dispatch_id: Uuid, node_id: Uuid) -> Result<()> {
+    pub async fn dispatch_acked(&self, acks: &[(Uuid, Uuid)]) -> Result<()> {
+        let (dispatches, nodes): (Vec<Uuid>, Vec<Uuid>) = acks.iter().copied().unzip();
         sqlx::query!(
             r#"
-            with acked as (
-                update dispatch set acked_at = now()
-                where dispatch_id = $1 and node_id = $2 and acked_at is null
+            with acks as (
+                select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
+            ),
+            acked as (
+                update dispatch d set acked_at = now()
+                from acks a
+                where d.dispatch_id = a.dispatch_id and d.node_id = a.node_id and d.acked_at is null
             ),
             reset as (
                 update node set forward_failures = 0, unreachable_until = null
-                where node_id = $2 and forward_failures > 0
+                where node_id in (select node_id from acks) and forward_failures > 0
             )
             select set_config('synchronous_commit', 'off', true)
             "#,
-            dispatch_id,
-            node_id
+            &dispatches,
+            &nodes
         )
         .fetch_one(self.pool())
         .await?;
@@ -1307,4 +1271,88 @@ impl CacheLock {
         .await?;
         Ok(row)
     }
+}
+
+/// The statement behind [`DataStore::dispatch_transition`], on `conn`.
+async fn transition_on(conn: &mut PgConnection, change: &Transition) -> Result<Option<DispatchRow>, sqlx::Error> {
+    let from: Vec<String> = change.moves.iter().map(|(from, _)| from.to_string()).collect();
+    let to: Vec<String> = change.moves.iter().map(|(_, to)| to.to_string()).collect();
+    let seqs: Vec<i64> = change.logs.iter().map(|e| e.0).collect();
+    let streams: Vec<String> = change.logs.iter().map(|e| e.1.as_str().to_owned()).collect();
+    let (texts, escaped) = super::log::stored_texts(&change.logs);
+    let log_bytes: i64 = change.logs.iter().map(|e| e.2.len() as i64).sum();
+    sqlx::query_as!(
+        DispatchRow,
+        r#"
+        with moves as (
+            select * from unnest($2::text[], $3::text[]) as m (from_state, to_state)
+        ),
+        updated as (
+            update dispatch d set
+                state = m.to_state::dispatch_state,
+                generation = d.generation + 1,
+                updated_at = now(),
+                started_at = case when m.to_state = 'running' then now() else d.started_at end,
+                cancel_requested_at = case when $7::text is not null then now() else d.cancel_requested_at end,
+                finished_at = case when m.to_state in ('succeeded', 'failed', 'cancelled', 'timed_out')
+                                   then now() else d.finished_at end,
+                -- As JSON text, never through jsonb, which cannot hold a NUL.
+                result = coalesce($8::text::json, d.result),
+                failure = coalesce($9::text::json, d.failure),
+                cancelled_by = coalesce($7, d.cancelled_by),
+                cancel_reason = case when $7::text is not null then $6 else d.cancel_reason end,
+                -- Back in the queue means on no node.
+                node_id = case when m.to_state = 'queued' then null else d.node_id end,
+                requeues = d.requeues + case when m.to_state = 'queued' then 1 else 0 end,
+                log_bytes = d.log_bytes + $13
+            from moves m
+            where d.dispatch_id = $1 and d.state = m.from_state::dispatch_state
+              and ($4::bigint is null or d.generation = $4)
+              and ($10::text is null or d.project = $10)
+              and ($16::uuid is null or d.node_id = $16)
+              and (cardinality($11::bigint[]) = 0 or (not d.log_truncated and d.log_bytes + $13 <= $14))
+            returning d.*, m.from_state
+        ),
+        event as (
+            insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
+            select dispatch_id, from_state::dispatch_state, state, generation, $5, $6 from updated
+        ),
+        logged as (
+            insert into dispatch_log (dispatch_id, seq, stream, text, escaped)
+            select u.dispatch_id, l.seq, l.stream::log_stream, l.text, l.escaped
+            from updated u, unnest($11::bigint[], $12::text[], $15::text[], $17::bool[]) as l (seq, stream, text, escaped)
+            on conflict (dispatch_id, seq) do nothing
+        )
+        select
+            dispatch_id as "dispatch_id!", project as "project!", function_ref as "function_ref!",
+            function_name, bundle, requirements as "requirements!",
+            args as "args!", kwargs as "kwargs!", cluster as "cluster!", node_id,
+            state as "state!: DispatchState", generation as "generation!",
+            idempotency_key, request_hash as "request_hash!", requester as "requester!",
+            labels as "labels!", timeout_s, result, failure, cancelled_by, cancel_reason,
+            created_at as "created_at!", started_at, cancel_requested_at, finished_at,
+            updated_at as "updated_at!", log_bytes as "log_bytes!", log_truncated as "log_truncated!",
+            cluster_project as "cluster_project!", acked_at, requeues as "requeues!", object_id, method, cache_key, cached_from
+        from updated
+        "#,
+        change.dispatch_id,
+        &from,
+        &to,
+        change.expected_generation,
+        change.actor,
+        change.reason,
+        change.cancelled_by,
+        change.result.as_ref().map(Value::to_string),
+        change.failure.as_ref().map(Value::to_string),
+        change.project,
+        &seqs,
+        &streams,
+        log_bytes,
+        change.log_limit,
+        &texts,
+        change.node,
+        &escaped,
+    )
+    .fetch_optional(conn)
+    .await
 }

@@ -8,10 +8,13 @@
 //! Each figure is the median of several runs, with min and max. Prints a
 //! table and writes `bench/results/latest.json`. Nothing here asserts speed.
 //!
-//! `rh-bench --smoke` runs every measure with tiny sizes, so the code cannot rot.
+//! `rh-bench --smoke` runs every measure with tiny sizes, so the code cannot rot;
+//! `--scale-only` runs the floor and the simulated-node measures alone.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+
+mod scale;
 
 use anyhow::Context;
 use e2e::Stack;
@@ -29,6 +32,12 @@ struct Plan {
     rss_dispatches: usize,
     waiters: usize,
     list_rows: i64,
+    /// Simulated node counts, and backlogs queued, for the scale measures.
+    sim_nodes: Vec<usize>,
+    sim_queued: Vec<i64>,
+    /// Creates per scale measure, and the clients sending them.
+    sim_creates: usize,
+    sim_clients: usize,
 }
 
 impl Plan {
@@ -45,6 +54,10 @@ impl Plan {
                 rss_dispatches: 50,
                 waiters: 50,
                 list_rows: 2_000,
+                sim_nodes: vec![1, 10],
+                sim_queued: vec![0, 300],
+                sim_creates: 50,
+                sim_clients: 4,
             }
         } else {
             Plan {
@@ -58,6 +71,10 @@ impl Plan {
                 rss_dispatches: 10_000,
                 waiters: 10_000,
                 list_rows: 1_000_000,
+                sim_nodes: vec![1, 100, 1000],
+                sim_queued: vec![0, 10_000, 100_000],
+                sim_creates: 3000,
+                sim_clients: 16,
             }
         }
     }
@@ -65,8 +82,8 @@ impl Plan {
 
 /// One row of the results table: the value of each run, and the target.
 struct Figure {
-    key: &'static str,
-    label: &'static str,
+    key: String,
+    label: String,
     unit: &'static str,
     target: &'static str,
     runs: Vec<f64>,
@@ -106,6 +123,16 @@ async fn main() -> anyhow::Result<()> {
     figures.push(fig("floor_http_ms", "floor: loopback HTTP round trip (p50)", "ms", "", http));
     figures.push(fig("floor_two_commits_ms", "floor: two sequential durable commits (p50)", "ms", "", commits));
     figures.push(fig("floor_python_ms", "floor: warm Python round trip over a Unix socket (p50)", "ms", "", python));
+
+    if std::env::args().any(|a| a == "--scale-only") {
+        // The scale measures alone (they take most of the suite's time), for
+        // working on them; the results file is left alone.
+        figures.extend(scale::nodes_and_queues(&stack, &token, &plan).await?);
+        figures.extend(scale::replicas(&stack, &token, &plan).await?);
+        print_table(&plan, &figures, floor_ms, &Default::default());
+        println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
+        return Ok(());
+    }
 
     // Dispatch latency and throughput over REST.
     let noop = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "local"});
@@ -195,7 +222,9 @@ async fn main() -> anyhow::Result<()> {
         rates.push(megabytes as f64 / with.saturating_sub(without).as_secs_f64().max(1e-3));
     }
     figures.push(fig("artifact_upload_mb_per_s", "artifact upload, one file (MiB/s)", "MiB/s", "", rates));
-    let throughput = repeat(plan.runs, || throughput(&stack, &token, &noop, plan.concurrency, plan.window)).await?;
+    let here = [stack.url.clone()];
+    let throughput =
+        repeat(plan.runs, || throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window)).await?;
     figures.push(fig(
         "throughput_per_s",
         "throughput, 64 concurrent clients, durable",
@@ -335,6 +364,10 @@ async fn main() -> anyhow::Result<()> {
         vec![fire_p99],
     ));
 
+    // How the cost grows with nodes, queued work and replicas (simulated nodes).
+    figures.extend(scale::nodes_and_queues(&stack, &token, &plan).await?);
+    figures.extend(scale::replicas(&stack, &token, &plan).await?);
+
     let results_dir = e2e::workspace_root().join("bench/results");
     let previous = previous_run(&results_dir.join("latest.json"));
     print_table(&plan, &figures, floor_ms, &previous);
@@ -366,8 +399,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fig(key: &'static str, label: &'static str, unit: &'static str, target: &'static str, runs: Vec<f64>) -> Figure {
-    Figure { key, label, unit, target, runs, vs_floor: false }
+fn fig(
+    key: impl Into<String>,
+    label: impl Into<String>,
+    unit: &'static str,
+    target: &'static str,
+    runs: Vec<f64>,
+) -> Figure {
+    Figure { key: key.into(), label: label.into(), unit, target, runs, vs_floor: false }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -494,12 +533,22 @@ async fn sequential(stack: &Stack, token: &str, body: &Value, n: usize) -> anyho
     Ok(latencies)
 }
 
-async fn throughput(stack: &Stack, token: &str, body: &Value, clients: usize, window: Duration) -> anyhow::Result<f64> {
+/// Dispatches completed per second by `clients` closed-loop clients (create,
+/// then wait), client `i` talking to `urls[i % len]`.
+async fn throughput(
+    client: &reqwest::Client,
+    urls: &[String],
+    token: &str,
+    body: &Value,
+    clients: usize,
+    window: Duration,
+) -> anyhow::Result<f64> {
     let deadline = Instant::now() + window;
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (client, url, token, body) = (stack.client.clone(), stack.url.clone(), token.to_owned(), body.clone());
+        .map(|i| {
+            let (client, url, token, body) =
+                (client.clone(), urls[i % urls.len()].clone(), token.to_owned(), body.clone());
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
@@ -954,7 +1003,7 @@ fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64, previous: &std::c
         let min = f.runs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let ratio = if f.vs_floor { format!("{:.1}x", f.median() / floor_ms) } else { String::new() };
-        let before = match previous.get(f.key) {
+        let before = match previous.get(&f.key) {
             Some(Previous { median, ratio_to_floor: Some(r) }) => format!("{median:.2} ({r:.1}x)"),
             Some(Previous { median, ratio_to_floor: None }) => format!("{median:.2}"),
             None => "-".to_owned(),
