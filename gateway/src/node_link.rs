@@ -67,7 +67,7 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
     tracing::info!(%node_id, "node link open");
     // Silence for as long as makes a node lost means the link is dead.
     let idle = Duration::from_secs(state.app.settings.nodes.lost_after_s.max(1).into());
-    let router = crate::api::router(state.clone());
+    let router = state.link_router();
     let (sink, stream) = socket.split();
     let counted = links.clone();
     let incoming = stream

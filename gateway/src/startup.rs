@@ -164,6 +164,7 @@ impl Application {
             revocations,
             metrics: Arc::new(Metrics::default()),
             statuses,
+            link_routes: Default::default(),
         });
         let router = api::router(state);
         let listener = TcpListener::bind(settings.listen)

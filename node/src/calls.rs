@@ -303,7 +303,6 @@ impl Calls {
     ) {
         let id = call.dispatch_id;
         let (output_tx, output_rx) = mpsc::channel::<Output>(1024);
-        let shipper = tokio::spawn(ship_logs(self.gateway.clone(), id, output_rx));
         let deadline = call.timeout_s.map(|s| tokio::time::Instant::now() + Duration::from_secs(s.into()));
         let timeout = async {
             match deadline {
@@ -325,53 +324,58 @@ impl Calls {
             }
         };
         let outputs = outputs_dir.as_ref().map(|d| d.display().to_string());
-        let ending = match work {
-            Work::Function { module, qualname } => {
-                let execute = self.execute(&call, module, qualname, None, outputs, &output_tx, &pid);
-                // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
-                tokio::select! {
-                    ending = execute => ending,
-                    _ = cancel.cancelled() => Ending::Cancelled,
-                    _ = timeout => Ending::TimedOut(timeout_s),
+        let finished = async {
+            let ending = match work {
+                Work::Function { module, qualname } => {
+                    let execute = self.execute(&call, module, qualname, None, outputs, &output_tx, &pid);
+                    // Dropping `execute` on cancel or timeout drops its worker, which kills the process group.
+                    tokio::select! {
+                        ending = execute => ending,
+                        _ = cancel.cancelled() => Ending::Cancelled,
+                        _ = timeout => Ending::TimedOut(timeout_s),
+                    }
                 }
-            }
-            Work::Program { kind, target } => {
-                // The program is a child of the worker, in its process group: dropping the worker kills its tree.
-                let execute = self.execute(&call, String::new(), target, Some(kind), outputs, &output_tx, &pid);
-                tokio::select! {
-                    ending = execute => ending,
-                    _ = cancel.cancelled() => Ending::Cancelled,
-                    _ = timeout => Ending::TimedOut(timeout_s),
+                Work::Program { kind, target } => {
+                    // The program is a child of the worker, in its process group: dropping the worker kills its tree.
+                    let execute = self.execute(&call, String::new(), target, Some(kind), outputs, &output_tx, &pid);
+                    tokio::select! {
+                        ending = execute => ending,
+                        _ = cancel.cancelled() => Ending::Cancelled,
+                        _ = timeout => Ending::TimedOut(timeout_s),
+                    }
                 }
-            }
-            Work::Construct { id, module, qualname } => {
-                let slot = permit.take().expect("a constructor holds a node slot");
-                // Dropping `construct` on cancel or timeout stops the worker and frees the slot.
-                tokio::select! {
-                    ending = self.construct(&call, id, module, qualname, outputs, &output_tx, &pid, slot) => ending,
-                    _ = cancel.cancelled() => Ending::Cancelled,
-                    _ = timeout => Ending::TimedOut(timeout_s),
+                Work::Construct { id, module, qualname } => {
+                    let slot = permit.take().expect("a constructor holds a node slot");
+                    // Dropping `construct` on cancel or timeout stops the worker and frees the slot.
+                    tokio::select! {
+                        ending = self.construct(&call, id, module, qualname, outputs, &output_tx, &pid, slot) => ending,
+                        _ = cancel.cancelled() => Ending::Cancelled,
+                        _ = timeout => Ending::TimedOut(timeout_s),
+                    }
                 }
-            }
-            Work::Method { id, method } => {
-                self.call_method(&call, id, method, outputs, &output_tx, &pid, &cancel, timeout).await
-            }
+                Work::Method { id, method } => {
+                    self.call_method(&call, id, method, outputs, &output_tx, &pid, &cancel, timeout).await
+                }
+            };
+            // The worker is back in the pool (or gone): the slot is free while the report travels.
+            drop(permit);
+            let executed = started.elapsed();
+            // A call that ran to its end (returned or raised) keeps what it wrote.
+            let kept = match (&ending, &outputs_dir) {
+                (Ending::Finished(Ok(_)), Some(dir)) => Some(self.keep_outputs(id, dir).await),
+                _ => None,
+            };
+            // The log shipper returns once the output channel closes.
+            drop(output_tx);
+            (ending, executed, kept)
         };
-        // The worker is back in the pool (or gone): the slot is free while the report travels.
-        drop(permit);
-        let executed = started.elapsed();
-        // A call that ran to its end (returned or raised) keeps what it wrote.
-        let kept = match (&ending, &outputs_dir) {
-            (Ending::Finished(Ok(_)), Some(dir)) => Some(self.keep_outputs(id, dir).await),
-            _ => None,
-        };
-        if let Some(dir) = outputs_dir {
-            self.outputs.remove_later(dir);
-        }
-        drop(output_tx);
-        // Output shipped while the call ran is stored; what is left goes with
-        // the report, in the same commit, so the outcome never overtakes it.
-        let (mut tail, last_seq) = shipper.await.unwrap_or_default();
+        // The call and its log shipper run side by side in this one task: a
+        // shipper task of its own would be spawned, woken and joined (often
+        // from another thread) on every call, output or not. Output shipped
+        // while the call ran is stored; what is left goes with the report, in
+        // the same commit, so the outcome never overtakes it.
+        let ((ending, executed, kept), (mut tail, last_seq)) =
+            tokio::join!(finished, ship_logs(self.gateway.clone(), id, output_rx));
         let mut report = report_for(ending, self.max_result_bytes.load(Ordering::Relaxed));
         let note = match kept {
             Some(Ok(files)) if !files.is_empty() => {
@@ -404,7 +408,13 @@ impl Calls {
                 tracing::error!(dispatch_id = %id, error = %err, "the gateway refused the fallback report too");
             }
         }
-        tracing::debug!(dispatch_id = %id, ?executed, reported = ?started.elapsed(), "call done");
+        let reported = started.elapsed();
+        // Off the call's path: after the outcome is stored, not beside the
+        // report on its way (see `outputs`).
+        if let Some(dir) = outputs_dir {
+            self.outputs.remove_later(dir);
+        }
+        tracing::debug!(dispatch_id = %id, ?executed, ?reported, "call done");
     }
 
     /// Uploads what a call left in its output folder; the files kept, or why none were.
@@ -756,7 +766,9 @@ const RECORD_FLUSH: Duration = Duration::from_millis(100);
 const RECORD_BATCH: usize = 64;
 
 /// Sends run records in batches: one request and one commit for every
-/// [`RECORD_FLUSH`] of starts, not one per call.
+/// [`RECORD_FLUSH`] of starts, not one per call. The records of calls that
+/// start during the wait stay in the channel until it ends: receiving each
+/// as it came would wake this task, beside the call's worker, on every call.
 async fn ship_records(
     gateway: GatewayClient,
     mut records: mpsc::UnboundedReceiver<(wire::DispatchId, Arc<wire::NodeRunInfo>)>,
@@ -771,19 +783,15 @@ async fn ship_records(
         items: Vec<Item<'a>>,
     }
     while let Some(first) = records.recv().await {
+        tokio::time::sleep(RECORD_FLUSH).await;
         let mut pending = vec![first];
-        let flush_at = tokio::time::Instant::now() + RECORD_FLUSH;
-        while pending.len() < RECORD_BATCH {
-            tokio::select! {
-                next = records.recv() => match next {
-                    Some(next) => pending.push(next),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(flush_at) => break,
-            }
+        while let Ok(next) = records.try_recv() {
+            pending.push(next);
         }
-        let items = pending.iter().map(|(dispatch_id, run)| Item { dispatch_id: *dispatch_id, run }).collect();
-        gateway.records_until_acked(&Batch { items }).await;
+        for batch in pending.chunks(RECORD_BATCH) {
+            let items = batch.iter().map(|(dispatch_id, run)| Item { dispatch_id: *dispatch_id, run }).collect();
+            gateway.records_until_acked(&Batch { items }).await;
+        }
     }
 }
 

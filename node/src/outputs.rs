@@ -5,7 +5,10 @@
 //! the file system's journal (on a disk Postgres is flushing, several
 //! milliseconds), so neither happens on a call's path: a few empty folders
 //! are made ahead of time, and a finished call's folder is removed after
-//! it. A folder is never given to a second call, so a process the first
+//! its report, by the same background job that makes its replacement. That
+//! job never runs beside a call's worker (on two cores it would delay the
+//! worker's wake-up), and costs one blocking-pool hand-off per call, not
+//! two. A folder is never given to a second call, so a process the first
 //! left behind cannot write into another call's outputs.
 //!
 //! Everything in it is checked before anything is uploaded: regular files
@@ -80,29 +83,36 @@ impl Outputs {
     }
 
     /// An empty output folder for one call: one made ahead of time if there
-    /// is one (and more are made in the background), else one made now.
+    /// is one, else one made now (and more are made in the background).
+    /// Spares taken are replaced when calls end (see [`Outputs::remove_later`]).
     pub fn take(self: &Arc<Self>) -> std::io::Result<PathBuf> {
         let ready = self.ready.lock().expect("folders lock poisoned").pop();
-        let dir = match ready {
-            Some(dir) => dir,
-            None => self.make()?,
-        };
-        if !self.refilling.swap(true, Ordering::AcqRel) {
+        if let Some(dir) = ready {
+            return Ok(dir);
+        }
+        let dir = self.make()?;
+        if !self.refilling.load(Ordering::Acquire) {
             let outputs = self.clone();
-            tokio::task::spawn_blocking(move || {
-                while outputs.ready.lock().expect("folders lock poisoned").len() < READY_FOLDERS {
-                    match outputs.make() {
-                        Ok(dir) => outputs.ready.lock().expect("folders lock poisoned").push(dir),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot make an output folder ahead of a call");
-                            break;
-                        }
-                    }
-                }
-                outputs.refilling.store(false, Ordering::Release);
-            });
+            tokio::task::spawn_blocking(move || outputs.refill());
         }
         Ok(dir)
+    }
+
+    /// Makes spare folders up to [`READY_FOLDERS`], unless another thread is at it.
+    fn refill(&self) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        while self.ready.lock().expect("folders lock poisoned").len() < READY_FOLDERS {
+            match self.make() {
+                Ok(dir) => self.ready.lock().expect("folders lock poisoned").push(dir),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot make an output folder ahead of a call");
+                    break;
+                }
+            }
+        }
+        self.refilling.store(false, Ordering::Release);
     }
 
     /// Makes one empty folder only the worker user can use.
@@ -116,14 +126,17 @@ impl Outputs {
         Ok(dir)
     }
 
-    /// Removes a call's output folder (its files are uploaded or not wanted), in the background.
-    pub fn remove_later(&self, dir: PathBuf) {
+    /// Removes a call's output folder (its files are uploaded or not wanted)
+    /// and makes the spare that replaces it, in one background job.
+    pub fn remove_later(self: &Arc<Self>, dir: PathBuf) {
+        let outputs = self.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(err) = std::fs::remove_dir_all(&dir) {
                 if err.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a call's output folder");
                 }
             }
+            outputs.refill();
         });
     }
 
@@ -261,8 +274,8 @@ mod tests {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&second).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o700);
         outputs.remove_later(first.clone());
-        while first.exists() {
-            assert!(std::time::Instant::now() < deadline, "the used folder was not removed");
+        while first.exists() || outputs.ready.lock().unwrap().len() < READY_FOLDERS {
+            assert!(std::time::Instant::now() < deadline, "the used folder was not removed and replaced");
             tokio::task::yield_now().await;
         }
         // A restarted node starts from an empty root.

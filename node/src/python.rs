@@ -64,16 +64,23 @@ def _unfaithful(value):
     return None
 
 def _resolve(module, qualname):
-    target = importlib.import_module(module)
+    # importlib.import_module's four Python frames only for a module not
+    # loaded yet (or still loading): a warm worker's calls import nothing.
+    target = sys.modules.get(module)
+    if target is None or getattr(getattr(target, "__spec__", None), "_initializing", False):
+        target = importlib.import_module(module)
     for part in qualname.split("."):
         target = getattr(target, part)
     return target
+
+# json.dumps(result, allow_nan=False) would build an encoder on every call.
+_RESULT_ENCODER = json.JSONEncoder(allow_nan=False)
 
 def _encode(result):
     try:
         why = None if isinstance(result, str) else _unfaithful(result)
         if why is None:
-            return True, json.dumps(result, allow_nan=False)
+            return True, _RESULT_ENCODER.encode(result)
     except (TypeError, ValueError, RecursionError) as exc:
         why = f"it is not JSON-serialisable ({exc})"
     kind = _type_name(type(result))
@@ -104,7 +111,9 @@ def call(module, qualname, args_json, kwargs_json, outputs=None):
             _flush()
             return False, _failure("entrypoint_not_found", exc, f"cannot load {module}:{qualname}: {_type_name(type(exc))}: {exc}")
         try:
-            result = target(*json.loads(args_json), **json.loads(kwargs_json))
+            # Most calls pass no keyword arguments: "{}" needs no parse.
+            kwargs = {} if kwargs_json == "{}" else json.loads(kwargs_json)
+            result = target(*json.loads(args_json), **kwargs)
         except BaseException as exc:
             return False, _failure("user_exception", exc)
         finally:
@@ -401,6 +410,9 @@ pub fn worker_main(fd: i32, paths: &[String]) -> anyhow::Result<()> {
         module.setattr("EXTRA_PATHS", paths.to_vec())?;
         Ok(module.unbind().into_any())
     })?;
+    // Looked up once: a call goes straight to its runner function.
+    let (call, run_program) =
+        Python::attach(|py| -> PyResult<_> { Ok((runner.getattr(py, "call")?, runner.getattr(py, "run_program")?)) })?;
     let python = Python::attach(|py| py.version().to_owned());
     write_frame(&mut stream, &Ready { pid: std::process::id(), python })?;
     while let Some(request) = read_frame::<_, CallRequest>(&mut stream)? {
@@ -418,12 +430,10 @@ pub fn worker_main(fd: i32, paths: &[String]) -> anyhow::Result<()> {
         }
         let response = Python::attach(|py| -> PyResult<CallResponse> {
             let (ok, payload): (bool, String) = match request.program {
-                Some(kind) => runner
-                    .getattr(py, "run_program")?
+                Some(kind) => run_program
                     .call1(py, (kind, request.qualname, request.args, request.kwargs, request.outputs))?
                     .extract(py)?,
-                None => runner
-                    .getattr(py, "call")?
+                None => call
                     .call1(py, (request.module, request.qualname, request.args, request.kwargs, request.outputs))?
                     .extract(py)?,
             };

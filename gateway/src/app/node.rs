@@ -163,8 +163,11 @@ impl App {
             }
         }
         self.object_heartbeat(node_id, &node.name, &heartbeat.instances).await?;
+        // Work queued on this replica for the node's cluster may fit now. Not
+        // a placement pass per heartbeat otherwise: with many nodes that
+        // would be hundreds of passes a second finding nothing to place.
         if node.running < i64::from(node.max_concurrent) {
-            self.placement.notify_one();
+            self.slot_freed(&ClusterKey::new(&node.project, &node.cluster));
         }
         Ok(node)
     }

@@ -200,7 +200,7 @@ impl DataStore {
                 select s.node_id, s.slot
                 from node_slot s
                 join node n on n.node_id = s.node_id
-                where $17::text is null and n.project = $15 and n.cluster = $6 and n.state = 'ready'
+                where $17::text is null and s.project = $15 and s.cluster = $6 and n.state = 'ready'
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
                   and not exists (
@@ -629,7 +629,7 @@ impl DataStore {
                 select s.node_id, s.slot
                 from node_slot s
                 join node n on n.node_id = s.node_id
-                where n.project = $2 and n.cluster = $1 and n.state = 'ready'
+                where s.project = $2 and s.cluster = $1 and n.state = 'ready'
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
                 order by s.slot, s.node_id
@@ -995,13 +995,19 @@ impl DataStore {
     pub async fn dispatch_clusters_with_queued(&self, clusters: &[ClusterKey]) -> Result<Vec<ClusterKey>> {
         let projects: Vec<String> = clusters.iter().map(|c| c.project.clone()).collect();
         let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        // One probe per cluster, and "its oldest queued dispatch", which only
+        // the queue's own index answers in order: stale statistics cannot turn
+        // it into a scan of every dispatch the cluster ever ran.
         let rows = sqlx::query!(
             r#"
             select c.project as "project!", c.name as "name!" from unnest($1::text[], $2::text[]) as c (project, name)
-            where exists (
-                select 1 from dispatch q where q.state = 'queued' and q.cluster_project = c.project and q.cluster = c.name
-                                         and q.method is null and q.cached_from is null
-            )
+            where (
+                select q.dispatch_id from dispatch q
+                where q.state = 'queued' and q.cluster_project = c.project and q.cluster = c.name
+                  and q.method is null and q.cached_from is null
+                order by q.dispatch_id
+                limit 1
+            ) is not null
             "#,
             &projects,
             &names
@@ -1011,28 +1017,23 @@ impl DataStore {
         Ok(rows.into_iter().map(|r| ClusterKey { project: r.project, name: r.name }).collect())
     }
 
-    /// Clusters that have queued dispatches and a ready node with a free slot.
+    /// Clusters that have dispatches queued to place and a ready node; free
+    /// slots are the placing statement's to find.
     pub async fn dispatch_placeable_clusters(&self) -> Result<Vec<ClusterKey>> {
-        let rows = sqlx::query!(
+        let ready = sqlx::query!(
             r#"
-            select distinct n.project, n.cluster
-            from node n
-            where n.state = 'ready' and (n.unreachable_until is null or n.unreachable_until < now())
-              and exists (
-                  select 1 from dispatch q
-                  where q.state = 'queued' and q.cluster_project = n.project and q.cluster = n.cluster
-                    and q.method is null and q.cached_from is null
-              )
-              and exists (
-                  select 1 from node_slot s
-                  where s.node_id = n.node_id and s.dispatch_id is null and s.object_id is null
-                    and s.slot < n.max_concurrent
-              )
+            select distinct project, cluster from node
+            where state = 'ready' and (unreachable_until is null or unreachable_until < now())
             "#
         )
         .fetch_all(self.pool())
         .await?;
-        Ok(rows.into_iter().map(|r| ClusterKey { project: r.project, name: r.cluster }).collect())
+        let ready: Vec<ClusterKey> =
+            ready.into_iter().map(|r| ClusterKey { project: r.project, name: r.cluster }).collect();
+        if ready.is_empty() {
+            return Ok(ready);
+        }
+        self.dispatch_clusters_with_queued(&ready).await
     }
 
     /// Dispatches placed on `node_id` that are still running or cancelling.

@@ -290,6 +290,58 @@ async fn a_grouped_create_with_one_item_the_database_refuses_fails_only_that_ite
     assert_eq!(app.count("dispatch").await, 3);
 }
 
+fn cancel_change(dispatch_id: uuid::Uuid, reason: &str) -> gateway::db::Transition {
+    use gateway::dispatch::DispatchState;
+    gateway::db::Transition {
+        dispatch_id,
+        project: Some("default".into()),
+        node: None,
+        moves: vec![(DispatchState::Queued, DispatchState::Cancelled)],
+        expected_generation: None,
+        actor: "tester".into(),
+        reason: Some(reason.into()),
+        result: None,
+        failure: None,
+        cancelled_by: Some("tester".into()),
+        logs: Vec::new(),
+        log_limit: 1 << 20,
+    }
+}
+
+#[tokio::test]
+async fn a_grouped_change_with_one_item_the_database_refuses_fails_only_that_item_and_applies_the_others() {
+    let app = spawn_app().await;
+    let settings = crate::helpers::test_settings(&app.database_url);
+    let db = gateway::db::DataStore::connect_lazy(&settings.database).unwrap();
+    let news: Vec<_> = (0..4).map(|_| new_dispatch(None)).collect();
+    let refs: Vec<_> = news.iter().collect();
+    assert!(db.dispatch_insert_group(&refs).await.iter().all(|r| r.is_ok()));
+    let mut changes: Vec<_> = news.iter().map(|n| cancel_change(n.dispatch_id, "no longer needed")).collect();
+    // Text holding a NUL byte: Postgres refuses it.
+    changes[1].reason = Some("bad\0reason".into());
+    // Another project's dispatch: the change writes nothing (not an error).
+    changes[3].project = Some("elsewhere".into());
+    let results = db.dispatch_transition_group(&changes).await;
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().as_ref().unwrap().state.to_string(), "cancelled");
+    let err = results[1].as_ref().unwrap_err();
+    assert!(matches!(err, gateway::Error::InvalidField { message, .. } if message.contains("NUL")), "{err:?}");
+    assert_eq!(results[2].as_ref().unwrap().as_ref().unwrap().state.to_string(), "cancelled");
+    assert!(results[3].as_ref().unwrap().is_none());
+    // Each applied change has its one event; the refused and the foreign ones have none.
+    assert_eq!(app.count("dispatch_event").await, 4 + 2);
+    let states: Vec<String> = sqlx::query_scalar("select state::text from dispatch order by created_at, dispatch_id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(states.iter().filter(|s| *s == "cancelled").count(), 2, "{states:?}");
+
+    // Applied again (a retried group): nothing moves twice.
+    let again = db.dispatch_transition_group(&[changes[0].clone(), changes[2].clone()]).await;
+    assert!(again.iter().all(|r| matches!(r, Ok(None))));
+    assert_eq!(app.count("dispatch_event").await, 4 + 2);
+}
+
 #[tokio::test]
 async fn many_concurrent_creates_are_each_stored_once_with_their_events_and_labels() {
     let app = spawn_app().await;

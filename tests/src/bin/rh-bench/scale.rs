@@ -12,7 +12,7 @@ use e2e::Stack;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use super::{create, fig, ms, quantile, repeat, throughput, Figure, Plan};
+use super::{create, fig, ms, quantile, repeat, rss_mb, throughput, Figure, Plan};
 
 /// Slots across each set of simulated nodes, so 1 node and 1,000 offer
 /// (nearly) the same capacity and only the count of nodes changes.
@@ -42,6 +42,8 @@ pub async fn nodes_and_queues(stack: &Stack, token: &str, plan: &Plan) -> anyhow
         )
         .await?;
         println!("({nodes} simulated nodes registered and linked in {:.1} s)", started.elapsed().as_secs_f64());
+        let gateway = stack.gateway.as_ref().expect("the stack's gateway").pid();
+        let linked_rss = rss_mb(gateway);
         let mut parked = 0;
         for &queued in &plan.sim_queued {
             queue_rows(&mut db, PARKED, queued - parked).await?;
@@ -75,6 +77,20 @@ pub async fn nodes_and_queues(stack: &Stack, token: &str, plan: &Plan) -> anyhow
                 ));
             }
         }
+        figures.push(fig(
+            format!("sim_gateway_rss_linked_mb_n{nodes}"),
+            format!("gateway RSS, {nodes} node(s) linked"),
+            "MB",
+            "",
+            vec![linked_rss],
+        ));
+        figures.push(fig(
+            format!("sim_gateway_rss_after_mb_n{nodes}"),
+            "  and after the measures above",
+            "MB",
+            "",
+            vec![rss_mb(gateway)],
+        ));
         // The next node count starts from an empty backlog again.
         sqlx::query(
             "update dispatch set state = 'cancelled', finished_at = now() where cluster = $1 and state = 'queued'",
