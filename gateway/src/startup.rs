@@ -30,6 +30,18 @@ pub struct Application {
     router: axum::Router,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
+    /// Releases the router kept for node links when the application is
+    /// dropped, whether or not it ran.
+    _link_router: ReleaseLinkRouter,
+}
+
+/// On drop, releases the router the state keeps for node links.
+struct ReleaseLinkRouter(AppState);
+
+impl Drop for ReleaseLinkRouter {
+    fn drop(&mut self) {
+        self.0.link_router.release();
+    }
 }
 
 impl Application {
@@ -164,13 +176,14 @@ impl Application {
             revocations,
             metrics: Arc::new(Metrics::default()),
             statuses,
-            link_routes: Default::default(),
+            link_router: Default::default(),
         });
-        let router = api::router(state);
+        let router = api::router(state.clone());
+        state.link_router.keep(router.clone());
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        Ok(Application { app, listener, router, tasks, shutdown })
+        Ok(Application { app, listener, router, tasks, shutdown, _link_router: ReleaseLinkRouter(state) })
     }
 
     /// The application's use cases (for `dev`, which sets up its clusters).

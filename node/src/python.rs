@@ -92,14 +92,32 @@ def _encode(result):
         "traceback": None,
     })
 
+import ctypes
 import rh_artifacts
+
+# `os.environ[k] = v` calls setenv(3), and glibc never frees a value it
+# replaces (someone may still hold it): a new folder per call would leak
+# ~115 bytes a call for the worker's life. The worker owns the one
+# "RH_OUTPUTS=..." string the process environment points at instead (putenv
+# keeps the caller's string), and frees the previous one once it is replaced;
+# `os.environ` is kept in step without a second setenv.
+_libc = ctypes.CDLL(None)
+_outputs_entry = None
 
 def _outputs(path):
     """Points $RH_OUTPUTS (a worker runs one call at a time) and rh_artifacts at `path`."""
+    global _outputs_entry
+    key = os.environ.encodekey("RH_OUTPUTS")
     if path is None:
-        os.environ.pop("RH_OUTPUTS", None)
+        os.environ._data.pop(key, None)
+        _libc.unsetenv(b"RH_OUTPUTS")
+        _outputs_entry = None
     else:
-        os.environ["RH_OUTPUTS"] = path
+        entry = ctypes.create_string_buffer(b"RH_OUTPUTS=" + os.fsencode(path))
+        if _libc.putenv(entry) != 0:
+            raise OSError(ctypes.get_errno(), "putenv RH_OUTPUTS")
+        _outputs_entry = entry
+        os.environ._data[key] = os.environ.encodevalue(path)
     rh_artifacts._set(path)
 
 def call(module, qualname, args_json, kwargs_json, outputs=None):

@@ -80,6 +80,21 @@ async fn a_call_keeps_what_it_writes_and_it_downloads_byte_exact() {
     let text = download(&stack, &id2, "notes%2Fsummary.txt").await.text().await.unwrap();
     assert_eq!(text, "the summary");
 
+    // A child process sees the call's own folder; the next call on the same warm worker, its own.
+    let mut folders = Vec::new();
+    for name in ["first.txt", "second.txt"] {
+        let id = stack.dispatch(&bundle, "pkg.jobs:shell_to_outputs", json!([name]), json!({})).await;
+        let done = stack.wait(&id, 60).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let (python, c) = (&done["result"][0], &done["result"][1]);
+        assert_eq!(python, c, "os.environ and the process environment disagree: {done}");
+        folders.push(python.clone());
+        let (_, list) = stack.get(&format!("/v1/dispatches/{id}/artifacts")).await;
+        let paths: Vec<&str> = list["items"].as_array().unwrap().iter().map(|a| a["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, [name], "{list}");
+    }
+    assert_ne!(folders[0], folders[1]);
+
     // `rh artifacts get` writes them under --out, keeping folders.
     let out = stack.work.join("downloaded");
     let cli = std::process::Command::new(bin_dir().join("rh"))

@@ -45,9 +45,9 @@ pub struct Shared {
     pub revocations: Revocations,
     pub metrics: Arc<Metrics>,
     pub statuses: crate::background::Statuses,
-    /// The API's routes and layers without this state, as node links serve
-    /// them (see [`AppState::link_router`]). Stateless, so no cycle back here.
-    pub link_routes: std::sync::OnceLock<Router<AppState>>,
+    /// The served router, which node links run their requests through (see
+    /// [`AppState::link_router`]).
+    pub link_router: LinkRouter,
 }
 
 impl AppState {
@@ -56,16 +56,13 @@ impl AppState {
         AppState(Arc::new(shared))
     }
 
-    /// The router a node link runs its requests through. The routes, the
-    /// OpenAPI document and the layers are built once, on the first link
-    /// (built per link they cost ~2.3 MB a node); each link only binds them
-    /// to this state. The bound router is the link's own: kept here, it would
-    /// hold this state from inside it, and neither would ever be freed.
+    /// The router a node link runs its requests through: the one the server
+    /// serves, shared by every link. Bound to the state per link, the routes
+    /// cost ~85 KB a node (each route clones the state); built per link,
+    /// with the OpenAPI document, ~2.3 MB.
     pub fn link_router(&self) -> Router {
-        self.link_routes
-            .get_or_init(|| routes(&self.app.settings, self.metrics.clone()))
-            .clone()
-            .with_state(self.clone())
+        let served = self.link_router.0.lock().expect("link router lock").clone();
+        served.unwrap_or_else(|| router(self.clone()))
     }
 }
 
@@ -169,6 +166,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP service: API routes, `/openapi.json`, `/docs` and middleware.
 pub fn router(state: AppState) -> Router {
     routes(&state.app.settings, state.metrics.clone()).with_state(state)
+}
+
+/// The served router, kept for node links. It holds the state that holds
+/// it, so whoever serves it releases it when serving ends
+/// ([`LinkRouter::release`]); otherwise neither would ever be freed.
+#[derive(Default)]
+pub struct LinkRouter(std::sync::Mutex<Option<Router>>);
+
+impl LinkRouter {
+    /// Keeps `router` for node links.
+    pub fn keep(&self, router: Router) {
+        *self.0.lock().expect("link router lock") = Some(router);
+    }
+
+    /// Lets go of the kept router, breaking the cycle through the state.
+    pub fn release(&self) {
+        self.0.lock().expect("link router lock").take();
+    }
 }
 
 /// The routes, documents and layers of [`router`], not yet bound to a state.
