@@ -82,16 +82,8 @@ impl<W: GroupWrite> Groups<W> {
 async fn writer<W: GroupWrite>(write: W, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Waiting<W>>>>) {
     loop {
         let mut group = Vec::new();
-        {
-            let mut waiting = waiting.lock().await;
-            let Some(first) = waiting.recv().await else { return };
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match waiting.try_recv() {
-                    Ok(item) => group.push(item),
-                    Err(_) => break,
-                }
-            }
+        if waiting.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return;
         }
         if group.len() == 1 {
             let (item, reply) = group.pop().expect("one item");
@@ -159,17 +151,12 @@ impl Acks {
     pub fn start(db: DataStore) -> Acks {
         let (queue, mut waiting) = mpsc::unbounded_channel::<(Uuid, Uuid)>();
         tokio::spawn(async move {
-            while let Some(first) = waiting.recv().await {
-                let mut acks = vec![first];
-                while acks.len() < MAX_ACKS {
-                    match waiting.try_recv() {
-                        Ok(ack) => acks.push(ack),
-                        Err(_) => break,
-                    }
-                }
+            let mut acks = Vec::new();
+            while waiting.recv_many(&mut acks, MAX_ACKS).await > 0 {
                 if let Err(err) = db.dispatch_acked(&acks).await {
                     tracing::warn!(error = %err, acks = acks.len(), "cannot record that nodes have their calls");
                 }
+                acks.clear();
             }
         });
         Acks { queue }

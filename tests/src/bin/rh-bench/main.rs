@@ -136,16 +136,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Dispatch latency and throughput over REST.
     let noop = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "local"});
-    for _ in 0..20 {
-        create_and_wait(&stack.client, &stack.url, &token, &noop).await?;
-    }
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for _ in 0..plan.runs {
-        let latencies = sequential(&stack, &token, &noop, plan.sequential).await?;
-        p50s.push(quantile(&latencies, 0.50));
-        p99s.push(quantile(&latencies, 0.99));
-    }
+    let runs = noop_runs(&stack, &token, &noop, &plan).await?;
+    let p50s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.50)).collect();
+    let p99s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.99)).collect();
     let mut rest_p50 = fig(
         "rest_noop_p50_ms",
         "no-op dispatch over REST, create -> long-poll -> result (p50)",
@@ -161,13 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let _bare =
         stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?;
     let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
-    for _ in 0..20 {
-        create_and_wait(&stack.client, &stack.url, &token, &bare).await?;
-    }
-    let mut bare_p50s = Vec::new();
-    for _ in 0..plan.runs {
-        bare_p50s.push(quantile(&sequential(&stack, &token, &bare, plan.sequential).await?, 0.50));
-    }
+    let bare_p50s = noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
     let mut without =
         fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
     without.vs_floor = true;
@@ -177,13 +164,7 @@ async fn main() -> anyhow::Result<()> {
     let _http_only =
         stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?;
     let plain = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "nolink"});
-    for _ in 0..20 {
-        create_and_wait(&stack.client, &stack.url, &token, &plain).await?;
-    }
-    let mut plain_p50s = Vec::new();
-    for _ in 0..plan.runs {
-        plain_p50s.push(quantile(&sequential(&stack, &token, &plain, plan.sequential).await?, 0.50));
-    }
+    let plain_p50s = noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
     let mut no_link = fig(
         "rest_noop_no_link_p50_ms",
         "  the same, node without its link (HTTP requests) (p50)",
@@ -521,6 +502,19 @@ while True:
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(quantile(&latencies, 0.5))
+}
+
+/// Warms `body`'s cluster with 20 calls, then times `plan.runs` runs of
+/// `plan.sequential` calls; one list of latencies per run.
+async fn noop_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> anyhow::Result<Vec<Vec<f64>>> {
+    for _ in 0..20 {
+        create_and_wait(&stack.client, &stack.url, token, body).await?;
+    }
+    let mut runs = Vec::with_capacity(plan.runs);
+    for _ in 0..plan.runs {
+        runs.push(sequential(stack, token, body, plan.sequential).await?);
+    }
+    Ok(runs)
 }
 
 async fn sequential(stack: &Stack, token: &str, body: &Value, n: usize) -> anyhow::Result<Vec<f64>> {
