@@ -38,7 +38,13 @@ impl App {
                 .expect("queued clusters lock poisoned")
                 .retain(|c| !watched.contains(c) || still.contains(c));
         }
-        for cluster in self.db.dispatch_placeable_clusters().await? {
+        let placeable = self.db.dispatch_placeable_clusters().await?;
+        // Each has work queued: watch it, so a slot freeing there wakes
+        // placement. Without this a backlog this replica did not queue
+        // (another replica's, or one from before a restart) was placed only
+        // by the periodic pass, at most one activation's worth a second.
+        self.queued_clusters.lock().expect("queued clusters lock poisoned").extend(placeable.iter().cloned());
+        for cluster in placeable {
             while placed < MAX_PLACEMENTS_PER_STEP {
                 let batch = self.db.dispatch_place_batch(&cluster, PLACEMENT_BATCH).await?;
                 if batch.is_empty() {
@@ -59,6 +65,10 @@ impl App {
             for (row, node) in batch {
                 self.dispatch_placed(row, node);
             }
+        }
+        if placed >= MAX_PLACEMENTS_PER_STEP {
+            // Yielded with work perhaps left: run again at once, not at the next tick.
+            self.placement.notify_one();
         }
         Ok(json!({ "placed": placed }))
     }

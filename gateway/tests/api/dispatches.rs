@@ -343,6 +343,46 @@ async fn a_grouped_change_with_one_item_the_database_refuses_fails_only_that_ite
 }
 
 #[tokio::test]
+async fn a_group_changing_one_dispatch_twice_applies_both_in_order_with_their_output() {
+    use gateway::db::LogStream;
+    use gateway::dispatch::DispatchState::{Queued, Running, Succeeded};
+    let app = spawn_app().await;
+    let settings = crate::helpers::test_settings(&app.database_url);
+    let db = gateway::db::DataStore::connect_lazy(&settings.database).unwrap();
+    let news: Vec<_> = (0..2).map(|_| new_dispatch(None)).collect();
+    let refs: Vec<_> = news.iter().collect();
+    assert!(db.dispatch_insert_group(&refs).await.iter().all(|r| r.is_ok()));
+    let (a, b) = (news[0].dispatch_id, news[1].dispatch_id);
+    let mut start = cancel_change(a, "started");
+    (start.moves, start.cancelled_by) = (vec![(Queued, Running)], None);
+    let mut finish = cancel_change(a, "finished");
+    (finish.moves, finish.cancelled_by) = (vec![(Running, Succeeded)], None);
+    finish.result = Some(json!({"answer": 42}));
+    finish.logs = vec![(0, LogStream::Stdout, "last line\n".into())];
+    // One statement updates a row once: the second change to `a` must see the first's effect.
+    let results = db.dispatch_transition_group(&[start, cancel_change(b, "not needed"), finish]).await;
+    let states: Vec<String> = results.iter().map(|r| r.as_ref().unwrap().as_ref().unwrap().state.to_string()).collect();
+    assert_eq!(states, ["running", "cancelled", "succeeded"]);
+    let done = results[2].as_ref().unwrap().as_ref().unwrap();
+    assert_eq!(done.result, Some(json!({"answer": 42})));
+    assert_eq!(done.generation, 3, "created at 1, then two changes");
+    let events: Vec<(String, String)> =
+        sqlx::query_as("select to_state::text, reason from dispatch_event where dispatch_id = $1 order by event_id")
+            .bind(a)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let events: Vec<(&str, &str)> = events.iter().map(|(s, r)| (s.as_str(), r.as_str())).collect();
+    assert_eq!(events[1..], [("running", "started"), ("succeeded", "finished")], "{events:?}");
+    let logged: Vec<String> = sqlx::query_scalar("select text from dispatch_log where dispatch_id = $1")
+        .bind(a)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, ["last line\n"]);
+}
+
+#[tokio::test]
 async fn many_concurrent_creates_are_each_stored_once_with_their_events_and_labels() {
     let app = spawn_app().await;
     let token = app.user_token();
