@@ -68,6 +68,10 @@ download_notebook_wheels() {
 }
 phase "download notebook wheels (cached)" download_notebook_wheels
 export RH_NOTEBOOK_WHEELS="$notebook_wheels"
+# The notebook test's node keeps the environment it installs from them here
+# between runs, keyed by the pins and the Python: a folder the node's
+# unprivileged worker user can read (not under $HOME).
+export RH_NOTEBOOK_ENVS="/var/tmp/runhouse-gateway/node-envs-$( (cat tests/notebook-requirements.txt; python3 --version) | sha256sum | cut -c1-12)"
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 run_tests() {

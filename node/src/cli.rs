@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// Bundles, environments and sockets live here.
     #[arg(long, env = "RH_NODE_WORK_DIR", default_value = ".rh-node")]
     pub work_dir: PathBuf,
+    /// Where requirement environments are installed (default: `envs` in the
+    /// work dir). Node daemons on one machine may share it; one kept across
+    /// restarts saves reinstalling. It must be readable by the worker user.
+    #[arg(long, env = "RH_NODE_ENVS_DIR")]
+    pub envs_dir: Option<PathBuf>,
     /// Labels, as key=value (repeat).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -183,7 +188,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("cannot make the calls' output folder")?;
     let pool = Arc::new(Pool::new(exe, cgroups.clone(), worker_user.clone(), max_concurrent as usize));
     let bundles = Arc::new(BundleCache::new(work_dir.join("bundles"), gateway.clone()));
-    let envs = Arc::new(EnvCache::new(work_dir.join("envs"), args.python.clone(), worker_user));
+    let envs_dir = match &args.envs_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => work_dir.join("envs"),
+    };
+    let envs = Arc::new(EnvCache::new(envs_dir, args.python.clone(), worker_user));
     let calls = Calls::new(max_concurrent as usize, pool.clone(), bundles, envs, gateway.clone(), Arc::new(outputs));
     calls.set_run_records(!args.no_run_records);
 

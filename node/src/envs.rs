@@ -1,6 +1,9 @@
 //! Per-requirements Python environments: `pip install --target` into
-//! `<work>/envs/<hash>/` on first use, then reused by every call with the same
-//! requirement set. pip runs with the node's environment, so `PIP_INDEX_URL`,
+//! `<envs>/<hash>/` (`<work>/envs/` unless `--envs-dir` says otherwise) on
+//! first use, then reused by every call with the same requirement set.
+//! Daemons may share the folder: each installs into a staging folder and
+//! renames it into place, and a daemon that loses that race uses the
+//! winner's. pip runs with the node's environment, so `PIP_INDEX_URL`,
 //! `PIP_FIND_LINKS` and `PIP_NO_INDEX` point it at a mirror or a wheel folder
 //! on machines without internet. Under a root daemon pip runs as the worker
 //! user, in the workers' sandbox: a requirement's build code gets no more
@@ -88,7 +91,13 @@ impl EnvCache {
         if self.user.is_some() {
             chown_tree(&staging).map_err(|e| format!("cannot take ownership of {}: {e}", staging.display()))?;
         }
-        std::fs::rename(&staging, &dir).map_err(|e| e.to_string())?;
+        if let Err(err) = std::fs::rename(&staging, &dir) {
+            let _ = std::fs::remove_dir_all(&staging);
+            // Another daemon sharing this folder finished the same set first.
+            if !dir.is_dir() {
+                return Err(format!("cannot move the environment into {}: {err}", dir.display()));
+            }
+        }
         Ok(Some(dir))
     }
 }

@@ -268,10 +268,13 @@ async fn notebooks_run_with_injected_parameters_and_report_a_failing_cell() {
         std::fs::copy(entry.path(), local_wheels.join(entry.file_name())).unwrap();
     }
     let find_links = local_wheels.display().to_string();
-    let _node = stack
-        .start_node_env("n1", "local", 2, &stack.url, &[("PIP_FIND_LINKS", &find_links), ("PIP_NO_INDEX", "1")])
-        .await
-        .unwrap();
+    let mut env = vec![("PIP_FIND_LINKS", find_links.as_str()), ("PIP_NO_INDEX", "1")];
+    // `make test` keeps the node's requirement environment between runs (installing
+    // nbclient and ipykernel is most of this test's time; installing is tested on its own
+    // in dispatch_runs.rs).
+    let kept_envs = std::env::var("RH_NOTEBOOK_ENVS").ok();
+    env.extend(kept_envs.as_deref().map(|dir| ("RH_NODE_ENVS_DIR", dir)));
+    let _node = stack.start_node_env("n1", "local", 2, &stack.url, &env).await.unwrap();
     let bundle = stack.fixture_bundle().await;
     let requirements = json!(e2e::notebook_requirements());
 
