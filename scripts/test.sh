@@ -36,6 +36,8 @@ fmt_check() {
 }
 phase "cargo fmt --check" fmt_check
 phase "cargo build (all targets)" cargo build --workspace --all-targets --locked
+# The end-to-end tests run the binaries just built instead of building again.
+export RH_E2E_BUILT=1
 clippy() {
     cargo clippy --workspace --all-targets --locked -- -D warnings &&
         cargo clippy --manifest-path sdk/python/Cargo.toml --locked -- -D warnings

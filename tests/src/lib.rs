@@ -24,17 +24,24 @@ pub fn bin_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            // Build the binaries under test, so a test never runs stale ones.
-            let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-            let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            build
-                .args(["build", "-q", "-p", "gateway", "-p", "node", "-p", "runhouse-gateway"])
-                .current_dir(workspace_root());
-            if profile == "release" {
-                build.arg("--release");
+            // Build the binaries under test, so a test never runs stale ones;
+            // unless `make test` says it built every target of this tree just
+            // before (a second build from inside a test, in the test's
+            // environment and with these packages' features alone, rebuilt
+            // the cloud SDKs and the binaries as another variant: minutes of
+            // a CI run).
+            if std::env::var_os("RH_E2E_BUILT").is_none() {
+                let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+                let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+                build
+                    .args(["build", "-q", "-p", "gateway", "-p", "node", "-p", "runhouse-gateway"])
+                    .current_dir(workspace_root());
+                if profile == "release" {
+                    build.arg("--release");
+                }
+                let status = build.status().expect("run cargo build");
+                assert!(status.success(), "building rh-gateway and rh-node failed");
             }
-            let status = build.status().expect("run cargo build");
-            assert!(status.success(), "building rh-gateway and rh-node failed");
             let exe = std::env::current_exe().expect("current exe");
             // target/<profile>/deps/<test> or target/<profile>/<bin>
             let dir = exe.parent().expect("exe dir");
