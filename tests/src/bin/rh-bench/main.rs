@@ -80,6 +80,25 @@ impl Plan {
     }
 }
 
+/// Prints how long each section of the suite took (to stderr), so a slow
+/// one shows in a smoke run's log.
+struct Lap {
+    name: &'static str,
+    at: Instant,
+}
+
+impl Lap {
+    fn new(name: &'static str) -> Lap {
+        Lap { name, at: Instant::now() }
+    }
+
+    /// Ends the current section and starts `name`.
+    fn next(&mut self, name: &'static str) {
+        eprintln!("({} took {:.1} s)", self.name, self.at.elapsed().as_secs_f64());
+        *self = Lap::new(name);
+    }
+}
+
 /// One row of the results table: the value of each run, and the target.
 struct Figure {
     key: String,
@@ -109,12 +128,14 @@ async fn main() -> anyhow::Result<()> {
         std::env::set_var("RH_E2E_DURABLE", "1");
     }
     let suite_started = Instant::now();
+    let mut lap = Lap::new("stack start");
     let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await?;
     let node = stack.start_node("bench-1", "local", 64).await?;
     let token = stack.admin_token();
     let bundle = stack.fixture_bundle().await;
     let mut figures = Vec::new();
 
+    lap.next("floor");
     // The floor.
     let http = repeat(plan.runs, || floor_http(plan.floor_samples)).await?;
     let commits = repeat(plan.runs, || floor_commits(&stack.database_url, plan.floor_samples / 4)).await?;
@@ -134,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    lap.next("REST no-op");
     // Dispatch latency and throughput over REST.
     let noop = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "local"});
     let runs = noop_runs(&stack, &token, &noop, &plan).await?;
@@ -150,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
     figures.push(rest_p50);
     figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
 
+    lap.next("no run records");
     // The run record's cost: the same no-op on a node that sends none.
     let _bare =
         stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?;
@@ -160,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
     without.vs_floor = true;
     figures.push(without);
 
+    lap.next("no link");
     // What the node link saves: the same no-op on a node talking plain HTTP requests.
     let _http_only =
         stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?;
@@ -175,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
     no_link.vs_floor = true;
     figures.push(no_link);
 
+    lap.next("cache hit");
     // A cache hit: the create answers with the earlier result, no node involved.
     let cached = json!({"function": "json:dumps", "args": ["cached"], "cluster": "local", "cache": true});
     create_and_wait(&stack.client, &stack.url, &token, &cached).await?;
@@ -185,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
     let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
     hit.vs_floor = true;
     figures.push(hit);
+    lap.next("artifact upload");
     // Artifact upload: a call writing N MB under $RH_OUTPUTS vs the same call writing them to a
     // scratch file; the difference is the upload (node -> gateway -> artifact store, streamed).
     let megabytes: u64 = if plan.smoke { 10 } else { 100 };
@@ -214,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
         throughput,
     ));
 
+    lap.next("log streaming");
     // Live log streaming: a no-op that prints one line vs the same no-op.
     let quiet = json!({"function": "pkg.jobs:noop", "bundle": bundle, "cluster": "local"});
     let chatty = json!({"function": "builtins:print", "args": ["one line"], "cluster": "local"});
@@ -229,10 +256,12 @@ async fn main() -> anyhow::Result<()> {
     }
     figures.push(fig("log_overhead_pct", "printing one line vs a no-op (p50 over p50)", "%", "<= 10", overheads));
 
+    lap.next("cancel");
     // Cancel: from the cancel request to the worker process being gone.
     let cancel = cancel_to_gone(&stack, &token, &bundle, plan.cancels).await?;
     figures.push(fig("cancel_gone_p99_ms", "cancel -> worker process gone (p99)", "ms", "<= 1000", vec![cancel]));
 
+    lap.next("cold start");
     // Cold start: POST /v1/clusters (local, 1 node) -> first result.
     let mut colds = Vec::new();
     for run in 0..plan.runs {
@@ -246,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         colds,
     ));
 
+    lap.next("idle memory");
     // Idle memory after many dispatches.
     let mut done = 0;
     while done < plan.rss_dispatches {
@@ -269,6 +299,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     figures.push(fig("idle_rss_workers_mb", "  (and the node's warm Python workers)", "MB", "", vec![workers_rss]));
 
+    lap.next("waiters");
     // Many concurrent long-poll waiters.
     let idle_gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
     let (waiters_rss, wake_p99) = waiters(&stack, &token, plan.waiters).await?;
@@ -297,6 +328,7 @@ async fn main() -> anyhow::Result<()> {
         vec![wake_p99],
     ));
 
+    lap.next("listing");
     // Listing with many rows in the table.
     let list_p99 = list_with_rows(&stack, &token, plan.list_rows).await?;
     figures.push(fig(
@@ -307,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
         vec![list_p99],
     ));
 
+    lap.next("runs page");
     // The dashboard's runs page over the same rows, rendered by the gateway.
     let (runs_p50, runs_p99) = runs_page_with_rows(&stack, &token).await?;
     figures.push(fig(
@@ -318,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     figures.push(fig("ui_runs_page_p99_ms", "GET /ui/runs, as above (p99)", "ms", "", vec![runs_p99]));
 
+    lap.next("replica wake");
     // Replicas: a dispatch created through this gateway, waited on through another.
     let wake = cross_replica_wake(&stack, &token, &noop, if plan.smoke { 5 } else { 300 }).await?;
     figures.push(fig(
@@ -328,6 +362,7 @@ async fn main() -> anyhow::Result<()> {
         vec![wake],
     ));
 
+    lap.next("schedules");
     // Schedules: from a fire's instant to its dispatch being recorded.
     let (fire_p50, fire_p99) = fire_times(&stack, &token, if plan.smoke { 2 } else { 30 }).await?;
     figures.push(fig(
@@ -345,9 +380,12 @@ async fn main() -> anyhow::Result<()> {
         vec![fire_p99],
     ));
 
+    lap.next("scale: nodes and queues");
     // How the cost grows with nodes, queued work and replicas (simulated nodes).
     figures.extend(scale::nodes_and_queues(&stack, &token, &plan).await?);
+    lap.next("scale: replicas");
     figures.extend(scale::replicas(&stack, &token, &plan).await?);
+    lap.next("table");
 
     let results_dir = e2e::workspace_root().join("bench/results");
     let previous = previous_run(&results_dir.join("latest.json"));
