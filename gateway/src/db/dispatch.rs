@@ -1293,31 +1293,26 @@ async fn transitions_on(
     conn: &mut PgConnection,
     changes: &[&Transition],
 ) -> Result<Vec<Option<DispatchRow>>, sqlx::Error> {
-    let n = changes.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut generations = Vec::with_capacity(n);
-    let (mut actors, mut reasons, mut cancelled_by) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut results, mut failures, mut projects) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut nodes, mut log_bytes, mut log_limits, mut has_logs) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    fn each<T>(changes: &[&Transition], field: impl Fn(&Transition) -> T) -> Vec<T> {
+        changes.iter().map(|c| field(c)).collect()
+    }
+    let ids = each(changes, |c| c.dispatch_id);
+    let generations = each(changes, |c| c.expected_generation);
+    let actors = each(changes, |c| c.actor.clone());
+    let reasons = each(changes, |c| c.reason.clone());
+    let cancelled_by = each(changes, |c| c.cancelled_by.clone());
+    let results = each(changes, |c| c.result.as_ref().map(Value::to_string));
+    let failures = each(changes, |c| c.failure.as_ref().map(Value::to_string));
+    let projects = each(changes, |c| c.project.clone());
+    let nodes = each(changes, |c| c.node);
+    let log_bytes = each(changes, |c| c.logs.iter().map(|e| e.2.len() as i64).sum::<i64>());
+    let log_limits = each(changes, |c| c.log_limit);
+    let has_logs = each(changes, |c| !c.logs.is_empty());
+    // Moves and shipped output, a row each, keyed by their dispatch.
     let (mut move_ids, mut from, mut to) = (Vec::new(), Vec::new(), Vec::new());
     let (mut log_ids, mut seqs, mut streams, mut texts, mut escaped) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for change in changes {
-        ids.push(change.dispatch_id);
-        generations.push(change.expected_generation);
-        actors.push(change.actor.clone());
-        reasons.push(change.reason.clone());
-        cancelled_by.push(change.cancelled_by.clone());
-        results.push(change.result.as_ref().map(Value::to_string));
-        failures.push(change.failure.as_ref().map(Value::to_string));
-        projects.push(change.project.clone());
-        nodes.push(change.node);
-        log_bytes.push(change.logs.iter().map(|e| e.2.len() as i64).sum::<i64>());
-        log_limits.push(change.log_limit);
-        has_logs.push(!change.logs.is_empty());
         for (f, t) in &change.moves {
             move_ids.push(change.dispatch_id);
             from.push(f.to_string());
@@ -1429,7 +1424,8 @@ fn distinct_runs(changes: &[Transition]) -> Vec<Vec<&Transition>> {
     let mut runs: Vec<Vec<&Transition>> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for change in changes {
-        if !seen.insert(change.dispatch_id) || runs.is_empty() {
+        if runs.is_empty() || !seen.insert(change.dispatch_id) {
+            // The first change, or a dispatch this run already changes: a new run.
             seen.clear();
             seen.insert(change.dispatch_id);
             runs.push(Vec::new());

@@ -308,14 +308,22 @@ fn cancel_change(dispatch_id: uuid::Uuid, reason: &str) -> gateway::db::Transiti
     }
 }
 
-#[tokio::test]
-async fn a_grouped_change_with_one_item_the_database_refuses_fails_only_that_item_and_applies_the_others() {
+/// A gateway, its data store, and `n` queued dispatches stored in it.
+async fn queued_in_a_store(
+    n: usize,
+) -> (crate::helpers::TestApp, gateway::db::DataStore, Vec<gateway::db::NewDispatch>) {
     let app = spawn_app().await;
     let settings = crate::helpers::test_settings(&app.database_url);
     let db = gateway::db::DataStore::connect_lazy(&settings.database).unwrap();
-    let news: Vec<_> = (0..4).map(|_| new_dispatch(None)).collect();
+    let news: Vec<_> = (0..n).map(|_| new_dispatch(None)).collect();
     let refs: Vec<_> = news.iter().collect();
     assert!(db.dispatch_insert_group(&refs).await.iter().all(|r| r.is_ok()));
+    (app, db, news)
+}
+
+#[tokio::test]
+async fn a_grouped_change_with_one_item_the_database_refuses_fails_only_that_item_and_applies_the_others() {
+    let (app, db, news) = queued_in_a_store(4).await;
     let mut changes: Vec<_> = news.iter().map(|n| cancel_change(n.dispatch_id, "no longer needed")).collect();
     // Text holding a NUL byte: Postgres refuses it.
     changes[1].reason = Some("bad\0reason".into());
@@ -346,12 +354,7 @@ async fn a_grouped_change_with_one_item_the_database_refuses_fails_only_that_ite
 async fn a_group_changing_one_dispatch_twice_applies_both_in_order_with_their_output() {
     use gateway::db::LogStream;
     use gateway::dispatch::DispatchState::{Queued, Running, Succeeded};
-    let app = spawn_app().await;
-    let settings = crate::helpers::test_settings(&app.database_url);
-    let db = gateway::db::DataStore::connect_lazy(&settings.database).unwrap();
-    let news: Vec<_> = (0..2).map(|_| new_dispatch(None)).collect();
-    let refs: Vec<_> = news.iter().collect();
-    assert!(db.dispatch_insert_group(&refs).await.iter().all(|r| r.is_ok()));
+    let (app, db, news) = queued_in_a_store(2).await;
     let (a, b) = (news[0].dispatch_id, news[1].dispatch_id);
     let mut start = cancel_change(a, "started");
     (start.moves, start.cancelled_by) = (vec![(Queued, Running)], None);
