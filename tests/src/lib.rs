@@ -116,9 +116,25 @@ impl Stack {
         Self::start_with(&[]).await
     }
 
-    /// Same, with extra `RH_GATEWAY_*` settings.
+    /// Same, with extra `RH_GATEWAY_*` settings. The database is migrated
+    /// first, and every commit checks that each dispatch's narrow index row
+    /// is in step with it (gateway/tests/fixtures/dispatch_index_in_step.sql).
     pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
         let database_url = fresh_database().await?;
+        let mut db = sqlx::PgConnection::connect(&database_url).await?;
+        gateway::db::MIGRATOR.run(&mut db).await?;
+        sqlx::raw_sql(include_str!("../../gateway/tests/fixtures/dispatch_index_in_step.sql")).execute(&mut db).await?;
+        db.close().await?;
+        Self::start_unchecked(&database_url, env).await
+    }
+
+    /// A stack as the benchmarks measure it: without the test-only check.
+    pub async fn start_for_bench(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
+        Self::start_unchecked(&fresh_database().await?, env).await
+    }
+
+    async fn start_unchecked(database_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Stack> {
+        let database_url = database_url.to_owned();
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let keys = Keys::from_settings(&AuthSettings {
             hs256_secret: Some(secrecy::SecretString::from(SECRET)),

@@ -383,12 +383,12 @@ impl DataStore {
         let row = sqlx::query!(
             r#"
             select
-                exists(select 1 from dispatch where cluster_project = $1 and cluster = $2
-                                              and state in ('queued', 'running', 'cancelling'))
+                exists(select 1 from dispatch_index where cluster_project = $1 and cluster = $2
+                                                    and state in ('queued', 'running', 'cancelling'))
                 -- A live object keeps its cluster up (it stops itself after its own idle limit).
                 or exists(select 1 from object where cluster_project = $1 and cluster = $2
                                                and state in ('starting', 'ready')) as "busy!",
-                (select max(updated_at) from dispatch where cluster_project = $1 and cluster = $2) as last
+                (select max(updated_at) from dispatch_index where cluster_project = $1 and cluster = $2) as last
             "#,
             key.project,
             key.name

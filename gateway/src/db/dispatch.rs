@@ -204,8 +204,8 @@ impl DataStore {
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
                   and not exists (
-                      select 1 from dispatch q
-                      where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6 and q.method is null
+                      select 1 from dispatch_index q
+                      where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6 and not q.is_method
                         and q.cached_from is null
                   )
                 order by s.slot
@@ -221,7 +221,7 @@ impl DataStore {
                 where $17::text is not null and s.object_id = $16 and o.state = 'ready' and n.state = 'ready'
                   and s.dispatch_id is null and s.slot < o.max_concurrency
                   and not exists (
-                      select 1 from dispatch q where q.state = 'queued' and q.object_id = $16 and q.method is not null
+                      select 1 from dispatch_index q where q.state = 'queued' and q.object_id = $16 and q.is_method
                   )
                 order by s.slot
                 limit 1
@@ -243,6 +243,13 @@ impl DataStore {
                 from (select 1) as one left join slot on true
                 on conflict (project, idempotency_key) do nothing
                 returning *
+            ),
+            indexed as (
+                insert into dispatch_index (dispatch_id, project, cluster_project, cluster, object_id, is_method,
+                                            cache_key, state, node_id, cached_from, updated_at, finished_at)
+                select dispatch_id, project, cluster_project, cluster, object_id, method is not null,
+                       cache_key, state, node_id, cached_from, updated_at, finished_at
+                from inserted
             ),
             occupied as (
                 update node_slot s set dispatch_id = i.dispatch_id
@@ -362,6 +369,13 @@ impl DataStore {
                 from input order by position
                 on conflict (project, idempotency_key) do nothing
                 returning *
+            ),
+            indexed as (
+                insert into dispatch_index (dispatch_id, project, cluster_project, cluster, object_id, is_method,
+                                            cache_key, state, node_id, cached_from, updated_at, finished_at)
+                select dispatch_id, project, cluster_project, cluster, object_id, method is not null,
+                       cache_key, state, node_id, cached_from, updated_at, finished_at
+                from inserted
             ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
@@ -490,6 +504,40 @@ impl DataStore {
                 filter.before_id,
                 filter.limit,
                 function,
+            )
+            .fetch_all(self.pool())
+            .await?;
+            return Ok(rows);
+        }
+        if let (None, false) = (&first_label, states.is_empty()) {
+            // Walk the wanted states' rows newest first (`dispatch_index_project_state`).
+            let rows = sqlx::query_as!(
+                DispatchRow,
+                r#"
+                select d.dispatch_id, d.project, d.function_ref, d.function_name, d.bundle, d.requirements,
+                       d.args, d.kwargs, d.cluster, d.node_id,
+                       d.state as "state: DispatchState", d.generation, d.idempotency_key, d.request_hash,
+                       d.requester, d.labels, d.timeout_s, d.result, d.failure, d.cancelled_by, d.cancel_reason,
+                       d.created_at, d.started_at, d.cancel_requested_at, d.finished_at, d.updated_at,
+                       d.log_bytes, d.log_truncated, d.cluster_project, d.acked_at, d.requeues, d.object_id, d.method,
+                       d.cache_key, d.cached_from
+                from dispatch_index q
+                join dispatch d on d.dispatch_id = q.dispatch_id
+                where q.project = $1 and q.state = any($2::text[]::dispatch_state[])
+                  and ($3::text is null or q.cluster = $3)
+                  and ($4::timestamptz is null or d.created_at >= $4)
+                  and ($5::timestamptz is null or d.created_at < $5)
+                  and ($6::uuid is null or q.dispatch_id < $6)
+                order by q.dispatch_id desc
+                limit $7
+                "#,
+                project,
+                &states,
+                filter.cluster,
+                filter.created_after,
+                filter.created_before,
+                filter.before_id,
+                filter.limit,
             )
             .fetch_all(self.pool())
             .await?;
@@ -641,12 +689,15 @@ impl DataStore {
                 select node_id, slot, row_number() over (order by slot, node_id) as rank from free
             ),
             waiting as (
-                select dispatch_id from dispatch
-                where state = 'queued' and cluster_project = $2 and cluster = $1 and method is null
-                  and cached_from is null
-                order by dispatch_id
+                -- Found by the narrow row's index, locked on the dispatch row (and
+                -- checked again there, in case it moved since the snapshot).
+                select d.dispatch_id from dispatch_index q
+                join dispatch d on d.dispatch_id = q.dispatch_id
+                where q.state = 'queued' and q.cluster_project = $2 and q.cluster = $1 and not q.is_method
+                  and q.cached_from is null and d.state = 'queued' and d.cached_from is null
+                order by q.dispatch_id
                 limit (select count(*) from slots)
-                for update skip locked
+                for update of d skip locked
             ),
             pairs as (
                 select w.dispatch_id, s.node_id, s.slot
@@ -659,6 +710,10 @@ impl DataStore {
                 from pairs p
                 where d.dispatch_id = p.dispatch_id
                 returning d.*
+            ),
+            indexed as (
+                update dispatch_index q set state = u.state, node_id = u.node_id, updated_at = u.updated_at
+                from updated u where q.dispatch_id = u.dispatch_id
             ),
             occupied as (
                 update node_slot s set dispatch_id = u.dispatch_id
@@ -716,11 +771,13 @@ impl DataStore {
                     for update of s skip locked
                 ),
                 next as (
-                    select dispatch_id from dispatch
-                    where state = 'queued' and object_id = $1 and method is not null and exists (select 1 from slot)
-                    order by dispatch_id
+                    select d.dispatch_id from dispatch_index q
+                    join dispatch d on d.dispatch_id = q.dispatch_id
+                    where q.state = 'queued' and q.object_id = $1 and q.is_method and d.state = 'queued'
+                      and exists (select 1 from slot)
+                    order by q.dispatch_id
                     limit 1
-                    for update skip locked
+                    for update of d skip locked
                 ),
                 updated as (
                     update dispatch d set state = 'running', generation = d.generation + 1, node_id = slot.node_id,
@@ -728,6 +785,10 @@ impl DataStore {
                     from slot
                     where d.dispatch_id = (select dispatch_id from next)
                     returning d.*
+                ),
+                indexed as (
+                    update dispatch_index q set state = u.state, node_id = u.node_id, updated_at = u.updated_at
+                    from updated u where q.dispatch_id = u.dispatch_id
                 ),
                 occupied as (
                     update object_slot s set dispatch_id = u.dispatch_id
@@ -772,8 +833,8 @@ impl DataStore {
             select o.object_id from object o
             join node n on n.node_id = o.node_id
             where o.state = 'ready' and n.state = 'ready'
-              and exists (select 1 from dispatch q where q.state = 'queued' and q.object_id = o.object_id
-                                                     and q.method is not null)
+              and exists (select 1 from dispatch_index q where q.state = 'queued' and q.object_id = o.object_id
+                                                           and q.is_method)
               and exists (select 1 from object_slot s where s.object_id = o.object_id and s.dispatch_id is null
                                                         and s.slot < o.max_concurrency)
             "#
@@ -850,6 +911,13 @@ impl DataStore {
                 on conflict (project, idempotency_key) do nothing
                 returning *
             ),
+            indexed as (
+                insert into dispatch_index (dispatch_id, project, cluster_project, cluster, object_id, is_method,
+                                            cache_key, state, node_id, cached_from, updated_at, finished_at)
+                select dispatch_id, project, cluster_project, cluster, object_id, method is not null,
+                       cache_key, state, node_id, cached_from, updated_at, finished_at
+                from inserted
+            ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
                 select dispatch_id, null::dispatch_state, 'queued'::dispatch_state, 1::bigint, requester,
@@ -914,7 +982,7 @@ impl DataStore {
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
                    log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
-            where cached_from = $1 and state = 'queued'
+            where dispatch_id in (select dispatch_id from dispatch_index where cached_from = $1 and state = 'queued')
             order by dispatch_id
             "#,
             leader
@@ -930,18 +998,31 @@ impl DataStore {
     pub async fn dispatch_promote_follower(&self, leader: Uuid) -> Result<Option<Uuid>> {
         let promoted = sqlx::query_scalar!(
             r#"
-            with next as (
-                select dispatch_id from dispatch where cached_from = $1 and state = 'queued'
-                order by dispatch_id limit 1 for update
+            with followers as (
+                select d.dispatch_id from dispatch_index q join dispatch d on d.dispatch_id = q.dispatch_id
+                where q.cached_from = $1 and q.state = 'queued' and d.cached_from = $1 and d.state = 'queued'
+                order by d.dispatch_id
+                for update of d
             ),
+            next as (select dispatch_id from followers order by dispatch_id limit 1),
             promoted as (
                 update dispatch set cached_from = null, updated_at = now()
                 where dispatch_id = (select dispatch_id from next)
-                returning dispatch_id
+                returning dispatch_id, updated_at
             ),
             others as (
                 update dispatch set cached_from = (select dispatch_id from promoted)
-                where cached_from = $1 and state = 'queued' and dispatch_id <> (select dispatch_id from next)
+                where dispatch_id in (select dispatch_id from followers)
+                  and dispatch_id <> (select dispatch_id from next)
+                returning dispatch_id, cached_from
+            ),
+            indexed as (
+                update dispatch_index q set cached_from = null, updated_at = p.updated_at
+                from promoted p where q.dispatch_id = p.dispatch_id
+            ),
+            others_indexed as (
+                update dispatch_index q set cached_from = o.cached_from
+                from others o where q.dispatch_id = o.dispatch_id
             )
             select dispatch_id as "dispatch_id!" from promoted
             "#,
@@ -958,7 +1039,7 @@ impl DataStore {
         let ids = sqlx::query_scalar!(
             r#"
             select distinct f.cached_from as "leader!"
-            from dispatch f join dispatch l on l.dispatch_id = f.cached_from
+            from dispatch_index f join dispatch_index l on l.dispatch_id = f.cached_from
             where f.cached_from is not null and f.state = 'queued'
               and l.state in ('succeeded', 'failed', 'cancelled', 'timed_out')
               and l.finished_at < now() - interval '2 seconds'
@@ -1003,9 +1084,9 @@ impl DataStore {
             r#"
             select c.project as "project!", c.name as "name!" from unnest($1::text[], $2::text[]) as c (project, name)
             where (
-                select q.dispatch_id from dispatch q
+                select q.dispatch_id from dispatch_index q
                 where q.state = 'queued' and q.cluster_project = c.project and q.cluster = c.name
-                  and q.method is null and q.cached_from is null
+                  and not q.is_method and q.cached_from is null
                 order by q.dispatch_id
                 limit 1
             ) is not null
@@ -1049,7 +1130,9 @@ impl DataStore {
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
                    log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
-            where node_id = $1 and state in ('running', 'cancelling')
+            where dispatch_id in (
+                select dispatch_id from dispatch_index where node_id = $1 and state in ('running', 'cancelling')
+            )
             "#,
             node_id
         )
@@ -1070,9 +1153,13 @@ impl DataStore {
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
                    log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
-            where cluster_project = $1 and cluster = $2 and state = 'queued'
+            where dispatch_id in (
+                select dispatch_id from dispatch_index
+                where cluster_project = $1 and cluster = $2 and state = 'queued'
+                order by dispatch_id
+                limit $3
+            )
             order by dispatch_id
-            limit $3
             "#,
             cluster.project,
             cluster.name,
@@ -1095,9 +1182,13 @@ impl DataStore {
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
                    log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
-            where state = 'cancelling' and updated_at < now() - make_interval(secs => $1)
+            where dispatch_id in (
+                select dispatch_id from dispatch_index
+                where state = 'cancelling' and updated_at < now() - make_interval(secs => $1)
+                order by updated_at
+                limit 100
+            )
             order by updated_at
-            limit 100
             "#,
             older_than_s
         )
@@ -1110,7 +1201,7 @@ impl DataStore {
     pub async fn dispatch_clusters_wanted(&self, names: &[String]) -> Result<Vec<ClusterKey>> {
         let rows = sqlx::query!(
             r#"
-            select distinct cluster_project, cluster from dispatch
+            select distinct cluster_project, cluster from dispatch_index
             where state = 'queued' and cluster = any($1)
             "#,
             names
@@ -1182,8 +1273,8 @@ impl DataStore {
         let placed = sqlx::query_scalar!(
             r#"
             select exists(
-                select 1 from dispatch
-                where node_id = $1 and bundle = $2 and state in ('running', 'cancelling')
+                select 1 from dispatch_index q join dispatch d on d.dispatch_id = q.dispatch_id
+                where q.node_id = $1 and q.state in ('running', 'cancelling') and d.bundle = $2
             ) as "placed!"
             "#,
             node_id,
@@ -1215,7 +1306,7 @@ impl DataStore {
     /// How many dispatches are in each state, across projects (for `/metrics`).
     pub async fn dispatch_count_by_state(&self) -> Result<Vec<(DispatchState, i64)>> {
         let rows = sqlx::query!(
-            r#"select state as "state: DispatchState", count(*) as "count!" from dispatch group by state"#
+            r#"select state as "state: DispatchState", count(*) as "count!" from dispatch_index group by state"#
         )
         .fetch_all(self.pool())
         .await?;
@@ -1245,10 +1336,13 @@ impl CacheLock {
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
                    log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
-            where project = $1 and cache_key = $2 and state = 'succeeded'
-              and ($3::float8 is null or finished_at > now() - make_interval(secs => $3))
-            order by finished_at desc
-            limit 1
+            where dispatch_id = (
+                select dispatch_id from dispatch_index
+                where project = $1 and cache_key = $2 and state = 'succeeded'
+                  and ($3::float8 is null or finished_at > now() - make_interval(secs => $3))
+                order by finished_at desc
+                limit 1
+            )
             "#,
             self.project,
             self.cache_key,
@@ -1271,10 +1365,13 @@ impl CacheLock {
                    created_at, started_at, cancel_requested_at, finished_at, updated_at,
                    log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
             from dispatch
-            where project = $1 and cache_key = $2 and cached_from is null
-              and state in ('queued', 'running', 'cancelling')
-            order by dispatch_id
-            limit 1
+            where dispatch_id = (
+                select dispatch_id from dispatch_index
+                where project = $1 and cache_key = $2 and cached_from is null
+                  and state in ('queued', 'running', 'cancelling')
+                order by dispatch_id
+                limit 1
+            )
             "#,
             self.project,
             self.cache_key
@@ -1364,6 +1461,11 @@ async fn transitions_on(
               and (i.node is null or d.node_id = i.node)
               and (not i.has_logs or (not d.log_truncated and d.log_bytes + i.log_bytes <= i.log_limit))
             returning d.*, m.from_state, i.actor, i.reason
+        ),
+        indexed as (
+            update dispatch_index q set state = u.state, node_id = u.node_id, updated_at = u.updated_at,
+                                        finished_at = u.finished_at
+            from updated u where q.dispatch_id = u.dispatch_id
         ),
         event as (
             insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)

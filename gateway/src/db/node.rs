@@ -204,7 +204,7 @@ impl DataStore {
     pub async fn node_lost_with_work(&self) -> Result<Vec<Uuid>> {
         let ids = sqlx::query_scalar!(
             r#"
-            select distinct n.node_id from node n join dispatch d on d.node_id = n.node_id
+            select distinct n.node_id from node n join dispatch_index d on d.node_id = n.node_id
             where n.state = 'lost' and d.state in ('running', 'cancelling')
             "#
         )

@@ -301,8 +301,8 @@ impl DataStore {
                     state_reason, failure, node_id, constructor_id, restarts, generation, created_by, created_at,
                     updated_at, ready_at
              from object o where state in ('failed', 'lost', 'deleted')
-               and exists (select 1 from dispatch d where d.object_id = o.object_id and d.state = 'queued'
-                                                      and d.method is not null)"#
+               and exists (select 1 from dispatch_index d where d.object_id = o.object_id and d.state = 'queued'
+                                                            and d.is_method)"#
         )
         .fetch_all(self.pool())
         .await?;

@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::helpers::spawn_app;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn creating_a_dispatch_records_it_queued_with_its_creation_event() {
@@ -120,6 +121,30 @@ async fn a_client_that_disconnects_mid_create_never_leaves_half_a_dispatch() {
     .unwrap();
     assert_eq!(without_event, 0);
     assert_eq!(app.count("dispatch_event").await, 40);
+}
+
+/// The harness's check (helpers.rs, `INDEX_IN_STEP`) that keeps every other
+/// test honest about the narrow index row: it refuses a commit that changes a
+/// dispatch's state on one copy only.
+#[tokio::test]
+async fn a_state_change_written_to_the_dispatch_row_alone_does_not_commit() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    let alone = sqlx::query("update dispatch set state = 'cancelled' where dispatch_id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .expect_err("the commit is refused");
+    assert!(alone.to_string().contains("dispatch_index is out of step"), "{alone}");
+    let both = sqlx::query(
+        "with d as (update dispatch set state = 'cancelled' where dispatch_id = $1 returning dispatch_id)
+         update dispatch_index q set state = 'cancelled' from d where q.dispatch_id = d.dispatch_id",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await;
+    assert!(both.is_ok(), "{both:?}");
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ fn server() -> &'static Server {
                     sqlx::raw_sql(&format!("create database {template}")).execute(&mut admin).await.unwrap();
                     let pool = PgPool::connect(&template_url).await.unwrap();
                     gateway::db::MIGRATOR.run(&pool).await.expect("migrate template");
+                    sqlx::raw_sql(INDEX_IN_STEP).execute(&pool).await.expect("install the dispatch_index check");
                     pool.close().await;
                 })
             }
@@ -54,6 +55,9 @@ fn server() -> &'static Server {
         Server { url_pattern, template }
     })
 }
+
+/// The check that every dispatch's `dispatch_index` row stays in step with it.
+const INDEX_IN_STEP: &str = include_str!("../fixtures/dispatch_index_in_step.sql");
 
 /// A fresh database copied from the migrated template; returns its URL.
 pub async fn fresh_database() -> String {

@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let suite_started = Instant::now();
     let mut lap = Lap::new("stack start");
-    let stack = Stack::start_with(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await?;
+    let stack = Stack::start_for_bench(&[("RH_GATEWAY_COMPUTE__RECONCILE_INTERVAL_S", "1")]).await?;
     let node = stack.start_node("bench-1", "local", 64).await?;
     let token = stack.admin_token();
     let bundle = stack.fixture_bundle().await;
@@ -826,7 +826,11 @@ async fn list_with_rows(stack: &Stack, token: &str, rows: i64) -> anyhow::Result
                  select gen_random_uuid(), 'default', 'bench', 'json:dumps', '[]', '{}', 'archive', 'default', 'bench',
                         jsonb_build_object('batch', (g % 1000)::text, 'dag_id', 'bench'), 'succeeded'
                  from generate_series(1, $1) g
-                 returning project, dispatch_id, labels
+                 returning *
+             ),
+             indexed as (
+                 insert into dispatch_index (dispatch_id, project, cluster_project, cluster, is_method, state, updated_at)
+                 select dispatch_id, project, cluster_project, cluster, false, state, updated_at from rows
              )
              insert into dispatch_label (project, key, value, dispatch_id)
              select r.project, l.key, l.value, r.dispatch_id from rows r, jsonb_each_text(r.labels) l",
@@ -836,7 +840,7 @@ async fn list_with_rows(stack: &Stack, token: &str, rows: i64) -> anyhow::Result
         .await?;
         inserted += batch;
     }
-    sqlx::raw_sql("analyze dispatch").execute(&mut db).await?;
+    sqlx::raw_sql("analyze dispatch, dispatch_index").execute(&mut db).await?;
     if missing > 0 {
         println!("(inserted {missing} rows in {:.0} s)", started.elapsed().as_secs_f64());
     }

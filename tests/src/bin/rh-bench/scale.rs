@@ -92,8 +92,15 @@ pub async fn nodes_and_queues(stack: &Stack, token: &str, plan: &Plan) -> anyhow
             vec![rss_mb(gateway)],
         ));
         // The next node count starts from an empty backlog again.
+        // Both copies of the state (migrations/0015_dispatch_index.sql).
         sqlx::query(
-            "update dispatch set state = 'cancelled', finished_at = now() where cluster = $1 and state = 'queued'",
+            "with cancelled as (
+                 update dispatch set state = 'cancelled', finished_at = now(), updated_at = now()
+                 where cluster = $1 and state = 'queued'
+                 returning dispatch_id, state, finished_at, updated_at
+             )
+             update dispatch_index q set state = c.state, finished_at = c.finished_at, updated_at = c.updated_at
+             from cancelled c where q.dispatch_id = c.dispatch_id",
         )
         .bind(PARKED)
         .execute(&mut db)
@@ -220,7 +227,7 @@ async fn wait_idle(db: &mut PgConnection, cluster: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let active: i64 = sqlx::query_scalar(
-            "select count(*) from dispatch where cluster = $1 and state in ('queued', 'running', 'cancelling')",
+            "select count(*) from dispatch_index where cluster = $1 and state in ('queued', 'running', 'cancelling')",
         )
         .bind(cluster)
         .fetch_one(&mut *db)
@@ -247,7 +254,11 @@ async fn queue_rows(db: &mut PgConnection, cluster: &str, count: i64) -> anyhow:
              select gen_random_uuid(), 'default', 'bench', 'json:dumps', jsonb_build_array(g), '{}', $2,
                     'default', 'bench', 'queued'
              from generate_series(1, $1) g
-             returning dispatch_id
+             returning *
+         ),
+         indexed as (
+             insert into dispatch_index (dispatch_id, project, cluster_project, cluster, is_method, state, updated_at)
+             select dispatch_id, project, cluster_project, cluster, false, state, updated_at from rows
          )
          insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
          select dispatch_id, null, 'queued', 1, 'bench', 'created' from rows",
@@ -256,6 +267,6 @@ async fn queue_rows(db: &mut PgConnection, cluster: &str, count: i64) -> anyhow:
     .bind(cluster)
     .execute(&mut *db)
     .await?;
-    sqlx::raw_sql("analyze dispatch").execute(&mut *db).await?;
+    sqlx::raw_sql("analyze dispatch, dispatch_index").execute(&mut *db).await?;
     Ok(())
 }
