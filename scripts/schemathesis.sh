@@ -24,12 +24,15 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 # Long-polls are capped at 2 s so generated waits return quickly.
 (cd "$work" && RH_GATEWAY_HTTP__MAX_WAIT_S=2 exec "$bin/rh-gateway" dev --listen "127.0.0.1:$port" >"$work/dev.log" 2>&1) &
 dev=$!
+runner=""
 stop() {
+    if [ -n "$runner" ]; then kill "$runner" 2>/dev/null || true; fi
     kill -INT "$dev" 2>/dev/null || true
     wait "$dev" 2>/dev/null || true
     rm -rf "$work"
 }
 trap stop EXIT
+trap 'exit 1' INT TERM # so the EXIT trap stops the gateway when this is stopped
 for _ in $(seq 1 600); do
     if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && [ -s "$work/.rh/admin-token" ]; then
         break
@@ -47,4 +50,7 @@ PYTHONPATH="$PWD/tests/schemathesis" SCHEMATHESIS_HOOKS=hooks "$venv/bin/schemat
     --phases examples,fuzzing,stateful \
     --max-examples 30 --max-time 90 --request-timeout 10 --workers 2 \
     --seed 20261202 \
-    --suppress-health-check all "$@"
+    --suppress-health-check all "$@" &
+# Waited for, not run in the foreground, so a TERM stops it at once.
+runner=$!
+wait "$runner"

@@ -75,17 +75,35 @@ export RH_NOTEBOOK_WHEELS="$notebook_wheels"
 # unprivileged worker user can read (not under $HOME).
 export RH_NOTEBOOK_ENVS="/var/tmp/runhouse-gateway/node-envs-$( (cat tests/notebook-requirements.txt; python3 --version) | sha256sum | cut -c1-12)"
 test_log="$(mktemp)"
-trap 'rm -f "$test_log"' EXIT
+hostile_log="$(mktemp)"
+hostile_pid=""
+cleanup() {
+    if [ -n "$hostile_pid" ]; then kill "$hostile_pid" 2>/dev/null || true; fi
+    rm -f "$test_log" "$hostile_log"
+}
+trap cleanup EXIT
+# The hostile-input phase (schemathesis against its own `rh-gateway dev`, for
+# a fixed time) runs beside the cargo tests, which leave most of a core idle
+# while their real processes work; its output is shown when it is waited for.
+./scripts/schemathesis.sh >"$hostile_log" 2>&1 &
+hostile_pid=$!
 run_tests() {
     "$with_pg" -- cargo test --workspace --locked 2>&1 | tee "$test_log"
 }
 phase "cargo test (unit, API, OpenAPI drift, end-to-end, README walkthrough)" run_tests
+wait_hostile() {
+    local rc=0
+    wait "$hostile_pid" || rc=$?
+    hostile_pid=""
+    cat "$hostile_log"
+    return "$rc"
+}
+# Its generated cases are counted in its own summary, not with the tests below.
+phase "hostile input (schemathesis over the served OpenAPI document; ran beside the cargo tests)" wait_hostile
 run_python_sdk() {
     ./scripts/python-sdk.sh 2>&1 | tee -a "$test_log"
 }
 phase "python SDK (maturin build, pytest against a local stack)" run_python_sdk
-# Its generated cases are counted in its own summary, not with the tests below.
-phase "hostile input (schemathesis over the served OpenAPI document)" ./scripts/schemathesis.sh
 run_airflow() {
     ./scripts/airflow.sh 2>&1 | tee -a "$test_log"
 }

@@ -63,7 +63,8 @@ impl Application {
         tracing::info!(store = %artifacts.url, "artifact store");
         let creates = group::Groups::start(group::Creates(db.clone()));
         let transitions = group::Groups::start(group::Transitions(db.clone()));
-        let acks = group::Acks::start(db.clone());
+        let acks = group::acks(db.clone());
+        let heartbeats = group::heartbeats(db.clone());
         let app = App {
             artifacts,
             provisioner: Arc::new(Notify::new()),
@@ -78,6 +79,7 @@ impl Application {
             creates,
             transitions,
             acks,
+            heartbeats,
             placement: Arc::new(Notify::new()),
             bundles_seen: Arc::default(),
             node_ids: Arc::default(),

@@ -61,15 +61,15 @@ async fn three_replicas_fire_every_second_exactly_once_while_one_is_killed_and_r
         let (stack, url) = (&stack, url.clone());
         async move { fires(stack, &url).await.len() >= n }
     };
-    stack.wait_until(Duration::from_secs(60), "10 fires", || total(10)).await.unwrap();
+    stack.wait_until(Duration::from_secs(60), "5 fires", || total(5)).await.unwrap();
     // SIGKILL: no shutdown, its claims and connections die with it.
     let (mut killed, _) = replicas.remove(1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(killed.0.id() as i32), nix::sys::signal::Signal::SIGKILL)
         .unwrap();
     let _ = killed.0.wait();
-    stack.wait_until(Duration::from_secs(60), "20 fires", || total(20)).await.unwrap();
+    stack.wait_until(Duration::from_secs(60), "10 fires", || total(10)).await.unwrap();
     replicas.push(stack.replica().await.unwrap());
-    stack.wait_until(Duration::from_secs(60), "30 fires", || total(30)).await.unwrap();
+    stack.wait_until(Duration::from_secs(60), "15 fires", || total(15)).await.unwrap();
     let response = stack
         .client
         .patch(format!("{}/v1/schedules/tick", replicas[0].1))

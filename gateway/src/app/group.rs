@@ -12,9 +12,11 @@
 //!   statement; a group is inserted as `queued` by one multi-row statement,
 //!   and the placement task places them, also many per statement.
 //! - State changes (reports, cancels, requeues): a group is applied in one
-//!   transaction, each change by its own compare-and-set statement.
-//! - Acknowledgements (a node accepted a call): one multi-row statement; no
-//!   caller waits for them.
+//!   transaction, by one multi-row compare-and-set statement per run of
+//!   changes to distinct dispatches.
+//! - Acknowledgements (a node accepted a call) and heartbeats' times: one
+//!   multi-row statement for whatever is queued ([`Trailing`]); no caller
+//!   waits for them.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,8 +31,8 @@ use crate::Result;
 const MAX_GROUP: usize = 64;
 /// Writers working at once (each holds one database connection while writing).
 const WRITERS: usize = 4;
-/// Most acknowledgements written by one statement.
-const MAX_ACKS: usize = 512;
+/// Most trailing facts (acknowledgements, heartbeats) written by one statement.
+const MAX_TRAILING: usize = 512;
 
 /// One kind of write that can be grouped.
 pub trait GroupWrite: Clone + Send + Sync + 'static {
@@ -138,32 +140,59 @@ impl GroupWrite for Transitions {
     }
 }
 
-/// Acknowledgements (dispatch, node), written in the background: losing one
-/// to a crash costs only what the heartbeat restores (see
-/// [`DataStore::dispatch_acked`]), so nobody waits for them.
+/// Facts written in the background, each write taking everything queued by
+/// then: acknowledgements (a node has a call) and heartbeats' times. Losing
+/// some to a crash costs only what the node's next heartbeat restores (see
+/// [`DataStore::dispatch_acked`] and [`DataStore::node_heartbeats_record`]),
+/// so no request waits for them, and a burst of them is one statement.
 #[derive(Clone)]
-pub struct Acks {
-    queue: mpsc::UnboundedSender<(Uuid, Uuid)>,
+pub struct Trailing<T> {
+    queue: mpsc::UnboundedSender<T>,
 }
 
-impl Acks {
-    /// Starts the writer.
-    pub fn start(db: DataStore) -> Acks {
-        let (queue, mut waiting) = mpsc::unbounded_channel::<(Uuid, Uuid)>();
+impl<T: Send + 'static> Trailing<T> {
+    /// Starts the writer: `write` records a batch of what was queued.
+    pub fn start<F, Fut>(what: &'static str, write: F) -> Trailing<T>
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send,
+    {
+        let (queue, mut waiting) = mpsc::unbounded_channel::<T>();
         tokio::spawn(async move {
-            let mut acks = Vec::new();
-            while waiting.recv_many(&mut acks, MAX_ACKS).await > 0 {
-                if let Err(err) = db.dispatch_acked(&acks).await {
-                    tracing::warn!(error = %err, acks = acks.len(), "cannot record that nodes have their calls");
+            let mut batch = Vec::new();
+            while waiting.recv_many(&mut batch, MAX_TRAILING).await > 0 {
+                let items = batch.len();
+                if let Err(err) = write(std::mem::take(&mut batch)).await {
+                    tracing::warn!(error = %err, items, "cannot record {what}");
                 }
-                acks.clear();
             }
         });
-        Acks { queue }
+        Trailing { queue }
     }
 
-    /// Records, soon, that `node_id` has `dispatch_id`'s call.
-    pub fn ack(&self, dispatch_id: Uuid, node_id: Uuid) {
-        let _ = self.queue.send((dispatch_id, node_id));
+    /// Records `item`, soon.
+    pub fn send(&self, item: T) {
+        let _ = self.queue.send(item);
     }
+}
+
+/// Nodes' acknowledgements of calls: (dispatch, node).
+pub fn acks(db: DataStore) -> Trailing<(Uuid, Uuid)> {
+    Trailing::start("that nodes have their calls", move |acks| {
+        let db = db.clone();
+        async move { db.dispatch_acked(&acks).await }
+    })
+}
+
+/// Heartbeats' times: (node, its warm workers if it said). A node
+/// heartbeating twice in one batch is written once, with its latest count.
+pub fn heartbeats(db: DataStore) -> Trailing<(Uuid, Option<i32>)> {
+    Trailing::start("nodes' heartbeats", move |beats| {
+        let db = db.clone();
+        async move {
+            let latest: std::collections::HashMap<Uuid, Option<i32>> = beats.into_iter().collect();
+            let (nodes, warm): (Vec<Uuid>, Vec<Option<i32>>) = latest.into_iter().unzip();
+            db.node_heartbeats_record(&nodes, &warm).await
+        }
+    })
 }

@@ -46,7 +46,9 @@ pub struct App {
     /// State changes waiting to be written, alone or grouped.
     pub transitions: group::Groups<group::Transitions>,
     /// Nodes' acknowledgements of calls, written in groups in the background.
-    pub acks: group::Acks,
+    pub acks: group::Trailing<(uuid::Uuid, uuid::Uuid)>,
+    /// Heartbeats' times, written in groups in the background.
+    pub heartbeats: group::Trailing<(uuid::Uuid, Option<i32>)>,
     /// Signals the placement task that there may be work to place.
     pub placement: Arc<Notify>,
     /// Clusters this replica has seen work queue up on, until placement

@@ -116,10 +116,14 @@ impl App {
     pub async fn node_heartbeat(&self, caller: &Caller, node_id: Uuid, heartbeat: wire::Heartbeat) -> Result<NodeRow> {
         let me = self.node_key(caller)?;
         let warm = heartbeat.warm_workers.map(|w| w.min(i32::MAX as u32) as i32);
-        let node = self.db.node_heartbeat(node_id, &me, warm).await?.ok_or_else(|| Error::NotFound {
+        let mut node = self.db.node_heartbeat_check(node_id, &me).await?.ok_or_else(|| Error::NotFound {
             kind: "node",
             id: format!("{node_id} for this credential (register again with POST /v1/nodes)"),
         })?;
+        // Written soon, with other nodes' heartbeats, by one statement.
+        self.heartbeats.send((node_id, warm));
+        node.last_heartbeat_at = chrono::Utc::now();
+        node.warm_workers = warm.or(node.warm_workers);
         let listed: HashSet<Uuid> = heartbeat.running.iter().map(|id| id.0).collect();
         let grace = chrono::Duration::seconds(self.settings.nodes.unacknowledged_requeue_s.into());
         let now = chrono::Utc::now();

@@ -99,7 +99,7 @@ impl App {
             instance: row.object_id.map(|id| wire::InstanceCall { instance_id: id, method: row.method.clone() }),
         };
         match self.nodes.start(&node, &call).await {
-            Ok(()) => self.acks.ack(id, node.node_id),
+            Ok(()) => self.acks.send((id, node.node_id)),
             Err(ForwardError::Refused { message, unreachable }) => {
                 tracing::warn!(dispatch_id = %id, node = %node.name, %message, "node refused a call; requeueing");
                 if unreachable {

@@ -119,33 +119,54 @@ impl DataStore {
         Ok(row)
     }
 
-    /// Records a heartbeat of node `node_id`, which must be `me`. `None` if
-    /// that node is unknown, someone else, or was declared lost (it must register again).
-    pub async fn node_heartbeat(
-        &self,
-        node_id: Uuid,
-        me: &NodeKey,
-        warm_workers: Option<i32>,
-    ) -> Result<Option<NodeRow>> {
+    /// Node `node_id` as a heartbeat sees it: `None` if that node is
+    /// unknown, someone else, or was declared lost (it must register again).
+    /// Reads only: the heartbeat's time is written in the background, many
+    /// nodes' at once ([`Self::node_heartbeats_record`]).
+    pub async fn node_heartbeat_check(&self, node_id: Uuid, me: &NodeKey) -> Result<Option<NodeRow>> {
         let row = sqlx::query_as!(
             NodeRow,
             r#"
-            update node n set last_heartbeat_at = now(), warm_workers = coalesce($5, warm_workers)
+            select node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
+                   max_concurrent, resources, labels, registered_at, last_heartbeat_at,
+                   node_running(n.node_id) as "running!", warm_workers
+            from node n
             where node_id = $1 and state in ('ready', 'unreachable')
               and project = $2 and cluster = $3 and name = $4
-            returning node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
-                      max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                      node_running(n.node_id) as "running!", warm_workers
             "#,
             node_id,
             me.cluster.project,
             me.cluster.name,
             me.name,
-            warm_workers
         )
         .fetch_optional(self.pool())
         .await?;
         Ok(row)
+    }
+
+    /// Records that `nodes` heartbeated now (with their warm workers, where
+    /// given), in one statement. A node declared lost meanwhile stays lost.
+    /// A time lost to a crash is restored by the node's next heartbeat, long
+    /// before it could count as silent, so the commit does not wait for the disk.
+    pub async fn node_heartbeats_record(&self, nodes: &[Uuid], warm_workers: &[Option<i32>]) -> Result<()> {
+        sqlx::query!(
+            r#"
+            with beats as (
+                select * from unnest($1::uuid[], $2::int[]) as b (node_id, warm_workers)
+            ),
+            touched as (
+                update node n set last_heartbeat_at = now(), warm_workers = coalesce(b.warm_workers, n.warm_workers)
+                from beats b
+                where n.node_id = b.node_id and n.state in ('ready', 'unreachable')
+            )
+            select set_config('synchronous_commit', 'off', true)
+            "#,
+            nodes,
+            warm_workers as &[Option<i32>]
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// One node.

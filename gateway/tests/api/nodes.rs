@@ -195,3 +195,57 @@ async fn concurrent_creates_fill_a_nodes_slots_and_no_more_and_a_freed_slot_take
         .unwrap();
     assert_eq!(running, 2, "the freed slot went to one queued dispatch");
 }
+
+#[tokio::test]
+async fn heartbeats_are_recorded_in_the_background_and_a_lost_node_stays_lost() {
+    let app = spawn_app().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("http://127.0.0.1:{closed}");
+    let mut ids = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        ids.push(register(&app, name, &address).await.parse::<uuid::Uuid>().unwrap());
+    }
+    let registered: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select max(last_heartbeat_at) from node").fetch_one(&app.pool).await.unwrap();
+    sqlx::query("update node set state = 'lost', lost_at = now() where name = 'n3'").execute(&app.pool).await.unwrap();
+    for (name, warm) in [("n1", 3), ("n2", 5)] {
+        let id = ids[if name == "n1" { 0 } else { 1 }];
+        let (status, node) = app
+            .post(
+                &format!("/v1/nodes/{id}/heartbeat"),
+                &app.node_token_for(name),
+                &json!({"running": [], "warm_workers": warm}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{node}");
+        assert_eq!(node["warm_workers"], warm, "{node}");
+    }
+    let (status, error) =
+        app.post(&format!("/v1/nodes/{}/heartbeat", ids[2]), &app.node_token_for("n3"), &json!({"running": []})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a lost node registers again: {error}");
+    // The times land soon after, without the heartbeats having waited for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let recorded: Vec<(String, chrono::DateTime<chrono::Utc>, Option<i32>)> =
+            sqlx::query_as("select name, last_heartbeat_at, warm_workers from node where name <> 'n3' order by name")
+                .fetch_all(&app.pool)
+                .await
+                .unwrap();
+        if recorded.iter().all(|(_, at, _)| *at > registered) {
+            let warm: Vec<Option<i32>> = recorded.iter().map(|r| r.2).collect();
+            assert_eq!(warm, [Some(3), Some(5)]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "heartbeats never recorded: {recorded:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A heartbeat queued just before its node was declared lost leaves it lost.
+    let db = gateway::db::DataStore::from_pool(app.pool.clone());
+    db.node_heartbeats_record(&ids[2..], &[Some(9)]).await.unwrap();
+    let (state, warm): (String, Option<i32>) =
+        sqlx::query_as("select state::text, warm_workers from node where name = 'n3'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), warm), ("lost", None));
+}
