@@ -1,0 +1,19 @@
+-- The replica holding a node's link places the node's calls.
+--
+-- A node keeps one link, to one replica. A call another replica placed on it
+-- went to the node over HTTP (about half of all calls with two replicas):
+-- a second connection per call, and the node's report still came back
+-- through the link's replica. Now each replica fills only the slots of nodes
+-- linked to it or to none, and a replica whose create stays queued wakes the
+-- others' placement (a `placement_wanted` hint), so the link's replica places
+-- it and sends it over the link.
+--
+-- Invariants:
+-- - `link_replica` is the replica id (as in its listener's application_name)
+--   that opened the node's current link, or null when no replica holds one
+--   (a node without a link is anyone's to fill, over HTTP).
+-- - A replica sets it when a link opens, clears it (if still its own) when
+--   the link closes, and restates its own links every few seconds; any
+--   replica clears the ids of replicas that no longer listen (one that
+--   crashed), so a node is never left to a replica that is gone.
+alter table node add column link_replica uuid;
