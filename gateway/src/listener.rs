@@ -18,11 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Revocations;
-use crate::notify::Channel;
 
-const DISPATCH_CHANNEL: &str = Channel::DispatchState.name();
-const LOG_CHANNEL: &str = Channel::DispatchLog.name();
-const PLACEMENT_CHANNEL: &str = Channel::PlacementWanted.name();
+const DISPATCH_CHANNEL: &str = "dispatch_state";
+const LOG_CHANNEL: &str = "dispatch_log";
 const TOKEN_CHANNEL: &str = "token_revoked";
 const HELLO_CHANNEL: &str = "gateway_hello";
 /// How often the other listeners are counted.
@@ -40,11 +38,6 @@ pub async fn peers_run(app: App, shutdown: CancellationToken) {
         match app.db.listener_peers(app.publisher.replica()).await {
             Ok(peers) => app.publisher.set_peers(peers > 0),
             Err(err) => tracing::warn!(error = %err, "cannot count the other gateway replicas"),
-        }
-        // Which replica fills which node's slots: repairs a lost open or close,
-        // and frees the nodes of replicas that left without closing theirs.
-        if let Err(err) = app.db.node_links_restate(app.publisher.replica(), &app.nodes.links.nodes()).await {
-            tracing::warn!(error = %err, "cannot restate this replica's node links");
         }
     }
 }
@@ -75,7 +68,7 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
     let mut listener = PgListener::connect_with(app.db.pool()).await?;
     listener.ignore_pool_close_event(true);
     app.db.listener_name(&mut listener, app.publisher.replica()).await?;
-    listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, PLACEMENT_CHANNEL, TOKEN_CHANNEL, HELLO_CHANNEL]).await?;
+    listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, TOKEN_CHANNEL, HELLO_CHANNEL]).await?;
     app.db.listener_hello(HELLO_CHANNEL, app.publisher.replica()).await?;
     // Listening first, then loading, so no revocation can fall between the two.
     match app.db.token_revoked_all().await {
@@ -99,12 +92,6 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
             LOG_CHANNEL => {
                 if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
                     app.log_notifier.notify(id, None);
-                }
-            }
-            // Another replica queued work it could not place: its nodes may be linked here.
-            PLACEMENT_CHANNEL => {
-                if app.publisher.foreign_hint(notification.payload()).is_some() {
-                    app.placement.notify_one();
                 }
             }
             TOKEN_CHANNEL => revocations.insert(notification.payload().to_owned()),

@@ -56,7 +56,6 @@ pub struct Metrics {
     watched: Gauge,
     links: Gauge,
     link_messages: Family<DirectionLabels, Counter>,
-    http_to_nodes: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,22 +96,7 @@ impl Default for Metrics {
              `from_nodes` every message nodes sent",
             link_messages.clone(),
         );
-        let http_to_nodes = Counter::default();
-        registry.register(
-            "node_http_requests",
-            "Requests this replica sent to nodes over HTTP, holding no link to them",
-            http_to_nodes.clone(),
-        );
-        Metrics {
-            registry: Mutex::new(registry),
-            requests,
-            dispatches,
-            bundles,
-            watched,
-            links,
-            link_messages,
-            http_to_nodes,
-        }
+        Metrics { registry: Mutex::new(registry), requests, dispatches, bundles, watched, links, link_messages }
     }
 }
 
@@ -138,7 +122,6 @@ impl Metrics {
                 .inner()
                 .store(total.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        self.http_to_nodes.inner().store(links.http_sent.load(Ordering::Relaxed), Ordering::Relaxed);
         for state in DispatchState::ALL {
             let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             self.dispatches.get_or_create(&StateLabels { state: state.to_string() }).set(count);

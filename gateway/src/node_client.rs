@@ -104,7 +104,6 @@ impl NodeClient {
                 Err(err) => return Err(NoAnswer::Unknown(err.to_string())),
             }
         }
-        self.links.http_sent.fetch_add(1, Ordering::Relaxed);
         let mut request = self.http.post(format!("{}{path}", node.address.trim_end_matches('/'))).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(body);

@@ -28,20 +28,12 @@ pub struct Links {
     pub sent: AtomicU64,
     /// Requests nodes sent over a link.
     pub received: AtomicU64,
-    /// Requests sent to nodes over HTTP, this replica holding no link to them.
-    pub http_sent: AtomicU64,
 }
 
 impl Links {
     /// The open link to `node_id`, if this replica holds one.
     pub fn get(&self, node_id: Uuid) -> Option<Arc<Peer>> {
         self.open.lock().expect("links lock poisoned").get(&node_id).filter(|p| !p.is_closed()).cloned()
-    }
-
-    /// The nodes this replica holds an open link to.
-    pub fn nodes(&self) -> Vec<Uuid> {
-        let open = self.open.lock().expect("links lock poisoned");
-        open.iter().filter(|(_, p)| !p.is_closed()).map(|(id, _)| *id).collect()
     }
 
     /// How many links are open.
@@ -72,11 +64,6 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
     let links = state.app.nodes.links.clone();
     let (peer, outgoing) = Peer::new();
     links.insert(node_id, peer.clone());
-    let replica = state.app.publisher.replica();
-    // From now on this replica fills the node's slots (see migrations/0016).
-    if let Err(err) = state.app.db.node_link_opened(node_id, replica).await {
-        tracing::warn!(%node_id, error = %err, "cannot record the node's link; restated within seconds");
-    }
     tracing::info!(%node_id, "node link open");
     // Silence for as long as makes a node lost means the link is dead.
     let idle = Duration::from_secs(state.app.settings.nodes.lost_after_s.max(1).into());
@@ -110,10 +97,5 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
     )
     .await;
     links.remove(node_id, &peer);
-    if links.get(node_id).is_none() {
-        if let Err(err) = state.app.db.node_link_closed(node_id, replica).await {
-            tracing::warn!(%node_id, error = %err, "cannot record that the node's link closed");
-        }
-    }
     tracing::info!(%node_id, "node link closed");
 }

@@ -199,18 +199,14 @@ pub enum Channel {
     DispatchState,
     /// A dispatch got new output.
     DispatchLog,
-    /// Work queued that this replica could not place (its hint's id is nil:
-    /// a burst is one hint): the replica holding a node's link may place it.
-    PlacementWanted,
 }
 
 impl Channel {
     /// The Postgres channel name.
-    pub const fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Channel::DispatchState => "dispatch_state",
             Channel::DispatchLog => "dispatch_log",
-            Channel::PlacementWanted => "placement_wanted",
         }
     }
 }

@@ -61,7 +61,7 @@ impl Application {
         let artifacts = crate::artifact_store::ArtifactStore::open(&settings.artifacts, installation)
             .context("cannot open the artifact store")?;
         tracing::info!(store = %artifacts.url, "artifact store");
-        let creates = group::Groups::start(group::Creates(db.clone(), publisher.replica()));
+        let creates = group::Groups::start(group::Creates(db.clone()));
         let transitions = group::Groups::start(group::Transitions(db.clone()));
         let acks = group::acks(db.clone());
         let heartbeats = group::heartbeats(db.clone());

@@ -518,12 +518,7 @@ impl Stack {
     /// The value of the metric line starting with `series` (e.g.
     /// `rh_node_links` or `rh_node_link_messages_total{direction="to_nodes"}`), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metric_at(&self.url, series).await
-    }
-
-    /// The same, from the replica at `url`.
-    pub async fn metric_at(&self, url: &str, series: &str) -> f64 {
-        let Ok(response) = self.client.get(format!("{url}/metrics")).send().await else {
+        let Ok(response) = self.client.get(format!("{}/metrics", self.url)).send().await else {
             return 0.0;
         };
         let text = response.text().await.unwrap_or_default();

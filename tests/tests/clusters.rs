@@ -362,44 +362,6 @@ async fn a_node_whose_first_gateway_replica_dies_keeps_working_through_the_secon
     assert_eq!(nodes["items"][0]["state"], "ready", "{nodes}");
 }
 
-#[tokio::test]
-async fn calls_created_through_a_replica_without_the_nodes_link_reach_it_over_the_link() {
-    let stack = Stack::start().await.unwrap();
-    let (_linked, linked_url) = replica(&stack).await;
-    // The node knows only the second replica, so its link is there.
-    let _node = stack.start_node_with("n1", "local", 2, &linked_url).await.unwrap();
-    stack
-        .wait_until(Duration::from_secs(30), "the node's link", || async {
-            stack.metric_at(&linked_url, "rh_node_links").await == 1.0
-        })
-        .await
-        .unwrap();
-    let sent_before = stack.metric_at(&linked_url, "rh_node_link_messages_total{direction=\"to_nodes\"}").await;
-    // Created through the replica without the link, more at once than the node has slots.
-    let ids: Vec<String> = futures::future::join_all((0..6).map(|i| {
-        let stack = &stack;
-        async move {
-            let (status, dispatch) =
-                stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [i], "cluster": "local"})).await;
-            assert!(status.is_success(), "{dispatch}");
-            dispatch["id"].as_str().unwrap().to_owned()
-        }
-    }))
-    .await;
-    for (i, id) in ids.iter().enumerate() {
-        let done = result_of(&stack, id).await;
-        assert_eq!(done["state"], "succeeded", "{done}");
-        assert_eq!(done["result"], json!(i.to_string()));
-    }
-    // Every call went over the link, from the replica holding it; none over HTTP from the other.
-    let sent = stack.metric_at(&linked_url, "rh_node_link_messages_total{direction=\"to_nodes\"}").await;
-    assert!(sent - sent_before >= 6.0, "{sent_before} -> {sent}");
-    for url in [&stack.url, &linked_url] {
-        let metrics = stack.client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-        assert!(metrics.lines().any(|line| line == "rh_node_http_requests_total 0"), "{url}: {metrics}");
-    }
-}
-
 /// The parent pid of a live process.
 fn parent_of(pid: i32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

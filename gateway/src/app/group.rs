@@ -103,17 +103,16 @@ async fn writer<W: GroupWrite>(write: W, waiting: Arc<Mutex<mpsc::UnboundedRecei
 /// `None` when the project already has a dispatch with its idempotency key.
 pub type Inserted = Option<(DispatchRow, Option<NodeEndpoint>)>;
 
-/// Creates, by this replica (its id: a lone create takes only a free slot
-/// of a node linked to it or to none).
+/// Creates.
 #[derive(Clone)]
-pub struct Creates(pub DataStore, pub Uuid);
+pub struct Creates(pub DataStore);
 
 impl GroupWrite for Creates {
     type Item = NewDispatch;
     type Output = Inserted;
 
     async fn one(&self, new: NewDispatch) -> Result<Inserted> {
-        self.0.dispatch_insert_and_place(&new, self.1).await
+        self.0.dispatch_insert_and_place(&new).await
     }
 
     async fn many(&self, news: Vec<NewDispatch>) -> Vec<Result<Inserted>> {

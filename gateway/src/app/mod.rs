@@ -85,9 +85,7 @@ impl App {
     }
 
     /// Work is waiting in `cluster`'s queue: wake the placement task, and
-    /// keep waking it as slots free until that queue is empty. The other
-    /// replicas' placement wakes too: the queue's nodes may be linked to them,
-    /// and only a node's link replica fills its slots.
+    /// keep waking it as slots free until that queue is empty.
     pub fn placement_wanted(&self, cluster: ClusterKey) {
         let mut queued = self.queued_clusters.lock().expect("queued clusters lock poisoned");
         if !queued.contains(&cluster) {
@@ -95,7 +93,6 @@ impl App {
         }
         drop(queued);
         self.placement.notify_one();
-        self.publisher.publish(Channel::PlacementWanted, uuid::Uuid::nil());
     }
 
     /// A slot of `cluster` freed up: wake the placement task if work waits there.

@@ -46,7 +46,7 @@ impl App {
         self.queued_clusters.lock().expect("queued clusters lock poisoned").extend(placeable.iter().cloned());
         for cluster in placeable {
             while placed < MAX_PLACEMENTS_PER_STEP {
-                let batch = self.db.dispatch_place_batch(&cluster, PLACEMENT_BATCH, self.publisher.replica()).await?;
+                let batch = self.db.dispatch_place_batch(&cluster, PLACEMENT_BATCH).await?;
                 if batch.is_empty() {
                     break;
                 }
@@ -56,12 +56,11 @@ impl App {
                 }
             }
         }
-        for object_id in self.db.dispatch_placeable_objects(self.publisher.replica()).await? {
+        for object_id in self.db.dispatch_placeable_objects().await? {
             if placed >= MAX_PLACEMENTS_PER_STEP {
                 break;
             }
-            let batch =
-                self.db.dispatch_place_object_batch(object_id, PLACEMENT_BATCH, self.publisher.replica()).await?;
+            let batch = self.db.dispatch_place_object_batch(object_id, PLACEMENT_BATCH).await?;
             placed += batch.len();
             for (row, node) in batch {
                 self.dispatch_placed(row, node);

@@ -190,7 +190,6 @@ impl DataStore {
     pub async fn dispatch_insert_and_place(
         &self,
         new: &NewDispatch,
-        replica: Uuid,
     ) -> Result<Option<(DispatchRow, Option<NodeEndpoint>)>> {
         let mut hot = self.hot.acquire().await?;
         let row = sqlx::query_as!(
@@ -204,8 +203,6 @@ impl DataStore {
                 where $17::text is null and s.project = $15 and s.cluster = $6 and n.state = 'ready'
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
-                  -- A node linked to another replica is that replica's to fill.
-                  and (n.link_replica is null or n.link_replica = $19)
                   and not exists (
                       select 1 from dispatch_index q
                       where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6 and not q.is_method
@@ -223,7 +220,6 @@ impl DataStore {
                 join node n on n.node_id = o.node_id
                 where $17::text is not null and s.object_id = $16 and o.state = 'ready' and n.state = 'ready'
                   and s.dispatch_id is null and s.slot < o.max_concurrency
-                  and (n.link_replica is null or n.link_replica = $19)
                   and not exists (
                       select 1 from dispatch_index q where q.state = 'queued' and q.object_id = $16 and q.is_method
                   )
@@ -310,7 +306,6 @@ impl DataStore {
             new.object_id,
             new.method,
             new.cache_key,
-            replica,
         )
         .fetch_optional(hot.conn())
         .await;
@@ -678,7 +673,7 @@ impl DataStore {
     /// dispatches are claimed with `SKIP LOCKED`, so replicas never place one
     /// dispatch twice or overfill a node, and never wait on each other.
     #[tracing::instrument(skip_all, fields(cluster))]
-    pub async fn dispatch_place_batch(&self, cluster: &ClusterKey, max: usize, replica: Uuid) -> Result<Vec<Placed>> {
+    pub async fn dispatch_place_batch(&self, cluster: &ClusterKey, max: usize) -> Result<Vec<Placed>> {
         let rows = sqlx::query_as!(
             PlacedRow,
             r#"
@@ -689,8 +684,6 @@ impl DataStore {
                 where s.project = $2 and s.cluster = $1 and n.state = 'ready'
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
-                  -- A node linked to another replica is that replica's to fill.
-                  and (n.link_replica is null or n.link_replica = $4)
                 order by s.slot, s.node_id
                 limit $3
                 for update of s skip locked
@@ -759,7 +752,6 @@ impl DataStore {
             cluster.name,
             cluster.project,
             max as i64,
-            replica,
         )
         .fetch_all(self.pool())
         .await?;
@@ -770,7 +762,7 @@ impl DataStore {
     /// first, each on a free slot of the object (on its node), as
     /// [`Self::dispatch_place_batch`] does for a cluster.
     #[tracing::instrument(skip_all, fields(object_id = %object_id))]
-    pub async fn dispatch_place_object_batch(&self, object_id: Uuid, max: usize, replica: Uuid) -> Result<Vec<Placed>> {
+    pub async fn dispatch_place_object_batch(&self, object_id: Uuid, max: usize) -> Result<Vec<Placed>> {
         let mut placed = Vec::new();
         while placed.len() < max {
             let row = sqlx::query_as!(
@@ -783,7 +775,6 @@ impl DataStore {
                     join node n on n.node_id = o.node_id
                     where s.object_id = $1 and o.state = 'ready' and n.state = 'ready'
                       and s.dispatch_id is null and s.slot < o.max_concurrency
-                      and (n.link_replica is null or n.link_replica = $2)
                     order by s.slot
                     limit 1
                     for update of s skip locked
@@ -836,7 +827,6 @@ impl DataStore {
                 join node n on n.node_id = u.node_id
                 "#,
                 object_id,
-                replica,
             )
             .fetch_optional(self.pool())
             .await?;
@@ -848,20 +838,18 @@ impl DataStore {
         Ok(placed)
     }
 
-    /// Ready objects that have queued method calls and a free slot, on
-    /// nodes linked to `replica` or to none.
-    pub async fn dispatch_placeable_objects(&self, replica: Uuid) -> Result<Vec<Uuid>> {
+    /// Ready objects that have queued method calls and a free slot.
+    pub async fn dispatch_placeable_objects(&self) -> Result<Vec<Uuid>> {
         let ids = sqlx::query_scalar!(
             r#"
             select o.object_id from object o
             join node n on n.node_id = o.node_id
-            where o.state = 'ready' and n.state = 'ready' and (n.link_replica is null or n.link_replica = $1)
+            where o.state = 'ready' and n.state = 'ready'
               and exists (select 1 from dispatch_index q where q.state = 'queued' and q.object_id = o.object_id
                                                            and q.is_method)
               and exists (select 1 from object_slot s where s.object_id = o.object_id and s.dispatch_id is null
                                                         and s.slot < o.max_concurrency)
-            "#,
-            replica
+            "#
         )
         .fetch_all(self.pool())
         .await?;

@@ -119,53 +119,6 @@ impl DataStore {
         Ok(row)
     }
 
-    /// Records that `replica` holds node `node_id`'s link, opened just now.
-    pub async fn node_link_opened(&self, node_id: Uuid, replica: Uuid) -> Result<()> {
-        sqlx::query!("update node set link_replica = $2 where node_id = $1", node_id, replica)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Records that `replica`'s link to node `node_id` closed (unless the
-    /// node has linked to another replica since).
-    pub async fn node_link_closed(&self, node_id: Uuid, replica: Uuid) -> Result<()> {
-        sqlx::query!("update node set link_replica = null where node_id = $1 and link_replica = $2", node_id, replica)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Restates that `replica` holds the links of `nodes` (and only those;
-    /// a node another replica claims since keeps that claim: the newest link
-    /// wins), and forgets the links of replicas that no longer listen (crashed).
-    pub async fn node_links_restate(&self, replica: Uuid, nodes: &[Uuid]) -> Result<()> {
-        sqlx::query!(
-            r#"
-            with mine as (
-                update node set link_replica = case when node_id = any($2) then $1 end
-                where (node_id = any($2) and link_replica is null)
-                   or (link_replica = $1 and not node_id = any($2))
-            ),
-            departed as (
-                update node set link_replica = null
-                where link_replica is not null and link_replica <> $1
-                  and not exists (
-                      select 1 from pg_stat_activity
-                      where datname = current_database() and application_name = $3 || ' ' || link_replica::text
-                  )
-            )
-            select 1 as "one!"
-            "#,
-            replica,
-            nodes,
-            super::token::LISTENER_NAME
-        )
-        .fetch_one(self.pool())
-        .await?;
-        Ok(())
-    }
-
     /// Node `node_id` as a heartbeat sees it: `None` if that node is
     /// unknown, someone else, or was declared lost (it must register again).
     /// Reads only: the heartbeat's time is written in the background, many

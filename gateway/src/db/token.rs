@@ -26,7 +26,7 @@ impl DataStore {
 }
 
 /// The `application_name` prefix of each replica's listening session.
-pub(super) const LISTENER_NAME: &str = "rh-gateway-listener";
+const LISTENER_NAME: &str = "rh-gateway-listener";
 
 impl DataStore {
     /// Names the notification listener's session after its replica, so
