@@ -108,6 +108,15 @@ impl Application {
                 |app| async move { app.placement_step().await },
             ),
             spawn_step(
+                "slot_vacuum",
+                Duration::from_secs(5),
+                Arc::new(Notify::new()),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.slot_vacuum_step().await },
+            ),
+            spawn_step(
                 "node_reaper",
                 Duration::from_secs(2),
                 Arc::new(Notify::new()),

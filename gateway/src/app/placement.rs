@@ -73,6 +73,12 @@ impl App {
         Ok(json!({ "placed": placed }))
     }
 
+    /// Keeps the slot tables small (see [`crate::db::DataStore::slot_vacuum`]).
+    pub async fn slot_vacuum_step(&self) -> Result<serde_json::Value> {
+        self.db.slot_vacuum().await?;
+        Ok(json!({ "vacuumed": ["node_slot", "object_slot"] }))
+    }
+
     /// A queued dispatch was just placed: wake its waiters and send it to its node.
     pub(crate) fn dispatch_placed(&self, row: DispatchRow, node: NodeEndpoint) {
         self.dispatch_changed(&row);

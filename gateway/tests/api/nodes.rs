@@ -249,3 +249,24 @@ async fn heartbeats_are_recorded_in_the_background_and_a_lost_node_stays_lost() 
             .unwrap();
     assert_eq!((state.as_str(), warm), ("lost", None));
 }
+
+#[tokio::test]
+async fn the_slot_tables_are_vacuumed_by_a_background_step() {
+    let app = spawn_app().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, tasks) = app.get("/v1/admin/background-tasks", &app.admin_token()).await;
+        let vacuumed: i64 = sqlx::query_scalar(
+            "select coalesce(sum(vacuum_count), 0)::bigint from pg_stat_user_tables
+             where relname in ('node_slot', 'object_slot')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if tasks["slot_vacuum"]["last_result"]["vacuumed"] == json!(["node_slot", "object_slot"]) && vacuumed >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never vacuumed ({vacuumed}): {tasks}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
