@@ -547,6 +547,7 @@ impl DataStore {
             return Ok(rows);
         }
         let Some((key, value)) = first_label else {
+            // No label, function or state: the project's rows newest first.
             let rows = sqlx::query_as!(
                 DispatchRow,
                 r#"
@@ -558,16 +559,14 @@ impl DataStore {
                        log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
                 from dispatch
                 where project = $1
-                  and (cardinality($2::text[]) = 0 or state = any($2::text[]::dispatch_state[]))
-                  and ($3::text is null or cluster = $3)
-                  and ($4::timestamptz is null or created_at >= $4)
-                  and ($5::timestamptz is null or created_at < $5)
-                  and ($6::uuid is null or dispatch_id < $6)
+                  and ($2::text is null or cluster = $2)
+                  and ($3::timestamptz is null or created_at >= $3)
+                  and ($4::timestamptz is null or created_at < $4)
+                  and ($5::uuid is null or dispatch_id < $5)
                 order by dispatch_id desc
-                limit $7
+                limit $6
                 "#,
                 project,
-                &states,
                 filter.cluster,
                 filter.created_after,
                 filter.created_before,

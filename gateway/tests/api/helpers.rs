@@ -5,7 +5,7 @@
 //! gets its own copy of it.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gateway::auth::{Keys, NodeBinding, Scope};
 use gateway::config::Settings;
@@ -216,5 +216,18 @@ impl TestApp {
     /// Number of rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(&format!("select count(*) from {table}")).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; fails naming `what` after `timeout`.
+pub async fn until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{fresh_database, spawn_app, spawn_app_with, test_settings, TestApp};
+use crate::helpers::{fresh_database, spawn_app, spawn_app_with, test_settings, until, TestApp};
 
 fn registration(name: &str, address: &str) -> Value {
     json!({
@@ -224,21 +224,20 @@ async fn heartbeats_are_recorded_in_the_background_and_a_lost_node_stays_lost() 
         app.post(&format!("/v1/nodes/{}/heartbeat", ids[2]), &app.node_token_for("n3"), &json!({"running": []})).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "a lost node registers again: {error}");
     // The times land soon after, without the heartbeats having waited for them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let recorded: Vec<(String, chrono::DateTime<chrono::Utc>, Option<i32>)> =
-            sqlx::query_as("select name, last_heartbeat_at, warm_workers from node where name <> 'n3' order by name")
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
-        if recorded.iter().all(|(_, at, _)| *at > registered) {
-            let warm: Vec<Option<i32>> = recorded.iter().map(|r| r.2).collect();
-            assert_eq!(warm, [Some(3), Some(5)]);
-            break;
-        }
-        assert!(Instant::now() < deadline, "heartbeats never recorded: {recorded:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let recorded = || async {
+        sqlx::query_as::<_, (chrono::DateTime<chrono::Utc>, Option<i32>)>(
+            "select last_heartbeat_at, warm_workers from node where name <> 'n3' order by name",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    until("the heartbeats' times", Duration::from_secs(10), || async {
+        recorded().await.iter().all(|(at, _)| *at > registered)
+    })
+    .await;
+    let warm: Vec<Option<i32>> = recorded().await.iter().map(|r| r.1).collect();
+    assert_eq!(warm, [Some(3), Some(5)]);
     // A heartbeat queued just before its node was declared lost leaves it lost.
     let db = gateway::db::DataStore::from_pool(app.pool.clone());
     db.node_heartbeats_record(&ids[2..], &[Some(9)]).await.unwrap();
@@ -253,8 +252,7 @@ async fn heartbeats_are_recorded_in_the_background_and_a_lost_node_stays_lost() 
 #[tokio::test]
 async fn the_slot_tables_are_vacuumed_by_a_background_step() {
     let app = spawn_app().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    until("the slot tables' vacuum", Duration::from_secs(20), || async {
         let (_, tasks) = app.get("/v1/admin/background-tasks", &app.admin_token()).await;
         let vacuumed: i64 = sqlx::query_scalar(
             "select coalesce(sum(vacuum_count), 0)::bigint from pg_stat_user_tables
@@ -263,10 +261,7 @@ async fn the_slot_tables_are_vacuumed_by_a_background_step() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        if tasks["slot_vacuum"]["last_result"]["vacuumed"] == json!(["node_slot", "object_slot"]) && vacuumed >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never vacuumed ({vacuumed}): {tasks}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        tasks["slot_vacuum"]["last_result"]["vacuumed"] == json!(["node_slot", "object_slot"]) && vacuumed >= 2
+    })
+    .await;
 }

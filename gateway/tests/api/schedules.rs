@@ -1,12 +1,12 @@
 //! Schedules: the API, bad input, and the firer (exactly once per instant, across replicas, by overlap policy).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, until, TestApp};
 
 fn every_second(name: &str, overlap: &str) -> Value {
     json!({
@@ -23,19 +23,6 @@ async fn runs(app: &TestApp, name: &str) -> Vec<Value> {
     let mut items = page["items"].as_array().unwrap().clone();
     items.reverse();
     items
-}
-
-/// Polls `condition` every 50 ms until it holds; fails naming `what` after `timeout`.
-async fn until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
