@@ -9,7 +9,9 @@
 //! table and writes `bench/results/latest.json`. Nothing here asserts speed.
 //!
 //! `rh-bench --smoke` runs every measure with tiny sizes, so the code cannot rot;
-//! `--scale-only` runs the floor and the simulated-node measures alone.
+//! `--scale-only` runs the floor and the simulated-node measures alone;
+//! `--only=rest,cancel,...` runs the floor and the named sections (the keys
+//! `Section` lists), for comparing builds. Neither writes the results file.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -38,11 +40,16 @@ struct Plan {
     /// Creates per scale measure, and the clients sending them.
     sim_creates: usize,
     sim_clients: usize,
+    /// The sections to run (`--only=`); all when empty.
+    only: Vec<String>,
 }
 
 impl Plan {
     fn new(smoke: bool) -> Plan {
-        if smoke {
+        let only = std::env::args()
+            .find_map(|a| a.strip_prefix("--only=").map(|list| list.split(',').map(str::to_owned).collect()))
+            .unwrap_or_default();
+        let plan = if smoke {
             Plan {
                 smoke,
                 runs: 1,
@@ -58,6 +65,7 @@ impl Plan {
                 sim_queued: vec![0, 300],
                 sim_creates: 50,
                 sim_clients: 4,
+                only: Vec::new(),
             }
         } else {
             Plan {
@@ -75,8 +83,15 @@ impl Plan {
                 sim_queued: vec![0, 10_000, 100_000],
                 sim_creates: 3000,
                 sim_clients: 16,
+                only: Vec::new(),
             }
-        }
+        };
+        Plan { only, ..plan }
+    }
+
+    /// Whether section `key` runs (see `--only=`).
+    fn wants(&self, key: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|k| k == key)
     }
 }
 
@@ -123,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--park-server") {
         return park_server().await;
     }
-    let plan = Plan::new(std::env::args().any(|a| a == "--smoke"));
+    let mut plan = Plan::new(std::env::args().any(|a| a == "--smoke"));
     if !plan.smoke {
         std::env::set_var("RH_E2E_DURABLE", "1");
     }
@@ -146,252 +161,313 @@ async fn main() -> anyhow::Result<()> {
     figures.push(fig("floor_python_ms", "floor: warm Python round trip over a Unix socket (p50)", "ms", "", python));
 
     if std::env::args().any(|a| a == "--scale-only") {
-        // The scale measures alone (they take most of the suite's time), for
-        // working on them; the results file is left alone.
-        figures.extend(scale::nodes_and_queues(&stack, &token, &plan).await?);
-        figures.extend(scale::replicas(&stack, &token, &plan).await?);
-        print_table(&plan, &figures, floor_ms, &Default::default());
-        println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
-        return Ok(());
+        // The scale measures alone (they take most of the suite's time).
+        plan.only = vec!["scale-nodes".to_owned(), "scale-replicas".to_owned()];
     }
 
-    lap.next("REST no-op");
     // Dispatch latency and throughput over REST.
     let noop = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "local"});
-    let runs = noop_runs(&stack, &token, &noop, &plan).await?;
-    let p50s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.50)).collect();
-    let p99s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.99)).collect();
-    let mut rest_p50 = fig(
-        "rest_noop_p50_ms",
-        "no-op dispatch over REST, create -> long-poll -> result (p50)",
-        "ms",
-        "<= 1.2",
-        p50s.clone(),
-    );
-    rest_p50.vs_floor = true;
-    figures.push(rest_p50);
-    figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
-
-    lap.next("no run records");
-    // The run record's cost: the same no-op on a node that sends none.
-    let _bare =
-        stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?;
-    let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
-    let bare_p50s = noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
-    let mut without =
-        fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
-    without.vs_floor = true;
-    figures.push(without);
-
-    lap.next("no link");
-    // What the node link saves: the same no-op on a node talking plain HTTP requests.
-    let _http_only =
-        stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?;
-    let plain = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "nolink"});
-    let plain_p50s = noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
-    let mut no_link = fig(
-        "rest_noop_no_link_p50_ms",
-        "  the same, node without its link (HTTP requests) (p50)",
-        "ms",
-        "",
-        plain_p50s,
-    );
-    no_link.vs_floor = true;
-    figures.push(no_link);
-
-    lap.next("cache hit");
-    // A cache hit: the create answers with the earlier result, no node involved.
-    let cached = json!({"function": "json:dumps", "args": ["cached"], "cluster": "local", "cache": true});
-    create_and_wait(&stack.client, &stack.url, &token, &cached).await?;
-    let mut hit_p50s = Vec::new();
-    for _ in 0..plan.runs {
-        hit_p50s.push(quantile(&sequential(&stack, &token, &cached, plan.sequential).await?, 0.50));
+    // Nodes a section starts stay up to the end, as every later section measured them.
+    let mut nodes = Vec::new();
+    if plan.wants("rest") {
+        lap.next("REST no-op");
+        let runs = noop_runs(&stack, &token, &noop, &plan).await?;
+        let p50s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.50)).collect();
+        let p99s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.99)).collect();
+        let mut rest_p50 = fig(
+            "rest_noop_p50_ms",
+            "no-op dispatch over REST, create -> long-poll -> result (p50)",
+            "ms",
+            "<= 1.2",
+            p50s.clone(),
+        );
+        rest_p50.vs_floor = true;
+        figures.push(rest_p50);
+        figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
     }
-    let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
-    hit.vs_floor = true;
-    figures.push(hit);
-    lap.next("artifact upload");
-    // Artifact upload: a call writing N MB under $RH_OUTPUTS vs the same call writing them to a
-    // scratch file; the difference is the upload (node -> gateway -> artifact store, streamed).
-    let megabytes: u64 = if plan.smoke { 10 } else { 100 };
-    let size = megabytes * 1024 * 1024;
-    let kept = json!({"function": "pkg.jobs:write_outputs", "args": [size], "bundle": bundle, "cluster": "local"});
-    let scratch = json!({"function": "pkg.jobs:write_scratch", "args": [size], "bundle": bundle, "cluster": "local"});
-    create_and_wait(&stack.client, &stack.url, &token, &scratch).await?;
-    let mut rates = Vec::new();
-    for _ in 0..plan.runs {
-        let started = Instant::now();
-        create_and_wait(&stack.client, &stack.url, &token, &scratch).await?;
-        let without = started.elapsed();
-        let started = Instant::now();
-        create_and_wait(&stack.client, &stack.url, &token, &kept).await?;
-        let with = started.elapsed();
-        rates.push(megabytes as f64 / with.saturating_sub(without).as_secs_f64().max(1e-3));
-    }
-    figures.push(fig("artifact_upload_mb_per_s", "artifact upload, one file (MiB/s)", "MiB/s", "", rates));
-    let here = [stack.url.clone()];
-    let throughput =
-        repeat(plan.runs, || throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window)).await?;
-    figures.push(fig(
-        "throughput_per_s",
-        "throughput, 64 concurrent clients, durable",
-        "dispatches/s",
-        ">= 2500",
-        throughput,
-    ));
 
-    lap.next("log streaming");
-    // Live log streaming: a no-op that prints one line vs the same no-op.
-    let quiet = json!({"function": "pkg.jobs:noop", "bundle": bundle, "cluster": "local"});
-    let chatty = json!({"function": "builtins:print", "args": ["one line"], "cluster": "local"});
-    for _ in 0..10 {
-        create_and_wait(&stack.client, &stack.url, &token, &quiet).await?;
-        create_and_wait(&stack.client, &stack.url, &token, &chatty).await?;
+    if plan.wants("norec") {
+        lap.next("no run records");
+        // The run record's cost: the same no-op on a node that sends none.
+        nodes.push(
+            stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?,
+        );
+        let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
+        let bare_p50s = noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
+        let mut without =
+            fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
+        without.vs_floor = true;
+        figures.push(without);
     }
-    let mut overheads = Vec::new();
-    for _ in 0..plan.runs {
-        let q = quantile(&sequential(&stack, &token, &quiet, plan.sequential).await?, 0.5);
-        let c = quantile(&sequential(&stack, &token, &chatty, plan.sequential).await?, 0.5);
-        overheads.push((c / q - 1.0) * 100.0);
+
+    if plan.wants("nolink") {
+        lap.next("no link");
+        // What the node link saves: the same no-op on a node talking plain HTTP requests.
+        nodes.push(stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?);
+        let plain = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "nolink"});
+        let plain_p50s =
+            noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
+        let mut no_link = fig(
+            "rest_noop_no_link_p50_ms",
+            "  the same, node without its link (HTTP requests) (p50)",
+            "ms",
+            "",
+            plain_p50s,
+        );
+        no_link.vs_floor = true;
+        figures.push(no_link);
     }
-    figures.push(fig("log_overhead_pct", "printing one line vs a no-op (p50 over p50)", "%", "<= 10", overheads));
 
-    lap.next("cancel");
-    // Cancel: from the cancel request to the worker process being gone.
-    let cancel = cancel_to_gone(&stack, &token, &bundle, plan.cancels).await?;
-    figures.push(fig("cancel_gone_p99_ms", "cancel -> worker process gone (p99)", "ms", "<= 1000", vec![cancel]));
-
-    lap.next("cold start");
-    // Cold start: POST /v1/clusters (local, 1 node) -> first result.
-    let mut colds = Vec::new();
-    for run in 0..plan.runs {
-        colds.push(cold_start(&stack, &token, &format!("cold-{run}")).await?);
-    }
-    figures.push(fig(
-        "cold_start_ms",
-        "cold start: POST /v1/clusters (local, 1 node) -> first result",
-        "ms",
-        "<= 1000",
-        colds,
-    ));
-
-    lap.next("idle memory");
-    // Idle memory after many dispatches.
-    let mut done = 0;
-    while done < plan.rss_dispatches {
-        let batch = plan.concurrency.min(plan.rss_dispatches - done);
-        let calls = (0..batch).map(|_| create_and_wait(&stack.client, &stack.url, &token, &noop));
-        for result in futures::future::join_all(calls).await {
-            result?;
+    if plan.wants("cache") {
+        lap.next("cache hit");
+        // A cache hit: the create answers with the earlier result, no node involved.
+        let cached = json!({"function": "json:dumps", "args": ["cached"], "cluster": "local", "cache": true});
+        create_and_wait(&stack.client, &stack.url, &token, &cached).await?;
+        let mut hit_p50s = Vec::new();
+        for _ in 0..plan.runs {
+            hit_p50s.push(quantile(&sequential(&stack, &token, &cached, plan.sequential).await?, 0.50));
         }
-        done += batch;
+        let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
+        hit.vs_floor = true;
+        figures.push(hit);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
-    let node_rss = rss_mb(node.pid());
-    let workers_rss: f64 = children_of(node.pid()).into_iter().map(rss_mb).sum();
-    figures.push(fig(
-        "idle_rss_mb",
-        "idle RSS, gateway + node daemon, after the dispatches above",
-        "MB",
-        "<= 80",
-        vec![gateway_rss + node_rss],
-    ));
-    figures.push(fig("idle_rss_workers_mb", "  (and the node's warm Python workers)", "MB", "", vec![workers_rss]));
 
-    lap.next("waiters");
-    // Many concurrent long-poll waiters.
-    let idle_gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
-    let (waiters_rss, wake_p99) = waiters(&stack, &token, plan.waiters).await?;
-    figures.push(fig(
-        "waiters_gateway_rss_mb",
-        "gateway RSS with the long-poll waiters parked",
-        "MB",
-        "<= 128",
-        vec![waiters_rss],
-    ));
-    let per_waiter_kb = (waiters_rss - idle_gateway_rss) * 1024.0 / plan.waiters as f64;
-    figures.push(fig("waiter_kb", "  gateway memory per parked waiter", "KiB", "", vec![per_waiter_kb]));
-    let floor_kb = park_floor_kb(&token, plan.waiters).await?;
-    figures.push(fig(
-        "floor_parked_request_kb",
-        "  floor: memory per parked request on a bare axum server",
-        "KiB",
-        "",
-        vec![floor_kb],
-    ));
-    figures.push(fig(
-        "waiters_wake_p99_ms",
-        "wake-up after each waiter's dispatch ends (p99)",
-        "ms",
-        "<= 200",
-        vec![wake_p99],
-    ));
+    if plan.wants("artifact") {
+        lap.next("artifact upload");
+        // Artifact upload: a call writing N MB under $RH_OUTPUTS vs the same call writing them to a
+        // scratch file; the difference is the upload (node -> gateway -> artifact store, streamed).
+        let megabytes: u64 = if plan.smoke { 10 } else { 100 };
+        let size = megabytes * 1024 * 1024;
+        let kept = json!({"function": "pkg.jobs:write_outputs", "args": [size], "bundle": bundle, "cluster": "local"});
+        let scratch =
+            json!({"function": "pkg.jobs:write_scratch", "args": [size], "bundle": bundle, "cluster": "local"});
+        create_and_wait(&stack.client, &stack.url, &token, &scratch).await?;
+        let mut rates = Vec::new();
+        for _ in 0..plan.runs {
+            let started = Instant::now();
+            create_and_wait(&stack.client, &stack.url, &token, &scratch).await?;
+            let without = started.elapsed();
+            let started = Instant::now();
+            create_and_wait(&stack.client, &stack.url, &token, &kept).await?;
+            let with = started.elapsed();
+            rates.push(megabytes as f64 / with.saturating_sub(without).as_secs_f64().max(1e-3));
+        }
+        figures.push(fig("artifact_upload_mb_per_s", "artifact upload, one file (MiB/s)", "MiB/s", "", rates));
+    }
 
-    lap.next("listing");
-    // Listing with many rows in the table.
-    let list_p99 = list_with_rows(&stack, &token, plan.list_rows).await?;
-    figures.push(fig(
-        "list_label_p99_ms",
-        "GET /v1/dispatches?label=… (rare and common labels) (p99)",
-        "ms",
-        "<= 20",
-        vec![list_p99],
-    ));
+    if plan.wants("throughput") {
+        lap.next("throughput");
+        let here = [stack.url.clone()];
+        let processes = [stack.gateway.as_ref().unwrap().pid(), node.pid(), postmaster_pid(&stack).await?];
+        let before = Usage::now(&stack, processes).await?;
+        let throughput =
+            repeat(plan.runs, || throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window))
+                .await?;
+        let used = Usage::now(&stack, processes).await?.since(&before);
+        figures.push(fig(
+            "throughput_per_s",
+            "throughput, 64 concurrent clients, durable",
+            "dispatches/s",
+            ">= 2500",
+            throughput,
+        ));
+        // What each dispatch costs under that load: CPU by process (less at
+        // the mercy of a shared machine's drift than the rate) and WAL.
+        for (key, label, seconds) in [
+            ("cpu_gateway_ms", "  CPU per dispatch: the gateway", used.cpu_s[0]),
+            ("cpu_node_ms", "  CPU per dispatch: the node daemon and its workers", used.cpu_s[1]),
+            ("cpu_postgres_ms", "  CPU per dispatch: Postgres", used.cpu_s[2]),
+        ] {
+            figures.push(fig(key, label, "ms", "", vec![seconds * 1000.0 / used.dispatches]));
+        }
+        figures.push(fig(
+            "wal_per_dispatch_kb",
+            "  WAL written per dispatch",
+            "KiB",
+            "",
+            vec![used.wal_bytes / 1024.0 / used.dispatches],
+        ));
+    }
 
-    lap.next("runs page");
-    // The dashboard's runs page over the same rows, rendered by the gateway.
-    let (runs_p50, runs_p99) = runs_page_with_rows(&stack, &token).await?;
-    figures.push(fig(
-        "ui_runs_page_p50_ms",
-        "GET /ui/runs at the listing's row count: unfiltered, by label, by function (p50)",
-        "ms",
-        "<= 50",
-        vec![runs_p50],
-    ));
-    figures.push(fig("ui_runs_page_p99_ms", "GET /ui/runs, as above (p99)", "ms", "", vec![runs_p99]));
+    if plan.wants("logs") {
+        lap.next("log streaming");
+        // Live log streaming: a no-op that prints one line vs the same no-op.
+        let quiet = json!({"function": "pkg.jobs:noop", "bundle": bundle, "cluster": "local"});
+        let chatty = json!({"function": "builtins:print", "args": ["one line"], "cluster": "local"});
+        for _ in 0..10 {
+            create_and_wait(&stack.client, &stack.url, &token, &quiet).await?;
+            create_and_wait(&stack.client, &stack.url, &token, &chatty).await?;
+        }
+        let mut overheads = Vec::new();
+        for _ in 0..plan.runs {
+            let q = quantile(&sequential(&stack, &token, &quiet, plan.sequential).await?, 0.5);
+            let c = quantile(&sequential(&stack, &token, &chatty, plan.sequential).await?, 0.5);
+            overheads.push((c / q - 1.0) * 100.0);
+        }
+        figures.push(fig("log_overhead_pct", "printing one line vs a no-op (p50 over p50)", "%", "<= 10", overheads));
+    }
 
-    lap.next("replica wake");
-    // Replicas: a dispatch created through this gateway, waited on through another.
-    let wake = cross_replica_wake(&stack, &token, &noop, if plan.smoke { 5 } else { 300 }).await?;
-    figures.push(fig(
-        "cross_replica_wake_p99_ms",
-        "wait through another replica: dispatch finished -> waiter answered (p99)",
-        "ms",
-        "<= 100",
-        vec![wake],
-    ));
+    if plan.wants("cancel") {
+        lap.next("cancel");
+        // Cancel: from the cancel request to the worker process being gone.
+        let cancel = cancel_to_gone(&stack, &token, &bundle, plan.cancels).await?;
+        figures.push(fig("cancel_gone_p99_ms", "cancel -> worker process gone (p99)", "ms", "<= 1000", vec![cancel]));
+    }
 
-    lap.next("schedules");
-    // Schedules: from a fire's instant to its dispatch being recorded.
-    let (fire_p50, fire_p99) = fire_times(&stack, &token, if plan.smoke { 2 } else { 30 }).await?;
-    figures.push(fig(
-        "schedule_fire_p50_ms",
-        "schedule fire: instant -> dispatch recorded (p50)",
-        "ms",
-        "",
-        vec![fire_p50],
-    ));
-    figures.push(fig(
-        "schedule_fire_p99_ms",
-        "schedule fire: instant -> dispatch recorded (p99)",
-        "ms",
-        "<= 1000",
-        vec![fire_p99],
-    ));
+    if plan.wants("cold") {
+        lap.next("cold start");
+        // Cold start: POST /v1/clusters (local, 1 node) -> first result.
+        let mut colds = Vec::new();
+        for run in 0..plan.runs {
+            colds.push(cold_start(&stack, &token, &format!("cold-{run}")).await?);
+        }
+        figures.push(fig(
+            "cold_start_ms",
+            "cold start: POST /v1/clusters (local, 1 node) -> first result",
+            "ms",
+            "<= 1000",
+            colds,
+        ));
+    }
 
-    lap.next("scale: nodes and queues");
-    // How the cost grows with nodes, queued work and replicas (simulated nodes).
-    figures.extend(scale::nodes_and_queues(&stack, &token, &plan).await?);
-    lap.next("scale: replicas");
-    figures.extend(scale::replicas(&stack, &token, &plan).await?);
+    if plan.wants("idle") {
+        lap.next("idle memory");
+        // Idle memory after many dispatches.
+        let mut done = 0;
+        while done < plan.rss_dispatches {
+            let batch = plan.concurrency.min(plan.rss_dispatches - done);
+            let calls = (0..batch).map(|_| create_and_wait(&stack.client, &stack.url, &token, &noop));
+            for result in futures::future::join_all(calls).await {
+                result?;
+            }
+            done += batch;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
+        let node_rss = rss_mb(node.pid());
+        let workers_rss: f64 = children_of(node.pid()).into_iter().map(rss_mb).sum();
+        figures.push(fig(
+            "idle_rss_mb",
+            "idle RSS, gateway + node daemon, after the dispatches above",
+            "MB",
+            "<= 80",
+            vec![gateway_rss + node_rss],
+        ));
+        figures.push(fig("idle_rss_gateway_mb", "  of which the gateway", "MB", "", vec![gateway_rss]));
+        figures.push(fig("idle_rss_node_mb", "  of which the node daemon", "MB", "", vec![node_rss]));
+        figures.push(fig("idle_rss_workers_mb", "  (and the node's warm Python workers)", "MB", "", vec![workers_rss]));
+    }
+
+    if plan.wants("waiters") {
+        lap.next("waiters");
+        // Many concurrent long-poll waiters.
+        let idle_gateway_rss = rss_mb(stack.gateway.as_ref().unwrap().pid());
+        let (waiters_rss, wake_p99) = waiters(&stack, &token, plan.waiters).await?;
+        figures.push(fig(
+            "waiters_gateway_rss_mb",
+            "gateway RSS with the long-poll waiters parked",
+            "MB",
+            "<= 128",
+            vec![waiters_rss],
+        ));
+        let per_waiter_kb = (waiters_rss - idle_gateway_rss) * 1024.0 / plan.waiters as f64;
+        figures.push(fig("waiter_kb", "  gateway memory per parked waiter", "KiB", "", vec![per_waiter_kb]));
+        let floor_kb = park_floor_kb(&token, plan.waiters).await?;
+        figures.push(fig(
+            "floor_parked_request_kb",
+            "  floor: memory per parked request on a bare axum server",
+            "KiB",
+            "",
+            vec![floor_kb],
+        ));
+        figures.push(fig(
+            "waiters_wake_p99_ms",
+            "wake-up after each waiter's dispatch ends (p99)",
+            "ms",
+            "<= 200",
+            vec![wake_p99],
+        ));
+    }
+
+    if plan.wants("listing") {
+        lap.next("listing");
+        // Listing with many rows in the table.
+        let list_p99 = list_with_rows(&stack, &token, plan.list_rows).await?;
+        figures.push(fig(
+            "list_label_p99_ms",
+            "GET /v1/dispatches?label=… (rare and common labels) (p99)",
+            "ms",
+            "<= 20",
+            vec![list_p99],
+        ));
+    }
+
+    if plan.wants("runs-page") {
+        lap.next("runs page");
+        // The dashboard's runs page over the same rows, rendered by the gateway.
+        let (runs_p50, runs_p99) = runs_page_with_rows(&stack, &token).await?;
+        figures.push(fig(
+            "ui_runs_page_p50_ms",
+            "GET /ui/runs at the listing's row count: unfiltered, by label, by function (p50)",
+            "ms",
+            "<= 50",
+            vec![runs_p50],
+        ));
+        figures.push(fig("ui_runs_page_p99_ms", "GET /ui/runs, as above (p99)", "ms", "", vec![runs_p99]));
+    }
+
+    if plan.wants("replica-wake") {
+        lap.next("replica wake");
+        // Replicas: a dispatch created through this gateway, waited on through another.
+        let wake = cross_replica_wake(&stack, &token, &noop, if plan.smoke { 5 } else { 300 }).await?;
+        figures.push(fig(
+            "cross_replica_wake_p99_ms",
+            "wait through another replica: dispatch finished -> waiter answered (p99)",
+            "ms",
+            "<= 100",
+            vec![wake],
+        ));
+    }
+
+    if plan.wants("schedules") {
+        lap.next("schedules");
+        // Schedules: from a fire's instant to its dispatch being recorded.
+        let (fire_p50, fire_p99) = fire_times(&stack, &token, if plan.smoke { 2 } else { 30 }).await?;
+        figures.push(fig(
+            "schedule_fire_p50_ms",
+            "schedule fire: instant -> dispatch recorded (p50)",
+            "ms",
+            "",
+            vec![fire_p50],
+        ));
+        figures.push(fig(
+            "schedule_fire_p99_ms",
+            "schedule fire: instant -> dispatch recorded (p99)",
+            "ms",
+            "<= 1000",
+            vec![fire_p99],
+        ));
+    }
+
+    if plan.wants("scale-nodes") {
+        lap.next("scale: nodes and queues");
+        // How the cost grows with nodes, queued work and replicas (simulated nodes).
+        figures.extend(scale::nodes_and_queues(&stack, &token, &plan).await?);
+    }
+
+    if plan.wants("scale-replicas") {
+        lap.next("scale: replicas");
+        figures.extend(scale::replicas(&stack, &token, &plan).await?);
+    }
+
     lap.next("table");
 
     let results_dir = e2e::workspace_root().join("bench/results");
     let previous = previous_run(&results_dir.join("latest.json"));
     print_table(&plan, &figures, floor_ms, &previous);
     println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
-    if !plan.smoke {
+    // A partial run (--only=, --scale-only) leaves the results file alone.
+    if !plan.smoke && plan.only.is_empty() {
         let results = json!({
             "measured_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
             "machine": machine(),
@@ -965,6 +1041,59 @@ async fn park_floor_kb(token: &str, n: usize) -> anyhow::Result<f64> {
         wait.abort();
     }
     Ok((after - before) * 1024.0 / n as f64)
+}
+
+/// CPU time of processes (each with its children), dispatches recorded and
+/// WAL written, at one moment.
+struct Usage {
+    cpu_s: [f64; 3],
+    dispatches: f64,
+    wal_bytes: f64,
+}
+
+impl Usage {
+    async fn now(stack: &Stack, pids: [u32; 3]) -> anyhow::Result<Usage> {
+        use sqlx::Connection;
+        let mut db = sqlx::PgConnection::connect(&stack.database_url).await?;
+        let (dispatches, wal): (i64, f64) = sqlx::query_as(
+            "select (select count(*) from dispatch), pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8",
+        )
+        .fetch_one(&mut db)
+        .await?;
+        db.close().await?;
+        Ok(Usage { cpu_s: pids.map(tree_cpu_s), dispatches: dispatches as f64, wal_bytes: wal })
+    }
+
+    fn since(&self, before: &Usage) -> Usage {
+        Usage {
+            cpu_s: std::array::from_fn(|i| self.cpu_s[i] - before.cpu_s[i]),
+            dispatches: (self.dispatches - before.dispatches).max(1.0),
+            wal_bytes: self.wal_bytes - before.wal_bytes,
+        }
+    }
+}
+
+/// The Postgres server's postmaster, from the data directory's `postmaster.pid`.
+async fn postmaster_pid(stack: &Stack) -> anyhow::Result<u32> {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&stack.database_url).await?;
+    let dir: String = sqlx::query_scalar("select current_setting('data_directory')").fetch_one(&mut db).await?;
+    db.close().await?;
+    let file = std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid"))?;
+    Ok(file.lines().next().unwrap_or_default().trim().parse()?)
+}
+
+/// CPU seconds (user and system) of a process, of its children that ended,
+/// and of its live children.
+fn tree_cpu_s(pid: u32) -> f64 {
+    // After the command's closing parenthesis, utime is the 12th field, then stime, cutime and cstime.
+    let ticks = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        rest.split_whitespace().skip(11).take(4).filter_map(|t| t.parse::<f64>().ok()).sum()
+    };
+    let per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    (ticks(pid) + children_of(pid).into_iter().map(ticks).sum::<f64>()) / per_s
 }
 
 fn rss_mb(pid: u32) -> f64 {
