@@ -762,25 +762,28 @@ type RecordSender = mpsc::UnboundedSender<(wire::DispatchId, Arc<wire::NodeRunIn
 
 /// Run records wait at most this long to be sent with others.
 const RECORD_FLUSH: Duration = Duration::from_millis(100);
-/// ... and at most this many go in one request.
-const RECORD_BATCH: usize = 64;
+/// ... and at most this many go in one request (the gateway takes 1,000).
+const RECORD_BATCH: usize = 256;
 
 /// Sends run records in batches: one request and one commit for every
-/// [`RECORD_FLUSH`] of starts, not one per call. The records of calls that
-/// start during the wait stay in the channel until it ends: receiving each
-/// as it came would wake this task, beside the call's worker, on every call.
+/// [`RECORD_FLUSH`] of starts, not one per call, and each environment the
+/// batch's calls ran in once, however many of them ran there. The records of
+/// calls that start during the wait stay in the channel until it ends:
+/// receiving each as it came would wake this task, beside the call's worker,
+/// on every call.
 async fn ship_records(
     gateway: GatewayClient,
     mut records: mpsc::UnboundedReceiver<(wire::DispatchId, Arc<wire::NodeRunInfo>)>,
 ) {
     #[derive(serde::Serialize)]
-    struct Item<'a> {
+    struct Item {
         dispatch_id: wire::DispatchId,
-        run: &'a wire::NodeRunInfo,
+        environment: usize,
     }
     #[derive(serde::Serialize)]
     struct Batch<'a> {
-        items: Vec<Item<'a>>,
+        environments: Vec<&'a wire::NodeRunInfo>,
+        items: Vec<Item>,
     }
     while let Some(first) = records.recv().await {
         tokio::time::sleep(RECORD_FLUSH).await;
@@ -788,9 +791,21 @@ async fn ship_records(
         while let Ok(next) = records.try_recv() {
             pending.push(next);
         }
-        for batch in pending.chunks(RECORD_BATCH) {
-            let items = batch.iter().map(|(dispatch_id, run)| Item { dispatch_id: *dispatch_id, run }).collect();
-            gateway.records_until_acked(&Batch { items }).await;
+        for chunk in pending.chunks(RECORD_BATCH) {
+            // Calls of one environment share its info (`Calls::run_info`).
+            let mut shared: Vec<&Arc<wire::NodeRunInfo>> = Vec::new();
+            let items = chunk
+                .iter()
+                .map(|(dispatch_id, run)| {
+                    let environment = shared.iter().position(|e| Arc::ptr_eq(e, run)).unwrap_or_else(|| {
+                        shared.push(run);
+                        shared.len() - 1
+                    });
+                    Item { dispatch_id: *dispatch_id, environment }
+                })
+                .collect();
+            let environments = shared.into_iter().map(|e| e.as_ref()).collect();
+            gateway.records_until_acked(&Batch { environments, items }).await;
         }
     }
 }

@@ -36,16 +36,27 @@ pub struct NodeRunInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRecordBatch {
+    /// The environments the items ran in, each once; an item names its own
+    /// by its index here. The gateway stores each environment once, however
+    /// many calls ran in it.
+    #[serde(default)]
+    #[schema(max_items = 1000)]
+    pub environments: Vec<NodeRunInfo>,
     #[schema(max_items = 1000)]
     pub items: Vec<NodeRunRecord>,
 }
 
-/// One call's part of a run record, as its node sends it.
+/// One call's part of a run record, as its node sends it: its environment,
+/// either as an index into the batch's `environments` or (as nodes before
+/// shared environments sent it) whole in `run`. Exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRunRecord {
     pub dispatch_id: DispatchId,
-    pub run: NodeRunInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<NodeRunInfo>,
 }
 
 /// Where a call ran.

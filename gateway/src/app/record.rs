@@ -1,5 +1,12 @@
 //! Run records: what a call ran with (code, arguments, resolved packages,
 //! interpreter, place), stored once when it starts so it can be run again.
+//!
+//! A record is three parts: the dispatch's own fields (function, arguments,
+//! requirements; they never change), the environment the call ran in
+//! (`run_environment`, stored once per distinct environment and named by its
+//! digest), and what only the record knows (where the call ran and the
+//! bundle's source at the time). Records written before environments were
+//! shared (`environment` null) hold all of it by value; both read the same.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -7,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::App;
 use crate::auth::Caller;
@@ -20,10 +27,11 @@ const MAX_PACKAGES: usize = 5_000;
 const MAX_BATCH: usize = 1_000;
 
 impl App {
-    /// Stores the run records of calls the caller's node started: the
-    /// node's part as sent, the rest from the dispatch, the node and the
-    /// cluster as they are now, all in one statement. Items for dispatches
-    /// not placed on this node are dropped; a dispatch's first record stays.
+    /// Stores the run records of calls the caller's node started: each
+    /// environment the batch names once (by its digest), and per call where
+    /// it ran and the bundle's source as they are now, all in one statement.
+    /// Items for dispatches not placed on this node are dropped; a
+    /// dispatch's first record stays.
     pub async fn records_store(&self, caller: &Caller, batch: wire::RunRecordBatch) -> Result<usize> {
         let binding = caller.node().ok_or(Error::MissingNodeCredential)?;
         let Some(node_id) = self.node_id_of(caller, binding).await? else {
@@ -32,27 +40,23 @@ impl App {
         if batch.items.len() > MAX_BATCH {
             return Err(Error::invalid("items", format!("at most {MAX_BATCH} records per batch")));
         }
-        if let Some(item) =
-            batch.items.iter().find(|i| i.run.packages.len() > MAX_PACKAGES || i.run.base_packages.len() > MAX_PACKAGES)
-        {
-            return Err(Error::invalid(
-                "items.run.packages",
-                format!("at most {MAX_PACKAGES} packages per list (dispatch {})", item.dispatch_id),
-            ));
+        if batch.environments.len() > MAX_BATCH {
+            return Err(Error::invalid("environments", format!("at most {MAX_BATCH} environments per batch")));
         }
+        let environments = Environments::of(batch)?;
         let node = self
             .db
             .node_get(node_id)
             .await?
             .ok_or_else(|| Error::NotFound { kind: "node", id: node_id.to_string() })?;
-        let ids: Vec<Uuid> = batch.items.iter().map(|i| i.dispatch_id.0).collect();
+        let ids: Vec<Uuid> = environments.items.iter().map(|(id, _)| id.0).collect();
         let rows: HashMap<Uuid, DispatchRow> =
             self.db.dispatches_on_node(&ids, node_id).await?.into_iter().map(|r| (r.dispatch_id, r)).collect();
         let mut places: HashMap<ClusterKey, wire::RecordPlace> = HashMap::new();
         let mut sources: HashMap<(String, String), Option<wire::BundleSource>> = HashMap::new();
-        let (mut record_ids, mut records) = (Vec::new(), Vec::new());
-        for item in batch.items {
-            let Some(row) = rows.get(&item.dispatch_id.0) else { continue };
+        let (mut record_ids, mut records, mut record_environments) = (Vec::new(), Vec::new(), Vec::new());
+        for (dispatch_id, environment) in &environments.items {
+            let Some(row) = rows.get(&dispatch_id.0) else { continue };
             let key = row.cluster_key();
             let place = match places.get(&key) {
                 Some(place) => place.clone(),
@@ -86,38 +90,53 @@ impl App {
                 },
                 None => None,
             };
-            let args_hash = hex::encode(Sha256::digest(json!([row.args, row.kwargs]).to_string().as_bytes()));
-            let record = Stored {
-                bundle: row.bundle.clone(),
-                source,
-                function: row.function_ref.clone(),
-                instance_id: row.object_id,
-                method: row.method.clone(),
-                args: serde_json::from_value(row.args.clone()).unwrap_or_default(),
-                kwargs: serde_json::from_value(row.kwargs.clone()).unwrap_or_default(),
-                args_hash,
-                requirements: serde_json::from_value(row.requirements.clone()).unwrap_or_default(),
-                run: item.run,
-                place,
-                recorded_at: chrono::Utc::now(),
-            };
+            let record = Stored { source, place, recorded_at: chrono::Utc::now() };
             record_ids.push(row.dispatch_id);
             records.push(serde_json::to_value(record).map_err(|e| Error::Internal(e.into()))?);
+            record_environments.push(environments.digests[*environment].clone());
         }
-        self.db.records_insert(&record_ids, &records).await
+        let used: HashSet<&String> = record_environments.iter().collect();
+        let (digests, infos): (Vec<String>, Vec<Value>) = environments
+            .digests
+            .iter()
+            .zip(environments.infos)
+            .filter(|(digest, _)| used.contains(digest))
+            .map(|(digest, info)| (digest.clone(), info))
+            .unzip();
+        self.db.records_insert(&record_ids, &records, &record_environments, &digests, &infos).await
     }
 
     /// The run record of one of the caller's project's dispatches, with its
     /// state and timings as they are now. 404 until the call has started.
     pub async fn record_get(&self, caller: &Caller, id: Uuid) -> Result<wire::RunRecord> {
         let row = self.dispatch_get(caller, id).await?;
-        let Some(stored) = self.db.record_get(id).await? else {
+        let Some((stored, environment)) = self.db.record_get(id).await? else {
             return Err(Error::NotFound {
                 kind: "run record",
                 id: format!("{id} (it is written when the call starts on a node; the dispatch is {})", row.state),
             });
         };
-        let stored: Stored = serde_json::from_value(stored).map_err(|e| Error::Internal(e.into()))?;
+        let internal = |e: serde_json::Error| Error::Internal(e.into());
+        let stored = match environment {
+            Some(info) => {
+                let Stored { source, place, recorded_at } = serde_json::from_value(stored).map_err(internal)?;
+                StoredWhole {
+                    bundle: row.bundle.clone(),
+                    source,
+                    function: row.function_ref.clone(),
+                    instance_id: row.object_id,
+                    method: row.method.clone(),
+                    args: serde_json::from_value(row.args.clone()).unwrap_or_default(),
+                    kwargs: serde_json::from_value(row.kwargs.clone()).unwrap_or_default(),
+                    args_hash: args_hash(&row.args, &row.kwargs),
+                    requirements: serde_json::from_value(row.requirements.clone()).unwrap_or_default(),
+                    run: serde_json::from_value(info).map_err(internal)?,
+                    place,
+                    recorded_at,
+                }
+            }
+            None => serde_json::from_value(stored).map_err(internal)?,
+        };
         let artifacts = self.db.artifact_list(id).await?.into_iter().map(Into::into).collect();
         Ok(wire::RunRecord {
             dispatch_id: wire::DispatchId(id),
@@ -143,9 +162,88 @@ impl App {
     }
 }
 
-/// What `dispatch_record` holds: the record's parts that never change.
+/// sha256 of the canonical JSON of `[args, kwargs]`.
+fn args_hash(args: &Value, kwargs: &Value) -> String {
+    hex::encode(Sha256::digest(json!([args, kwargs]).to_string().as_bytes()))
+}
+
+/// A batch's environments, each serialized and named by its digest, and its
+/// items with the index of their environment.
+struct Environments {
+    digests: Vec<String>,
+    infos: Vec<Value>,
+    items: Vec<(wire::DispatchId, usize)>,
+}
+
+impl Environments {
+    fn of(batch: wire::RunRecordBatch) -> Result<Environments> {
+        let mut environments = Environments { digests: Vec::new(), infos: Vec::new(), items: Vec::new() };
+        for info in batch.environments {
+            environments.push(info)?;
+        }
+        let shared = environments.digests.len();
+        for item in batch.items {
+            let index = match (item.environment, item.run) {
+                (Some(index), None) if (index as usize) < shared => index as usize,
+                (Some(index), None) => {
+                    return Err(Error::invalid(
+                        "items.environment",
+                        format!(
+                            "dispatch {} names environment {index}, and the batch has {shared} (indexes start at 0)",
+                            item.dispatch_id
+                        ),
+                    ))
+                }
+                (None, Some(run)) => environments.push(run)?,
+                _ => {
+                    return Err(Error::invalid(
+                        "items",
+                        format!(
+                            "dispatch {}: give exactly one of `environment` (an index into `environments`) and `run`",
+                            item.dispatch_id
+                        ),
+                    ))
+                }
+            };
+            environments.items.push((item.dispatch_id, index));
+        }
+        Ok(environments)
+    }
+
+    /// Adds one environment; returns its index.
+    fn push(&mut self, info: wire::NodeRunInfo) -> Result<usize> {
+        if info.packages.len() > MAX_PACKAGES || info.base_packages.len() > MAX_PACKAGES {
+            return Err(Error::invalid("environments.packages", format!("at most {MAX_PACKAGES} packages per list")));
+        }
+        // A `Value`'s objects are sorted by key, so the digest is of canonical JSON.
+        let info = serde_json::to_value(&info).map_err(|e| Error::Internal(e.into()))?;
+        let digest = hex::encode(Sha256::digest(info.to_string().as_bytes()));
+        let index = match self.digests.iter().position(|d| *d == digest) {
+            Some(index) => index,
+            None => {
+                self.digests.push(digest);
+                self.infos.push(info);
+                self.digests.len() - 1
+            }
+        };
+        Ok(index)
+    }
+}
+
+/// What `dispatch_record` holds for a record with a shared environment: the
+/// parts neither the dispatch nor the environment has.
 #[derive(Serialize, Deserialize)]
 struct Stored {
+    #[serde(default)]
+    source: Option<wire::BundleSource>,
+    place: wire::RecordPlace,
+    recorded_at: DateTime<Utc>,
+}
+
+/// What `dispatch_record` held before environments were shared (and what a
+/// record reads as): every part by value.
+#[derive(Serialize, Deserialize)]
+struct StoredWhole {
     bundle: Option<String>,
     #[serde(default)]
     source: Option<wire::BundleSource>,

@@ -10,6 +10,7 @@ mod helpers;
 mod logs;
 mod nodes;
 mod openapi;
+mod records;
 mod schedules;
 mod security;
 mod transitions;
