@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::App;
 use crate::auth::Caller;
-use crate::db::{ClusterKey, DispatchRow};
+use crate::db::{ClusterKey, OnNodeRow};
 use crate::{Error, Result};
 
 /// Most packages a record keeps per list.
@@ -50,7 +50,7 @@ impl App {
             .await?
             .ok_or_else(|| Error::NotFound { kind: "node", id: node_id.to_string() })?;
         let ids: Vec<Uuid> = environments.items.iter().map(|(id, _)| id.0).collect();
-        let rows: HashMap<Uuid, DispatchRow> =
+        let rows: HashMap<Uuid, OnNodeRow> =
             self.db.dispatches_on_node(&ids, node_id).await?.into_iter().map(|r| (r.dispatch_id, r)).collect();
         let mut places: HashMap<ClusterKey, wire::RecordPlace> = HashMap::new();
         let mut sources: HashMap<(String, String), Option<wire::BundleSource>> = HashMap::new();
@@ -242,7 +242,7 @@ struct Stored {
 
 /// What `dispatch_record` held before environments were shared (and what a
 /// record reads as): every part by value.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredWhole {
     bundle: Option<String>,
     #[serde(default)]

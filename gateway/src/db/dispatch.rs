@@ -92,6 +92,24 @@ impl DispatchRow {
     }
 }
 
+/// A dispatch as its node's writes see it (`DataStore::dispatches_on_node`).
+#[derive(Debug, Clone)]
+pub struct OnNodeRow {
+    pub dispatch_id: Uuid,
+    pub project: String,
+    pub cluster_project: String,
+    pub cluster: String,
+    pub bundle: Option<String>,
+    pub state: DispatchState,
+}
+
+impl OnNodeRow {
+    /// The cluster it runs on.
+    pub fn cluster_key(&self) -> ClusterKey {
+        ClusterKey::new(&self.cluster_project, &self.cluster)
+    }
+}
+
 /// One row of `dispatch_event`.
 #[derive(Debug, Clone)]
 pub struct EventRow {
@@ -1072,17 +1090,14 @@ impl DataStore {
         Ok(ids)
     }
 
-    /// Those of `ids` that were placed on `node_id`.
-    pub async fn dispatches_on_node(&self, ids: &[Uuid], node_id: Uuid) -> Result<Vec<DispatchRow>> {
+    /// Those of `ids` that were placed on `node_id`: what a node's writes
+    /// about its calls (run records, artifacts) check and need, without the
+    /// arguments and result.
+    pub async fn dispatches_on_node(&self, ids: &[Uuid], node_id: Uuid) -> Result<Vec<OnNodeRow>> {
         let rows = sqlx::query_as!(
-            DispatchRow,
+            OnNodeRow,
             r#"
-            select dispatch_id, project, function_ref, function_name, bundle, requirements,
-                   args, kwargs, cluster, node_id,
-                   state as "state: DispatchState", generation, idempotency_key, request_hash,
-                   requester, labels, timeout_s, result, failure, cancelled_by, cancel_reason,
-                   created_at, started_at, cancel_requested_at, finished_at, updated_at,
-                   log_bytes, log_truncated, cluster_project, acked_at, requeues, object_id, method, cache_key, cached_from
+            select dispatch_id, project, cluster_project, cluster, bundle, state as "state: DispatchState"
             from dispatch
             where dispatch_id = any($1) and node_id = $2
             "#,

@@ -27,7 +27,7 @@ pub mod ui;
 pub use artifact::{ArtifactInsert, ArtifactRow};
 pub use bundle::{BundleRow, FunctionRow};
 pub use cluster::{ClusterKey, ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
-pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, Transition};
+pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, OnNodeRow, Transition};
 pub use log::{LogRow, LogStream};
 pub use node::{NewNode, NodeEndpoint, NodeKey, NodeRow, NodeState};
 pub use object::{NewObject, ObjectEventRow, ObjectRow, ObjectState};
