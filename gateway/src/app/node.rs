@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::dispatch::{validate_name, Actor, Outcome};
 use super::App;
 use crate::auth::{Caller, NodeBinding};
-use crate::db::{ClusterKey, DispatchRow, NewNode, NodeKey, NodeRow};
-use crate::dispatch::{DispatchState, Event};
+use crate::db::{ClusterKey, DispatchRow, HeartbeatView, NewNode, NodeKey, NodeRow};
+use crate::dispatch::Event;
 use crate::node_client::CancelOutcome;
 use crate::{Error, Result};
 
@@ -116,10 +116,11 @@ impl App {
     pub async fn node_heartbeat(&self, caller: &Caller, node_id: Uuid, heartbeat: wire::Heartbeat) -> Result<NodeRow> {
         let me = self.node_key(caller)?;
         let warm = heartbeat.warm_workers.map(|w| w.min(i32::MAX as u32) as i32);
-        let mut node = self.db.node_heartbeat_check(node_id, &me).await?.ok_or_else(|| Error::NotFound {
-            kind: "node",
-            id: format!("{node_id} for this credential (register again with POST /v1/nodes)"),
-        })?;
+        let HeartbeatView { mut node, active, has_objects } =
+            self.db.node_heartbeat_view(node_id, &me).await?.ok_or_else(|| Error::NotFound {
+                kind: "node",
+                id: format!("{node_id} for this credential (register again with POST /v1/nodes)"),
+            })?;
         // Written soon, with other nodes' heartbeats, by one statement.
         self.heartbeats.send((node_id, warm));
         node.last_heartbeat_at = chrono::Utc::now();
@@ -127,7 +128,6 @@ impl App {
         let listed: HashSet<Uuid> = heartbeat.running.iter().map(|id| id.0).collect();
         let grace = chrono::Duration::seconds(self.settings.nodes.unacknowledged_requeue_s.into());
         let now = chrono::Utc::now();
-        let active = self.db.dispatch_active_on_node(node_id).await?;
         let unacked_listed: Vec<Uuid> = active
             .iter()
             .filter(|r| r.acked_at.is_none() && listed.contains(&r.dispatch_id))
@@ -137,36 +137,32 @@ impl App {
             self.db.dispatch_ack_listed(node_id, &unacked_listed).await?;
         }
         for row in active {
-            let placed_at = row.started_at.unwrap_or(row.updated_at);
-            if listed.contains(&row.dispatch_id) || now - placed_at < grace {
+            if listed.contains(&row.dispatch_id) || now - row.placed_at < grace {
                 continue;
             }
-            let repaired = match row.state {
-                DispatchState::Cancelling => {
-                    let outcome = Outcome { reason: Some("the node no longer runs it".into()), ..Outcome::default() };
-                    self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::CancelConfirmed, outcome)
-                        .await
-                        .map(drop)
-                }
-                _ if row.acked_at.is_some() => {
-                    let message = format!(
-                        "node {} had the call but no longer lists it, and its outcome never reached the gateway; \
-                         it is not run again",
-                        node.name
-                    );
-                    let outcome = Outcome::failed("outcome_lost", &message);
-                    self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::Fail, outcome).await.map(drop)
-                }
-                _ => {
-                    self.dispatch_requeue(&row, "the node never acknowledged it").await;
-                    Ok(())
-                }
+            let repaired = if row.cancelling {
+                let outcome = Outcome { reason: Some("the node no longer runs it".into()), ..Outcome::default() };
+                self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::CancelConfirmed, outcome).await.map(drop)
+            } else if row.acked_at.is_some() {
+                let message = format!(
+                    "node {} had the call but no longer lists it, and its outcome never reached the gateway; \
+                     it is not run again",
+                    node.name
+                );
+                let outcome = Outcome::failed("outcome_lost", &message);
+                self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::Fail, outcome).await.map(drop)
+            } else {
+                self.dispatch_requeue(row.dispatch_id, row.requeues, "the node never acknowledged it").await;
+                Ok(())
             };
             if let Err(err) = repaired {
                 tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "heartbeat repair failed");
             }
         }
-        self.object_heartbeat(node_id, &node.name, &heartbeat.instances).await?;
+        // Most nodes hold no objects and list none: nothing to reconcile.
+        if has_objects || !heartbeat.instances.is_empty() {
+            self.object_heartbeat(node_id, &node.name, &heartbeat.instances).await?;
+        }
         // Work queued on this replica for the node's cluster may fit now. Not
         // a placement pass per heartbeat otherwise: with many nodes that
         // would be hundreds of passes a second finding nothing to place.

@@ -113,7 +113,12 @@ impl App {
                         tracing::warn!(node = %node.name, error = %err, "cannot record a failed forward");
                     }
                 }
-                self.dispatch_requeue(&row, &format!("node {} refused it: {message}", node.name)).await;
+                self.dispatch_requeue(
+                    row.dispatch_id,
+                    row.requeues,
+                    &format!("node {} refused it: {message}", node.name),
+                )
+                .await;
             }
             // The node's heartbeat tells whether it got the call; see `node_heartbeat`.
             Err(err @ ForwardError::Unknown(_)) => {
@@ -124,9 +129,8 @@ impl App {
 
     /// Sends a placed dispatch that never started back to the queue, or fails
     /// it with `placement_failed` once it has been requeued too often.
-    pub(crate) async fn dispatch_requeue(&self, row: &DispatchRow, reason: &str) {
-        let id = row.dispatch_id;
-        let (event, outcome) = if row.requeues + 1 >= MAX_REQUEUES {
+    pub(crate) async fn dispatch_requeue(&self, id: uuid::Uuid, requeues: i32, reason: &str) {
+        let (event, outcome) = if requeues + 1 >= MAX_REQUEUES {
             let message = format!("placed {MAX_REQUEUES} times without starting; last: {reason}");
             (Event::Fail, Outcome::failed("placement_failed", &message))
         } else {

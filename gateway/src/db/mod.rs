@@ -29,7 +29,7 @@ pub use bundle::{BundleRow, FunctionRow};
 pub use cluster::{ClusterKey, ClusterRow, ClusterState, InstanceRow, InstanceState, NewCluster, NewInstance};
 pub use dispatch::{DispatchRow, EventRow, ListFilter, NewDispatch, OnNodeRow, Transition};
 pub use log::{LogRow, LogStream};
-pub use node::{NewNode, NodeEndpoint, NodeKey, NodeRow, NodeState};
+pub use node::{ActiveOnNode, HeartbeatView, NewNode, NodeEndpoint, NodeKey, NodeRow, NodeState};
 pub use object::{NewObject, ObjectEventRow, ObjectRow, ObjectState};
 
 /// Exclusive right to one background step among all replicas, while held.

@@ -1,7 +1,9 @@
 //! Node rows: registration, heartbeats and loss.
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::DataStore;
@@ -36,6 +38,27 @@ pub struct NodeRow {
     pub running: i64,
     /// Warm Python workers at the last heartbeat that said.
     pub warm_workers: Option<i32>,
+}
+
+/// A node as its heartbeat's reconcile sees it ([`DataStore::node_heartbeat_view`]).
+#[derive(Debug, Clone)]
+pub struct HeartbeatView {
+    pub node: NodeRow,
+    /// The dispatches the gateway believes run on it (`running` or `cancelling`).
+    pub active: Vec<ActiveOnNode>,
+    /// Whether the gateway believes a remote object lives on it.
+    pub has_objects: bool,
+}
+
+/// A dispatch placed on a node: what the heartbeat's repair rules read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActiveOnNode {
+    pub dispatch_id: Uuid,
+    pub cancelling: bool,
+    pub acked_at: Option<DateTime<Utc>>,
+    /// When it started running there (or last changed, if not yet).
+    pub placed_at: DateTime<Utc>,
+    pub requeues: i32,
 }
 
 /// Where and how the gateway reaches a node: what forwarding a call needs.
@@ -131,20 +154,30 @@ impl DataStore {
         Ok(())
     }
 
-    /// Node `node_id` as a heartbeat sees it: `None` if that node is
-    /// unknown, someone else, or was declared lost (it must register again).
-    /// Reads only: the heartbeat's time is written in the background, many
-    /// nodes' at once ([`Self::node_heartbeats_record`]).
-    pub async fn node_heartbeat_check(&self, node_id: Uuid, me: &NodeKey) -> Result<Option<NodeRow>> {
-        let row = sqlx::query_as!(
-            NodeRow,
+    /// Node `node_id` as a heartbeat sees it, with what the gateway believes
+    /// runs there, in one statement: `None` if that node is unknown, someone
+    /// else, or was declared lost (it must register again). Reads only: the
+    /// heartbeat's time is written in the background, many nodes' at once
+    /// ([`Self::node_heartbeats_record`]).
+    pub async fn node_heartbeat_view(&self, node_id: Uuid, me: &NodeKey) -> Result<Option<HeartbeatView>> {
+        let row = sqlx::query!(
             r#"
-            select node_id, project, name, cluster, address, api_secret, state as "state: NodeState",
-                   max_concurrent, resources, labels, registered_at, last_heartbeat_at,
-                   node_running(n.node_id) as "running!", warm_workers
+            select n.node_id, n.project, n.name, n.cluster, n.address, n.api_secret, n.state as "state: NodeState",
+                   n.max_concurrent, n.resources, n.labels, n.registered_at, n.last_heartbeat_at, n.warm_workers,
+                   coalesce(a.active, '[]') as "active!: Json<Vec<ActiveOnNode>>",
+                   exists (select 1 from object o where o.node_id = n.node_id and o.state in ('starting', 'ready'))
+                       as "has_objects!"
             from node n
-            where node_id = $1 and state in ('ready', 'unreachable')
-              and project = $2 and cluster = $3 and name = $4
+            left join lateral (
+                select json_agg(json_build_object(
+                           'dispatch_id', d.dispatch_id, 'cancelling', i.state = 'cancelling',
+                           'acked_at', d.acked_at, 'placed_at', coalesce(d.started_at, d.updated_at),
+                           'requeues', d.requeues)) as active
+                from dispatch_index i join dispatch d using (dispatch_id)
+                where i.node_id = n.node_id and i.state in ('running', 'cancelling')
+            ) a on true
+            where n.node_id = $1 and n.state in ('ready', 'unreachable')
+              and n.project = $2 and n.cluster = $3 and n.name = $4
             "#,
             node_id,
             me.cluster.project,
@@ -153,7 +186,29 @@ impl DataStore {
         )
         .fetch_optional(self.pool())
         .await?;
-        Ok(row)
+        Ok(row.map(|r| {
+            let active = r.active.0;
+            HeartbeatView {
+                node: NodeRow {
+                    node_id: r.node_id,
+                    project: r.project,
+                    name: r.name,
+                    cluster: r.cluster,
+                    address: r.address,
+                    api_secret: r.api_secret,
+                    state: r.state,
+                    max_concurrent: r.max_concurrent,
+                    resources: r.resources,
+                    labels: r.labels,
+                    registered_at: r.registered_at,
+                    last_heartbeat_at: r.last_heartbeat_at,
+                    running: active.len() as i64,
+                    warm_workers: r.warm_workers,
+                },
+                active,
+                has_objects: r.has_objects,
+            }
+        }))
     }
 
     /// Records that `nodes` heartbeated now (with their warm workers, where

@@ -265,3 +265,72 @@ async fn the_slot_tables_are_vacuumed_by_a_background_step() {
     })
     .await;
 }
+
+/// A heartbeat reconciles the gateway's view of its node by the rules: a
+/// listed call is acknowledged; an unlisted `cancelling` one is cancelled; an
+/// unlisted, unacknowledged one goes back to the queue; an unlisted one the
+/// node had fails with `outcome_lost` (it may have run: never run twice).
+#[tokio::test]
+async fn a_heartbeat_reconciles_what_the_gateway_believes_runs_on_its_node() {
+    let mut settings = test_settings(&fresh_database().await);
+    settings.nodes.unacknowledged_requeue_s = 0;
+    let app = spawn_app_with(settings).await;
+    // A node that accepts every call and every cancel, and reports nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accept_all = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
+    tokio::spawn(async move { axum::serve(listener, accept_all).await });
+    let mut body = registration("n1", &address);
+    body["max_concurrent"] = json!(4);
+    let (status, node) = app.post("/v1/nodes", &app.node_token_for("n1"), &body).await;
+    assert_eq!(status, StatusCode::OK, "{node}");
+    let node_id = node["node_id"].as_str().unwrap().to_owned();
+    let token = app.user_token();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned());
+    }
+    let [listed, cancelling, unacked, had] = [&ids[0], &ids[1], &ids[2], &ids[3]];
+    let acked = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from dispatch where state = 'running' and acked_at is not null")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    until("the four calls to be placed and acknowledged", Duration::from_secs(10), || async { acked().await == 4 })
+        .await;
+    let (status, cancel) = app.post(&format!("/v1/dispatches/{cancelling}/cancel"), &token, &json!({})).await;
+    assert_eq!((status, &cancel["state"]), (StatusCode::OK, &json!("cancelling")), "{cancel}");
+    sqlx::query("update dispatch set acked_at = null where dispatch_id = any($1::uuid[])")
+        .bind(vec![listed.parse::<uuid::Uuid>().unwrap(), unacked.parse::<uuid::Uuid>().unwrap()])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let (status, seen) = app
+        .post(&format!("/v1/nodes/{node_id}/heartbeat"), &app.node_token_for("n1"), &json!({"running": [listed]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{seen}");
+    assert_eq!(seen["running"], 4, "the view before the repairs: {seen}");
+
+    let state = |id: String| {
+        let app = &app;
+        async move { app.get(&format!("/v1/dispatches/{id}"), &app.user_token()).await.1 }
+    };
+    let listed_now = state(listed.clone()).await;
+    assert_eq!(listed_now["state"], "running", "{listed_now}");
+    let listed_acked: bool =
+        sqlx::query_scalar("select acked_at is not null from dispatch where dispatch_id = $1::uuid")
+            .bind(listed)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(listed_acked, "a listed call counts as acknowledged");
+    assert_eq!(state(cancelling.clone()).await["state"], "cancelled");
+    let had_now = state(had.clone()).await;
+    assert_eq!(had_now["state"], "failed", "{had_now}");
+    assert_eq!(had_now["failure"]["code"], "outcome_lost");
+    let requeued = events(&app, unacked).await;
+    assert_eq!(requeued[2].0, "queued", "{requeued:?}");
+    assert!(requeued[2].1.as_str().unwrap().contains("never acknowledged"), "{requeued:?}");
+}

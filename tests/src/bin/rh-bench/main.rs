@@ -11,7 +11,9 @@
 //! `rh-bench --smoke` runs every measure with tiny sizes, so the code cannot rot;
 //! `--scale-only` runs the floor and the simulated-node measures alone;
 //! `--only=rest,cancel,...` runs the floor and the named sections (the keys
-//! `Section` lists), for comparing builds. Neither writes the results file.
+//! `Section` lists), for comparing builds; `--sim-nodes=1000` and
+//! `--sim-queued=100000` narrow the simulated-node grid to those counts.
+//! None of these writes the results file.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -42,11 +44,13 @@ struct Plan {
     sim_clients: usize,
     /// The sections to run (`--only=`); all when empty.
     only: Vec<String>,
+    /// Some sections or sizes were left out: the results file is left alone.
+    partial: bool,
 }
 
 impl Plan {
     fn new(smoke: bool) -> Plan {
-        let only = std::env::args()
+        let only: Vec<String> = std::env::args()
             .find_map(|a| a.strip_prefix("--only=").map(|list| list.split(',').map(str::to_owned).collect()))
             .unwrap_or_default();
         let plan = if smoke {
@@ -66,6 +70,7 @@ impl Plan {
                 sim_creates: 50,
                 sim_clients: 4,
                 only: Vec::new(),
+                partial: false,
             }
         } else {
             Plan {
@@ -84,9 +89,25 @@ impl Plan {
                 sim_creates: 3000,
                 sim_clients: 16,
                 only: Vec::new(),
+                partial: false,
             }
         };
-        Plan { only, ..plan }
+        let list = |flag: &str| {
+            std::env::args().find_map(|a| {
+                a.strip_prefix(flag).map(|list| {
+                    list.split(',').map(|n| n.parse().unwrap_or_else(|_| panic!("{flag}{list}: not a count"))).collect()
+                })
+            })
+        };
+        let sim_nodes = list("--sim-nodes=").map(|v: Vec<i64>| v.into_iter().map(|n| n as usize).collect());
+        let sim_queued = list("--sim-queued=");
+        Plan {
+            partial: !only.is_empty() || sim_nodes.is_some() || sim_queued.is_some(),
+            only,
+            sim_nodes: sim_nodes.unwrap_or(plan.sim_nodes.clone()),
+            sim_queued: sim_queued.unwrap_or(plan.sim_queued.clone()),
+            ..plan
+        }
     }
 
     /// Whether section `key` runs (see `--only=`).
@@ -163,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--scale-only") {
         // The scale measures alone (they take most of the suite's time).
         plan.only = vec!["scale-nodes".to_owned(), "scale-replicas".to_owned()];
+        plan.partial = true;
     }
 
     // Dispatch latency and throughput over REST.
@@ -467,7 +489,7 @@ async fn main() -> anyhow::Result<()> {
     print_table(&plan, &figures, floor_ms, &previous);
     println!("suite took {:.0} s", suite_started.elapsed().as_secs_f64());
     // A partial run (--only=, --scale-only) leaves the results file alone.
-    if !plan.smoke && plan.only.is_empty() {
+    if !plan.smoke && !plan.partial {
         let results = json!({
             "measured_at_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
             "machine": machine(),
