@@ -221,11 +221,17 @@ impl DataStore {
                 where $17::text is null and s.project = $15 and s.cluster = $6 and n.state = 'ready'
                   and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
                   and (n.unreachable_until is null or n.unreachable_until < now())
-                  and not exists (
-                      select 1 from dispatch_index q
+                  -- Nothing queued before it: probed as "the cluster's oldest queued
+                  -- call", which only the queue's index answers in order. As `not
+                  -- exists`, the generic plan scanned every queued row of every
+                  -- cluster (17 ms with 100,000 queued elsewhere).
+                  and (
+                      select q.dispatch_id from dispatch_index q
                       where q.state = 'queued' and q.cluster_project = $15 and q.cluster = $6 and not q.is_method
                         and q.cached_from is null
-                  )
+                      order by q.dispatch_id
+                      limit 1
+                  ) is null
                 order by s.slot
                 limit 1
                 for update of s skip locked
@@ -238,9 +244,12 @@ impl DataStore {
                 join node n on n.node_id = o.node_id
                 where $17::text is not null and s.object_id = $16 and o.state = 'ready' and n.state = 'ready'
                   and s.dispatch_id is null and s.slot < o.max_concurrency
-                  and not exists (
-                      select 1 from dispatch_index q where q.state = 'queued' and q.object_id = $16 and q.is_method
-                  )
+                  and (
+                      select q.dispatch_id from dispatch_index q
+                      where q.state = 'queued' and q.object_id = $16 and q.is_method
+                      order by q.dispatch_id
+                      limit 1
+                  ) is null
                 order by s.slot
                 limit 1
                 for update of s skip locked
