@@ -334,3 +334,72 @@ async fn a_heartbeat_reconciles_what_the_gateway_believes_runs_on_its_node() {
     assert_eq!(requeued[2].0, "queued", "{requeued:?}");
     assert!(requeued[2].1.as_str().unwrap().contains("never acknowledged"), "{requeued:?}");
 }
+
+/// Acks are written without waiting on rows other transactions hold, except
+/// the few held ones, which a second statement waits for: none is dropped,
+/// and a call that finished meanwhile gets none.
+#[tokio::test]
+async fn an_ack_waits_only_for_the_calls_it_found_held_and_skips_finished_ones() {
+    let app = spawn_app().await;
+    let mut body = registration("n1", &accepting_node().await);
+    body["max_concurrent"] = json!(3);
+    let (status, node) = app.post("/v1/nodes", &app.node_token_for("n1"), &body).await;
+    assert_eq!(status, StatusCode::OK, "{node}");
+    let node_id: uuid::Uuid = node["node_id"].as_str().unwrap().parse().unwrap();
+    let token = app.user_token();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.create(&token, json!({})).await["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+    }
+    let acked = |id: uuid::Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("select acked_at is not null from dispatch where dispatch_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    until("the calls' acks", Duration::from_secs(10), || async {
+        acked(ids[0]).await && acked(ids[1]).await && acked(ids[2]).await
+    })
+    .await;
+    let [free, held, finished] = [ids[0], ids[1], ids[2]];
+    let report = json!({"kind": "succeeded", "result": null});
+    let (status, _) = app.post(&format!("/v1/dispatches/{finished}/reports"), &app.node_token_for("n1"), &report).await;
+    assert!(status.is_success(), "{status}");
+    sqlx::query("update dispatch set acked_at = null where dispatch_id = any($1)")
+        .bind(&ids)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select 1 from dispatch where dispatch_id = $1 for no key update")
+        .bind(held)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let db = gateway::db::DataStore::from_pool(app.pool.clone());
+    let acks = [(free, node_id), (held, node_id), (finished, node_id)];
+    let writing = tokio::spawn(async move { db.dispatch_acked(&acks).await });
+    // The free call is acknowledged at once; the held one waits for its lock.
+    until("the free call's ack", Duration::from_secs(10), || async { acked(free).await }).await;
+    until("the ack to wait on the held row", Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' \
+             and query like '%update dispatch d%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    assert!(!acked(held).await);
+    holder.commit().await.unwrap();
+    writing.await.unwrap().unwrap();
+    assert!(acked(held).await, "the held call is acknowledged once its lock is released");
+    assert!(!acked(finished).await, "a finished call needs no ack");
+}
