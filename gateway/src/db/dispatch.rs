@@ -1272,13 +1272,13 @@ impl DataStore {
     /// waits for them, if they still run: no ack is dropped.
     pub async fn dispatch_acked(&self, acks: &[(Uuid, Uuid)]) -> Result<()> {
         let (dispatches, nodes): (Vec<Uuid>, Vec<Uuid>) = acks.iter().copied().unzip();
-        let held = sqlx::query_scalar!(
+        let held = sqlx::query!(
             r#"
             with acks as (
                 select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
             ),
             due as (
-                select d.dispatch_id from dispatch d join acks a on a.dispatch_id = d.dispatch_id
+                select d.dispatch_id, a.node_id from dispatch d join acks a on a.dispatch_id = d.dispatch_id
                 where d.dispatch_id = any($1::uuid[]) and d.node_id = a.node_id
                   and d.acked_at is null and d.state in ('running', 'cancelling')
             ),
@@ -1296,22 +1296,20 @@ impl DataStore {
                 update node set forward_failures = 0, unreachable_until = null
                 where node_id in (select node_id from acks) and forward_failures > 0
             ),
+            held as (select * from due where dispatch_id not in (select dispatch_id from free)),
             quick as (select set_config('synchronous_commit', 'off', true))
-            select array(select dispatch_id from due except select dispatch_id from free) as "held!"
-            from quick
+            -- One aggregate over the same rows: the two arrays pair up.
+            select coalesce(h.dispatches, '{}') as "dispatches!", coalesce(h.nodes, '{}') as "nodes!"
+            from quick, (select array_agg(dispatch_id) as dispatches, array_agg(node_id) as nodes from held) h
             "#,
             &dispatches,
             &nodes
         )
         .fetch_one(self.pool())
         .await?;
-        if held.is_empty() {
+        if held.dispatches.is_empty() {
             return Ok(());
         }
-        let nodes: Vec<Uuid> = held
-            .iter()
-            .map(|id| acks.iter().find(|(d, _)| d == id).map(|(_, n)| *n).expect("held ids come from the acks"))
-            .collect();
         sqlx::query!(
             r#"
             with acks as (
@@ -1325,8 +1323,8 @@ impl DataStore {
             )
             select set_config('synchronous_commit', 'off', true)
             "#,
-            &held,
-            &nodes
+            &held.dispatches,
+            &held.nodes
         )
         .fetch_one(self.pool())
         .await?;

@@ -17,7 +17,14 @@ fn registration(name: &str, address: &str) -> Value {
 }
 
 async fn register(app: &TestApp, name: &str, address: &str) -> String {
-    let (status, body) = app.post("/v1/nodes", &app.node_token_for(name), &registration(name, address)).await;
+    register_with(app, name, address, 2).await
+}
+
+/// Registers node `name` with `max_concurrent` slots; its id.
+async fn register_with(app: &TestApp, name: &str, address: &str, max_concurrent: u32) -> String {
+    let mut registration = registration(name, address);
+    registration["max_concurrent"] = json!(max_concurrent);
+    let (status, body) = app.post("/v1/nodes", &app.node_token_for(name), &registration).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["node_id"].as_str().unwrap().to_owned()
 }
@@ -101,11 +108,7 @@ async fn a_silent_node_is_lost_and_its_dispatches_fail_with_node_lost() {
     settings.nodes.lost_after_s = 1;
     let app = spawn_app_with(settings).await;
     // A fake node that accepts every call and then goes silent.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let accept_all = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
-    tokio::spawn(async move { axum::serve(listener, accept_all).await });
-    register(&app, "silent", &address).await;
+    register(&app, "silent", &accept_all_node().await).await;
     let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
     let (_, done) = app.get(&format!("/v1/dispatches/{id}/wait?timeout_s=20"), &app.user_token()).await;
     assert_eq!(done["state"], "failed", "{done}");
@@ -117,11 +120,7 @@ async fn a_silent_node_is_lost_and_its_dispatches_fail_with_node_lost() {
 #[tokio::test]
 async fn a_restarted_node_that_no_longer_runs_a_dispatch_fails_it_with_node_lost() {
     let app = spawn_app().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, axum::Router::new().fallback(|| async { StatusCode::ACCEPTED })).await
-    });
+    let address = accept_all_node().await;
     register(&app, "n1", &address).await;
     let id = app.create(&app.user_token(), json!({})).await["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -134,6 +133,16 @@ async fn a_restarted_node_that_no_longer_runs_a_dispatch_fails_it_with_node_lost
     assert_eq!(done["state"], "failed");
     assert_eq!(done["failure"]["code"], "node_lost");
     assert!(done["failure"]["message"].as_str().unwrap().contains("restarted"));
+}
+
+/// A stand-in node that accepts every request (calls and cancels alike) and
+/// reports nothing.
+async fn accept_all_node() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accept_all = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
+    tokio::spawn(async move { axum::serve(listener, accept_all).await });
+    address
 }
 
 /// A stand-in node API that accepts every call (the end-to-end suite runs real nodes).
@@ -275,16 +284,8 @@ async fn a_heartbeat_reconciles_what_the_gateway_believes_runs_on_its_node() {
     let mut settings = test_settings(&fresh_database().await);
     settings.nodes.unacknowledged_requeue_s = 0;
     let app = spawn_app_with(settings).await;
-    // A node that accepts every call and every cancel, and reports nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    let accept_all = axum::Router::new().fallback(|| async { StatusCode::ACCEPTED });
-    tokio::spawn(async move { axum::serve(listener, accept_all).await });
-    let mut body = registration("n1", &address);
-    body["max_concurrent"] = json!(4);
-    let (status, node) = app.post("/v1/nodes", &app.node_token_for("n1"), &body).await;
-    assert_eq!(status, StatusCode::OK, "{node}");
-    let node_id = node["node_id"].as_str().unwrap().to_owned();
+    // Cancels stay `cancelling`: the node accepts them and never confirms.
+    let node_id = register_with(&app, "n1", &accept_all_node().await, 4).await;
     let token = app.user_token();
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -341,11 +342,7 @@ async fn a_heartbeat_reconciles_what_the_gateway_believes_runs_on_its_node() {
 #[tokio::test]
 async fn an_ack_waits_only_for_the_calls_it_found_held_and_skips_finished_ones() {
     let app = spawn_app().await;
-    let mut body = registration("n1", &accepting_node().await);
-    body["max_concurrent"] = json!(3);
-    let (status, node) = app.post("/v1/nodes", &app.node_token_for("n1"), &body).await;
-    assert_eq!(status, StatusCode::OK, "{node}");
-    let node_id: uuid::Uuid = node["node_id"].as_str().unwrap().parse().unwrap();
+    let node_id: uuid::Uuid = register_with(&app, "n1", &accepting_node().await, 3).await.parse().unwrap();
     let token = app.user_token();
     let mut ids = Vec::new();
     for _ in 0..3 {

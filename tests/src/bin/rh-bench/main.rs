@@ -48,6 +48,12 @@ struct Plan {
     partial: bool,
 }
 
+/// The comma-separated counts given as `flag` (`--sim-nodes=1,1000`), if given.
+fn counts<T: std::str::FromStr>(flag: &str) -> Option<Vec<T>> {
+    let list = std::env::args().find_map(|a| a.strip_prefix(flag).map(str::to_owned))?;
+    Some(list.split(',').map(|n| n.parse().unwrap_or_else(|_| panic!("{flag}{list}: `{n}` is not a count"))).collect())
+}
+
 impl Plan {
     fn new(smoke: bool) -> Plan {
         let only: Vec<String> = std::env::args()
@@ -92,20 +98,13 @@ impl Plan {
                 partial: false,
             }
         };
-        let list = |flag: &str| {
-            std::env::args().find_map(|a| {
-                a.strip_prefix(flag).map(|list| {
-                    list.split(',').map(|n| n.parse().unwrap_or_else(|_| panic!("{flag}{list}: not a count"))).collect()
-                })
-            })
-        };
-        let sim_nodes = list("--sim-nodes=").map(|v: Vec<i64>| v.into_iter().map(|n| n as usize).collect());
-        let sim_queued = list("--sim-queued=");
+        let sim_nodes = counts("--sim-nodes=");
+        let sim_queued = counts("--sim-queued=");
         Plan {
             partial: !only.is_empty() || sim_nodes.is_some() || sim_queued.is_some(),
             only,
-            sim_nodes: sim_nodes.unwrap_or(plan.sim_nodes.clone()),
-            sim_queued: sim_queued.unwrap_or(plan.sim_queued.clone()),
+            sim_nodes: sim_nodes.unwrap_or(plan.sim_nodes),
+            sim_queued: sim_queued.unwrap_or(plan.sim_queued),
             ..plan
         }
     }
