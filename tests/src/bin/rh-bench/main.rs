@@ -141,8 +141,20 @@ struct Figure {
     unit: &'static str,
     target: &'static str,
     runs: Vec<f64>,
-    /// Compared with the floor in the table.
-    vs_floor: bool,
+    /// How the table compares it with the floor.
+    vs_floor: VsFloor,
+}
+
+/// How a figure compares with the floor measured in the same run.
+#[derive(Clone, Copy, PartialEq)]
+enum VsFloor {
+    /// It does not.
+    No,
+    /// A time: its median over the floor's sum (so many times the floor).
+    Time,
+    /// A rate: the rate the floor's parts reach under the same load (this
+    /// value) over its median (so many times below the floor).
+    Rate(f64),
 }
 
 impl Figure {
@@ -150,6 +162,15 @@ impl Figure {
         let mut sorted = self.runs.clone();
         sorted.sort_by(f64::total_cmp);
         sorted[sorted.len() / 2]
+    }
+
+    /// Its ratio to the floor, if it has one (see [`VsFloor`]).
+    fn ratio(&self, floor_ms: f64) -> Option<f64> {
+        match self.vs_floor {
+            VsFloor::No => None,
+            VsFloor::Time => Some(self.median() / floor_ms),
+            VsFloor::Rate(floor) => Some(floor / self.median()),
+        }
     }
 }
 
@@ -202,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
             "<= 1.2",
             p50s.clone(),
         );
-        rest_p50.vs_floor = true;
+        rest_p50.vs_floor = VsFloor::Time;
         figures.push(rest_p50);
         figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
     }
@@ -217,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
         let bare_p50s = noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
         let mut without =
             fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
-        without.vs_floor = true;
+        without.vs_floor = VsFloor::Time;
         figures.push(without);
     }
 
@@ -235,7 +256,7 @@ async fn main() -> anyhow::Result<()> {
             "",
             plain_p50s,
         );
-        no_link.vs_floor = true;
+        no_link.vs_floor = VsFloor::Time;
         figures.push(no_link);
     }
 
@@ -249,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
             hit_p50s.push(quantile(&sequential(&stack, &token, &cached, plan.sequential).await?, 0.50));
         }
         let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
-        hit.vs_floor = true;
+        hit.vs_floor = VsFloor::Time;
         figures.push(hit);
     }
 
@@ -285,13 +306,25 @@ async fn main() -> anyhow::Result<()> {
             repeat(plan.runs, || throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window))
                 .await?;
         let used = Usage::now(&stack, processes).await?.since(&before);
-        figures.push(fig(
+        // The same load on the floor's parts alone, after the stack's runs (so
+        // their CPU figures above hold only the stack's work).
+        let floor = repeat(plan.runs, || floor_throughput(&stack.database_url, plan.concurrency, plan.window)).await?;
+        let mut rate = fig(
             "throughput_per_s",
             "throughput, 64 concurrent clients, durable",
             "dispatches/s",
             ">= 2500",
             throughput,
+        );
+        rate.vs_floor = VsFloor::Rate(median(&floor));
+        figures.push(fig(
+            "floor_throughput_per_s",
+            "floor: the floor's parts, 64 clients at once (rate)",
+            "dispatches/s",
+            "",
+            floor,
         ));
+        figures.push(rate);
         // What each dispatch costs under that load: CPU by process (less at
         // the mercy of a shared machine's drift than the rate) and WAL.
         for (key, label, seconds) in [
@@ -502,7 +535,7 @@ async fn main() -> anyhow::Result<()> {
                 "max": f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 "unit": f.unit,
                 "target": f.target,
-                "ratio_to_floor": f.vs_floor.then(|| f.median() / floor_ms),
+                "ratio_to_floor": f.ratio(floor_ms),
             }))).collect::<serde_json::Map<_, _>>(),
         });
         let path = results_dir.join("latest.json");
@@ -522,7 +555,7 @@ fn fig(
     target: &'static str,
     runs: Vec<f64>,
 ) -> Figure {
-    Figure { key: key.into(), label: label.into(), unit, target, runs, vs_floor: false }
+    Figure { key: key.into(), label: label.into(), unit, target, runs, vs_floor: VsFloor::No }
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -553,8 +586,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// p50 of a GET to a trivial axum server on loopback.
-async fn floor_http(samples: usize) -> anyhow::Result<f64> {
+/// A trivial axum server on loopback (the floor's HTTP end): its URL, and
+/// the task serving it (abort it when done).
+async fn trivial_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/", listener.local_addr()?);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -564,6 +598,12 @@ async fn floor_http(samples: usize) -> anyhow::Result<f64> {
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let _ = axum::serve(listener, app).await;
     });
+    Ok((url, server))
+}
+
+/// p50 of a GET to a trivial axum server on loopback.
+async fn floor_http(samples: usize) -> anyhow::Result<f64> {
+    let (url, server) = trivial_server().await?;
     let client = reqwest::Client::new();
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples + 20 {
@@ -593,12 +633,20 @@ async fn floor_commits(database_url: &str, samples: usize) -> anyhow::Result<f64
     Ok(quantile(&latencies, 0.5))
 }
 
-/// p50 of a length-prefixed JSON round trip to a warm Python process over a Unix socket.
-fn floor_python(samples: usize) -> anyhow::Result<f64> {
-    let dir = std::env::temp_dir().join(format!("rh-bench-py-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("s");
-    let script = r#"
+/// A warm Python process answering length-prefixed JSON requests over a
+/// Unix socket (the floor's Python end): it echoes `args[0]` as `result`.
+struct PythonFloor {
+    child: std::process::Child,
+    stream: std::os::unix::net::UnixStream,
+    dir: std::path::PathBuf,
+}
+
+impl PythonFloor {
+    fn start(name: &str) -> anyhow::Result<PythonFloor> {
+        let dir = std::env::temp_dir().join(format!("rh-bench-py-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("s");
+        let script = r#"
 import json, socket, struct, sys
 server = socket.socket(socket.AF_UNIX)
 server.bind(sys.argv[1]); server.listen(1)
@@ -610,33 +658,116 @@ while True:
     out = json.dumps({"result": json.loads(body)["args"][0]}).encode()
     conn.sendall(struct.pack(">I", len(out)) + out)
 "#;
-    let mut child = std::process::Command::new("python3").args(["-c", script]).arg(&socket).spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match std::os::unix::net::UnixStream::connect(&socket) {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(err) => return Err(err).context("the Python floor process did not listen"),
-        }
-    };
-    let request = serde_json::to_vec(&json!({"args": ["x".repeat(1024)]}))?;
+        let child = std::process::Command::new("python3").args(["-c", script]).arg(&socket).spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(&socket) {
+                Ok(stream) => break stream,
+                // Polls for the socket with a deadline: the process signals nothing else when it listens.
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(err) => return Err(err).context("the Python floor process did not listen"),
+            }
+        };
+        Ok(PythonFloor { child, stream, dir })
+    }
+
+    /// The request every floor round trip sends: a 1 KiB string, as the no-op's.
+    fn request() -> Vec<u8> {
+        let body = serde_json::to_vec(&json!({"args": ["x".repeat(1024)]})).expect("a request serializes");
+        [&(body.len() as u32).to_be_bytes()[..], &body].concat()
+    }
+
+    /// Ends the process (it exits when its connection closes).
+    fn stop(self) {
+        let PythonFloor { mut child, stream, dir } = self;
+        drop(stream);
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// p50 of a length-prefixed JSON round trip to a warm Python process over a Unix socket.
+fn floor_python(samples: usize) -> anyhow::Result<f64> {
+    let mut python = PythonFloor::start("seq")?;
+    let request = PythonFloor::request();
     let mut latencies = Vec::with_capacity(samples);
     for i in 0..samples + 20 {
         let started = Instant::now();
-        stream.write_all(&(request.len() as u32).to_be_bytes())?;
-        stream.write_all(&request)?;
+        python.stream.write_all(&request)?;
         let mut head = [0u8; 4];
-        stream.read_exact(&mut head)?;
+        python.stream.read_exact(&mut head)?;
         let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
-        stream.read_exact(&mut body)?;
+        python.stream.read_exact(&mut body)?;
         if i >= 20 {
             latencies.push(ms(started.elapsed()));
         }
     }
-    drop(stream);
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    python.stop();
     Ok(quantile(&latencies, 0.5))
+}
+
+/// The floor under throughput: `clients` closed-loop clients each doing, per
+/// "dispatch", the sequential floor's parts in a dispatch's order (a loopback
+/// HTTP round trip, a durable single-row commit, a warm Python round trip,
+/// another durable commit), all at once on this machine; completed per
+/// second. The arrangement is the cheapest one: commits over as many
+/// connections as the gateway's pool has (16), Python processes one per
+/// core, the HTTP server in this process, so no dispatch path can beat it.
+async fn floor_throughput(database_url: &str, clients: usize, window: Duration) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (url, server) = trivial_server().await?;
+    let http = reqwest::Client::new();
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(database_url).await?;
+    sqlx::raw_sql("create table if not exists bench_floor (id bigserial primary key, v text)").execute(&db).await?;
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let mut pythons = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..cores {
+        let python = PythonFloor::start(&format!("tp{i}"))?;
+        let stream = python.stream.try_clone()?;
+        stream.set_nonblocking(true)?;
+        streams.push(std::sync::Arc::new(tokio::sync::Mutex::new(tokio::net::UnixStream::from_std(stream)?)));
+        pythons.push(python);
+    }
+    let request = std::sync::Arc::new(PythonFloor::request());
+    let started = Instant::now();
+    let deadline = started + window;
+    let workers: Vec<_> = (0..clients)
+        .map(|i| {
+            let (http, url, db, request) = (http.clone(), url.clone(), db.clone(), request.clone());
+            let python = streams[i % streams.len()].clone();
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    http.get(&url).send().await?.bytes().await?;
+                    sqlx::query("insert into bench_floor (v) values ($1)").bind("x").execute(&db).await?;
+                    {
+                        let mut python = python.lock().await;
+                        python.write_all(&request).await?;
+                        let mut head = [0u8; 4];
+                        python.read_exact(&mut head).await?;
+                        let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+                        python.read_exact(&mut body).await?;
+                    }
+                    sqlx::query("insert into bench_floor (v) values ($1)").bind("x").execute(&db).await?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut completed = 0;
+    for worker in workers {
+        completed += worker.await??;
+    }
+    let rate = completed as f64 / started.elapsed().as_secs_f64();
+    server.abort();
+    db.close().await;
+    drop(streams);
+    for python in pythons {
+        python.stop();
+    }
+    Ok(rate)
 }
 
 /// Warms `body`'s cluster with 20 calls, then times `plan.runs` runs of
@@ -1188,7 +1319,7 @@ fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64, previous: &std::c
     for f in figures {
         let min = f.runs.iter().copied().fold(f64::INFINITY, f64::min);
         let max = f.runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let ratio = if f.vs_floor { format!("{:.1}x", f.median() / floor_ms) } else { String::new() };
+        let ratio = f.ratio(floor_ms).map_or_else(String::new, |r| format!("{r:.1}x"));
         let before = match previous.get(&f.key) {
             Some(Previous { median, ratio_to_floor: Some(r) }) => format!("{median:.2} ({r:.1}x)"),
             Some(Previous { median, ratio_to_floor: None }) => format!("{median:.2}"),
@@ -1207,6 +1338,7 @@ fn print_table(plan: &Plan, figures: &[Figure], floor_ms: f64, previous: &std::c
         );
     }
     println!("floor (sum of the three floor parts): {floor_ms:.2} ms");
+    println!("vs floor: a time as a multiple of that sum; a rate as how many times below the floor's own rate");
 }
 
 fn short(unit: &str) -> &str {
