@@ -700,6 +700,8 @@ impl DataStore {
     /// dispatch twice or overfill a node, and never wait on each other.
     #[tracing::instrument(skip_all, fields(cluster))]
     pub async fn dispatch_place_batch(&self, cluster: &ClusterKey, max: usize) -> Result<Vec<Placed>> {
+        // On a hot connection: this statement finds every row it writes by key (see `hot::options`).
+        let mut hot = self.hot.acquire().await?;
         let rows = sqlx::query_as!(
             PlacedRow,
             r#"
@@ -784,8 +786,9 @@ impl DataStore {
             cluster.project,
             max as i64,
         )
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(hot.conn())
+        .await;
+        let rows = hot.finished(rows)?;
         Ok(rows.into_iter().map(PlacedRow::split).filter_map(|(row, node)| node.map(|node| (row, node))).collect())
     }
 
@@ -1272,6 +1275,7 @@ impl DataStore {
     /// waits for them, if they still run: no ack is dropped.
     pub async fn dispatch_acked(&self, acks: &[(Uuid, Uuid)]) -> Result<()> {
         let (dispatches, nodes): (Vec<Uuid>, Vec<Uuid>) = acks.iter().copied().unzip();
+        let mut hot = self.hot.acquire().await?;
         let held = sqlx::query!(
             r#"
             with acks as (
@@ -1305,12 +1309,14 @@ impl DataStore {
             &dispatches,
             &nodes
         )
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(hot.conn())
+        .await;
+        let held = hot.finished(held)?;
         if held.dispatches.is_empty() {
             return Ok(());
         }
-        sqlx::query!(
+        let mut hot = self.hot.acquire().await?;
+        let acked = sqlx::query!(
             r#"
             with acks as (
                 select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
@@ -1326,8 +1332,9 @@ impl DataStore {
             &held.dispatches,
             &held.nodes
         )
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(hot.conn())
+        .await;
+        hot.finished(acked)?;
         Ok(())
     }
 
