@@ -182,8 +182,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Output folders live where the worker user may write and its sandbox shows (its home).
     let outputs = match &worker_user {
-        Some(user) => Outputs::new(user.home.join("outputs"), Some((user.uid, user.gid))),
-        None => Outputs::new(work_dir.join("outputs"), None),
+        Some(user) => {
+            Outputs::new(user.home.join("outputs"), Some((user.uid, user.gid)), Some(work_dir.join("recycled-outputs")))
+        }
+        None => Outputs::new(work_dir.join("outputs"), None, None),
     }
     .context("cannot make the calls' output folder")?;
     let pool = Arc::new(Pool::new(exe, cgroups.clone(), worker_user.clone(), max_concurrent as usize));
