@@ -199,13 +199,7 @@ impl Outputs {
     /// given (see [`Recycling`]); false if it must be removed instead.
     fn recycle(&self, dir: &Path) -> bool {
         let Some(recycling) = &self.recycling else { return false };
-        let Some((uid, _)) = self.owner else { return false };
-        let as_given = std::fs::symlink_metadata(dir).is_ok_and(|meta| {
-            use std::os::unix::fs::MetadataExt;
-            meta.is_dir() && meta.uid() == uid.as_raw() && meta.mode() & 0o7777 == 0o700
-        }) && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
-            && !has_xattrs(dir);
-        if !as_given {
+        if !self.as_given(dir) {
             return false;
         }
         let mut recycling = recycling.lock().expect("recycling lock poisoned");
@@ -215,6 +209,17 @@ impl Outputs {
         }
         recycling.waiting.push(to);
         true
+    }
+
+    /// True if `dir` is as a call was given it: an empty folder of the
+    /// worker user, mode 0700, with no extended attributes.
+    fn as_given(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some((uid, _)) = self.owner else { return false };
+        std::fs::symlink_metadata(dir)
+            .is_ok_and(|meta| meta.is_dir() && meta.uid() == uid.as_raw() && meta.mode() & 0o7777 == 0o700)
+            && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+            && !has_xattrs(dir)
     }
 
     /// A recycled folder under a new name, if one is free: looks at the
@@ -232,7 +237,9 @@ impl Outputs {
                     (m.dev(), m.ino())
                 });
                 match key {
-                    Ok(key) if !held.contains(&key) => recycling.free.push(folder),
+                    // Checked again now that nothing can reach it: a process
+                    // holding it until just now may have written to it.
+                    Ok(key) if !held.contains(&key) && self.as_given(&folder) => recycling.free.push(folder),
                     // Some process holds it (or it is gone): never given out again.
                     _ => remove(&folder),
                 }
@@ -484,6 +491,28 @@ mod tests {
         assert_eq!(std::fs::read_dir(work.join("recycled")).unwrap().count(), 0, "it is removed instead");
         drop(holder.stdin.take());
         holder.wait().unwrap();
+
+        // A process that held it writes through its descriptor and lets go
+        // before the look: the folder is checked again, and removed.
+        let written_late = outputs.make().unwrap();
+        let script = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); print('open', flush=True); sys.stdin.readline(); os.close(os.open('late.txt', os.O_CREAT | os.O_WRONLY, dir_fd=fd)); os.close(fd)";
+        let mut writer = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&written_late)
+            .uid(65534)
+            .gid(65534)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(writer.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(outputs.recycle(&written_late), "untouched when the call ended");
+        std::io::Write::write_all(writer.stdin.as_mut().unwrap(), b"write\n").unwrap();
+        assert!(writer.wait().unwrap().success());
+        outputs.recycling.as_ref().unwrap().lock().unwrap().looked_at = None;
+        assert_eq!(outputs.reuse(), None, "a folder written to while it waited is not given out");
+        assert_eq!(std::fs::read_dir(work.join("recycled")).unwrap().count(), 0, "it is removed instead");
 
         // Nothing holds them: the same folders, empty, under new names.
         let free: Vec<PathBuf> = (0..LOOK_AFTER).map(|_| outputs.make().unwrap()).collect();

@@ -121,6 +121,40 @@ async fn a_call_keeps_what_it_writes_and_it_downloads_byte_exact() {
 }
 
 #[tokio::test]
+async fn a_thread_a_call_left_behind_cannot_write_into_a_later_calls_outputs() {
+    let stack = Stack::start().await.unwrap();
+    // One worker: every later call runs in the process the thread lives in.
+    let _node = stack.start_node("n1", "local", 1).await.unwrap();
+    let bundle = stack.fixture_bundle().await;
+    let (gate, report) = (stack.work.join("late-gate"), stack.work.join("late-report"));
+    let args = json!([gate.display().to_string(), report.display().to_string()]);
+    let id = stack.dispatch(&bundle, "pkg.jobs:leave_writer", args, json!({})).await;
+    assert_eq!(stack.wait(&id, 60).await["result"], "left");
+    // More calls than the node looks at in one batch when it recycles
+    // output folders, so the next call's folder may well be a recycled one.
+    for _ in 0..10 {
+        let id = stack.dispatch(&bundle, "pkg.jobs:noop", json!([]), json!({})).await;
+        assert_eq!(stack.wait(&id, 60).await["state"], "succeeded");
+    }
+    // A later call holds its folder while the thread writes.
+    let (started, through) = (stack.work.join("later-started"), stack.work.join("later-gate"));
+    let args = json!([started.display().to_string(), through.display().to_string()]);
+    let later = stack.dispatch(&bundle, "pkg.jobs:gated_run", args, json!({})).await;
+    stack.wait_until(Duration::from_secs(60), "the later call to start", || async { started.exists() }).await.unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let tried = || async { std::fs::read_to_string(&report).is_ok_and(|r| r.contains("descriptor: ")) };
+    stack.wait_until(Duration::from_secs(30), "the thread to try both ways", tried).await.unwrap();
+    let tried = std::fs::read_to_string(&report).unwrap();
+    std::fs::write(&through, "").unwrap();
+    assert_eq!(stack.wait(&later, 60).await["state"], "succeeded");
+    let (status, list) = stack.get(&format!("/v1/dispatches/{later}/artifacts")).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["items"], json!([]), "the thread wrote into a later call's outputs ({tried})");
+    // Its old folder's path is gone from the moment the call ended.
+    assert!(tried.contains("path: FileNotFoundError"), "{tried}");
+}
+
+#[tokio::test]
 async fn oversized_files_links_and_escaping_paths_are_refused_with_what_to_fix() {
     let stack = Stack::start_with(&[("RH_GATEWAY_ARTIFACTS__MAX_FILE_BYTES", "1000")]).await.unwrap();
     let _node = stack.start_node("n1", "local", 2).await.unwrap();
