@@ -62,8 +62,6 @@ const READY_FOLDERS: usize = 8;
 /// could reach `dir` itself.
 struct Recycling {
     dir: PathBuf,
-    /// The worker user, whose processes are looked at.
-    uid: u32,
     /// Moved out of reach, not yet looked at.
     waiting: Vec<PathBuf>,
     /// No process held them when last looked at.
@@ -116,10 +114,9 @@ impl Outputs {
             nix::unistd::chown(&root, Some(uid), Some(gid))?;
         }
         let recycling = match (owner, recycle_in) {
-            (Some((uid, _)), Some(dir)) => {
+            (Some(_), Some(dir)) => {
                 std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-                let uid = uid.as_raw();
-                Some(Mutex::new(Recycling { dir, uid, waiting: Vec::new(), free: Vec::new(), looked_at: None }))
+                Some(Mutex::new(Recycling { dir, waiting: Vec::new(), free: Vec::new(), looked_at: None }))
             }
             _ => None,
         };
@@ -226,11 +223,12 @@ impl Outputs {
     /// worker user's processes first when only unchecked ones wait (enough
     /// of them, or for long enough: see [`LOOK_AFTER`]).
     fn reuse(&self) -> Option<PathBuf> {
+        let (uid, _) = self.owner?;
         let mut recycling = self.recycling.as_ref()?.lock().expect("recycling lock poisoned");
         let now = std::time::Instant::now();
         if recycling.free.is_empty() && look_due(recycling.waiting.len(), recycling.looked_at, now) {
             recycling.looked_at = Some(now);
-            let held = held_inodes(recycling.uid);
+            let held = held_inodes(uid.as_raw());
             for folder in std::mem::take(&mut recycling.waiting) {
                 let key = std::fs::symlink_metadata(&folder).map(|m| {
                     use std::os::unix::fs::MetadataExt;
@@ -455,11 +453,34 @@ mod tests {
         std::fs::remove_dir_all(root).unwrap();
     }
 
+    /// A Python process running as `nobody` that opens folder `dir`, and
+    /// once a line (or the end) comes on its stdin runs `then` (`fd` is the
+    /// folder's descriptor) and exits. Returns once the folder is open.
+    fn open_as_nobody(dir: &Path, then: &str) -> std::process::Child {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let script = format!(
+            "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); print('open', flush=True); \
+             sys.stdin.readline(); {then}"
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .arg(dir)
+            .uid(65534)
+            .gid(65534)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "open");
+        child
+    }
+
     #[test]
     fn an_emptied_folder_goes_to_a_later_call_under_a_new_name_only_if_nothing_holds_it() {
-        use std::io::BufRead;
         use std::os::unix::fs::MetadataExt;
-        use std::os::unix::process::CommandExt;
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("skipped: needs root (folders owned by another user)");
             return;
@@ -472,19 +493,7 @@ mod tests {
 
         // A process of the worker user holds the folder open: it is never given out again.
         let held = outputs.make().unwrap();
-        let script = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); print('open', flush=True); sys.stdin.read()";
-        let mut holder = std::process::Command::new("python3")
-            .args(["-c", script])
-            .arg(&held)
-            .uid(65534)
-            .gid(65534)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "open");
+        let mut holder = open_as_nobody(&held, "");
         assert!(outputs.recycle(&held), "an untouched folder is recycled");
         assert!(!held.exists(), "its old path is gone at once");
         assert_eq!(outputs.reuse(), None, "a held folder is not given out");
@@ -495,18 +504,8 @@ mod tests {
         // A process that held it writes through its descriptor and lets go
         // before the look: the folder is checked again, and removed.
         let written_late = outputs.make().unwrap();
-        let script = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); print('open', flush=True); sys.stdin.readline(); os.close(os.open('late.txt', os.O_CREAT | os.O_WRONLY, dir_fd=fd)); os.close(fd)";
-        let mut writer = std::process::Command::new("python3")
-            .args(["-c", script])
-            .arg(&written_late)
-            .uid(65534)
-            .gid(65534)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(writer.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut writer =
+            open_as_nobody(&written_late, "os.close(os.open('late.txt', os.O_CREAT | os.O_WRONLY, dir_fd=fd))");
         assert!(outputs.recycle(&written_late), "untouched when the call ended");
         std::io::Write::write_all(writer.stdin.as_mut().unwrap(), b"write\n").unwrap();
         assert!(writer.wait().unwrap().success());

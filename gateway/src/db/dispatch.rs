@@ -1276,8 +1276,9 @@ impl DataStore {
     pub async fn dispatch_acked(&self, acks: &[(Uuid, Uuid)]) -> Result<()> {
         let (dispatches, nodes): (Vec<Uuid>, Vec<Uuid>) = acks.iter().copied().unzip();
         let mut hot = self.hot.acquire().await?;
-        let held = sqlx::query!(
-            r#"
+        let written = async {
+            let held = sqlx::query!(
+                r#"
             with acks as (
                 select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
             ),
@@ -1306,18 +1307,16 @@ impl DataStore {
             select coalesce(h.dispatches, '{}') as "dispatches!", coalesce(h.nodes, '{}') as "nodes!"
             from quick, (select array_agg(dispatch_id) as dispatches, array_agg(node_id) as nodes from held) h
             "#,
-            &dispatches,
-            &nodes
-        )
-        .fetch_one(hot.conn())
-        .await;
-        let held = hot.finished(held)?;
-        if held.dispatches.is_empty() {
-            return Ok(());
-        }
-        let mut hot = self.hot.acquire().await?;
-        let acked = sqlx::query!(
-            r#"
+                &dispatches,
+                &nodes
+            )
+            .fetch_one(hot.conn())
+            .await?;
+            if held.dispatches.is_empty() {
+                return Ok(());
+            }
+            sqlx::query!(
+                r#"
             with acks as (
                 select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
             ),
@@ -1329,13 +1328,15 @@ impl DataStore {
             )
             select set_config('synchronous_commit', 'off', true)
             "#,
-            &held.dispatches,
-            &held.nodes
-        )
-        .fetch_one(hot.conn())
+                &held.dispatches,
+                &held.nodes
+            )
+            .fetch_one(hot.conn())
+            .await?;
+            Ok::<_, sqlx::Error>(())
+        }
         .await;
-        hot.finished(acked)?;
-        Ok(())
+        Ok(hot.finished(written)?)
     }
 
     /// Marks as acknowledged the dispatches on `node_id` its heartbeat listed.
