@@ -213,9 +213,9 @@ async fn main() -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     if plan.wants("rest") {
         lap.next("REST no-op");
-        let runs = noop_runs(&stack, &token, &noop, &plan).await?;
-        let p50s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.50)).collect();
-        let p99s: Vec<f64> = runs.iter().map(|run| quantile(run, 0.99)).collect();
+        let runs = staged_runs(&stack, &token, &noop, &plan).await?;
+        let p50s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
+        let p99s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.99)).collect();
         let mut rest_p50 = fig(
             "rest_noop_p50_ms",
             "no-op dispatch over REST, create -> long-poll -> result (p50)",
@@ -226,6 +226,10 @@ async fn main() -> anyhow::Result<()> {
         rest_p50.vs_floor = VsFloor::Time;
         figures.push(rest_p50);
         figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
+        for (i, (key, label)) in Stages::NAMES.iter().enumerate() {
+            let p50s = runs.iter().map(|run| quantile(&run.stages[i], 0.50)).collect();
+            figures.push(fig(*key, *label, "ms", "", p50s));
+        }
     }
 
     if plan.wants("norec") {
@@ -787,6 +791,76 @@ async fn noop_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> any
     let mut runs = Vec::with_capacity(plan.runs);
     for _ in 0..plan.runs {
         runs.push(sequential(stack, token, body, plan.sequential).await?);
+    }
+    Ok(runs)
+}
+
+/// One run of sequential no-ops, with where each one's time went.
+struct Stages {
+    /// create → result, ms.
+    latencies: Vec<f64>,
+    /// Per stage (see [`Stages::NAMES`]), one value per dispatch, ms.
+    stages: [Vec<f64>; 4],
+}
+
+impl Stages {
+    /// The stages of a sequential no-op, from the client's clock and the
+    /// times the database recorded (each the start of a statement's
+    /// transaction, on the same machine's clock): the create's statement
+    /// writes `created_at`, the report's writes `finished_at`. The second
+    /// stage overlaps the third; the first, third and fourth add up to the
+    /// whole.
+    const NAMES: [(&'static str, &'static str); 4] = [
+        ("rest_noop_stage_request_ms", "  stage: create sent -> its statement begins (p50)"),
+        ("rest_noop_stage_create_ms", "  stage: create's statement begins -> create answered (p50)"),
+        ("rest_noop_stage_call_ms", "  stage: create's statement -> report's statement begins (p50)"),
+        ("rest_noop_stage_report_ms", "  stage: report's statement begins -> result at the client (p50)"),
+    ];
+}
+
+/// Like [`noop_runs`], also recording each dispatch's stages.
+async fn staged_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> anyhow::Result<Vec<Stages>> {
+    use sqlx::Connection;
+    for _ in 0..20 {
+        create_and_wait(&stack.client, &stack.url, token, body).await?;
+    }
+    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let mut runs = Vec::with_capacity(plan.runs);
+    for _ in 0..plan.runs {
+        let mut latencies = Vec::with_capacity(plan.sequential);
+        let mut seen = Vec::with_capacity(plan.sequential);
+        for _ in 0..plan.sequential {
+            let (started, sent) = (Instant::now(), wall());
+            let id = create(&stack.client, &stack.url, token, body).await?;
+            let answered = wall();
+            let done = wait(&stack.client, &stack.url, token, &id, 30).await?;
+            anyhow::ensure!(done["state"] == "succeeded", "dispatch did not succeed: {done}");
+            latencies.push(ms(started.elapsed()));
+            seen.push((uuid::Uuid::parse_str(&id)?, [sent, answered, wall()]));
+        }
+        let ids: Vec<uuid::Uuid> = seen.iter().map(|(id, _)| *id).collect();
+        let mut db = sqlx::PgConnection::connect(&stack.database_url).await?;
+        let recorded: std::collections::HashMap<uuid::Uuid, (f64, f64)> = sqlx::query_as::<_, (uuid::Uuid, f64, f64)>(
+            "select dispatch_id, extract(epoch from created_at)::float8, extract(epoch from finished_at)::float8
+             from dispatch where dispatch_id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut db)
+        .await?
+        .into_iter()
+        .map(|(id, created, finished)| (id, (created, finished)))
+        .collect();
+        db.close().await?;
+        let mut stages: [Vec<f64>; 4] = Default::default();
+        for (id, [sent, answered, done]) in seen {
+            let (created, finished) = recorded[&id];
+            for (stage, (from, to)) in
+                stages.iter_mut().zip([(sent, created), (created, answered), (created, finished), (finished, done)])
+            {
+                stage.push((to - from) * 1000.0);
+            }
+        }
+        runs.push(Stages { latencies, stages });
     }
     Ok(runs)
 }
