@@ -532,25 +532,37 @@ impl App {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.into());
         let mut subscription = self.notifier.subscribe(id);
-        // Reads are boxed: a parked waiter then holds only its subscription
-        // and timer, not the space of a query it is not running.
-        let mut row = Box::pin(self.dispatch_get(caller, id)).await?;
+        // Reads are boxed: a parked waiter then holds only its subscription,
+        // its timer and the generation it has seen, not the space of a query
+        // it is not running nor the row (with the call's arguments) it read.
+        let row = Box::pin(self.dispatch_get(caller, id)).await?;
+        if row.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(row);
+        }
+        let mut seen = row.generation;
+        drop(row);
         loop {
-            if row.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-                return Ok(row);
-            }
             tokio::select! {
-                pushed = subscription.changed() => {
-                    row = match pushed {
-                        // This replica wrote it: the row is in hand.
-                        Some(pushed) if pushed.generation > row.generation => Arc::unwrap_or_clone(pushed),
-                        Some(_) => row,
-                        // A hint from elsewhere, or a reconnect: read it.
-                        None => Box::pin(self.dispatch_get(caller, id)).await?,
-                    };
-                }
+                pushed = subscription.changed() => match pushed {
+                    // This replica wrote it: the row is in hand.
+                    Some(pushed) if pushed.generation > seen => {
+                        if pushed.state.is_terminal() {
+                            return Ok(Arc::unwrap_or_clone(pushed));
+                        }
+                        seen = pushed.generation;
+                    }
+                    Some(_) => {}
+                    // A hint from elsewhere, or a reconnect: read it.
+                    None => {
+                        let row = Box::pin(self.dispatch_get(caller, id)).await?;
+                        if row.state.is_terminal() {
+                            return Ok(row);
+                        }
+                        seen = row.generation;
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline) => return Box::pin(self.dispatch_get(caller, id)).await,
-                _ = self.shutdown.cancelled() => return Ok(row),
+                _ = self.shutdown.cancelled() => return Box::pin(self.dispatch_get(caller, id)).await,
             }
         }
     }
