@@ -268,7 +268,7 @@ impl DataStore {
                        slot.node_id,
                        case when slot.node_id is null then null else now() end
                 from (select 1) as one left join slot on true
-                on conflict (project, idempotency_key) do nothing
+                on conflict (project, idempotency_key) where idempotency_key is not null do nothing
                 returning *
             ),
             indexed as (
@@ -394,7 +394,7 @@ impl DataStore {
                        function_name, bundle, requirements, cluster_project, object_id, method, cache_key,
                        'queued'::dispatch_state, 1
                 from input order by position
-                on conflict (project, idempotency_key) do nothing
+                on conflict (project, idempotency_key) where idempotency_key is not null do nothing
                 returning *
             ),
             indexed as (
@@ -954,7 +954,7 @@ impl DataStore {
                         case when $18::jsonb is null then 1 else 2 end,
                         $18, case when $18::jsonb is null then null else now() end,
                         case when $18::jsonb is null then null else now() end)
-                on conflict (project, idempotency_key) do nothing
+                on conflict (project, idempotency_key) where idempotency_key is not null do nothing
                 returning *
             ),
             indexed as (
