@@ -542,28 +542,21 @@ impl App {
         let mut seen = row.generation;
         drop(row);
         loop {
-            tokio::select! {
+            let row = tokio::select! {
                 pushed = subscription.changed() => match pushed {
                     // This replica wrote it: the row is in hand.
-                    Some(pushed) if pushed.generation > seen => {
-                        if pushed.state.is_terminal() {
-                            return Ok(Arc::unwrap_or_clone(pushed));
-                        }
-                        seen = pushed.generation;
-                    }
-                    Some(_) => {}
+                    Some(pushed) if pushed.generation > seen => Arc::unwrap_or_clone(pushed),
+                    Some(_) => continue,
                     // A hint from elsewhere, or a reconnect: read it.
-                    None => {
-                        let row = Box::pin(self.dispatch_get(caller, id)).await?;
-                        if row.state.is_terminal() {
-                            return Ok(row);
-                        }
-                        seen = row.generation;
-                    }
+                    None => Box::pin(self.dispatch_get(caller, id)).await?,
                 },
                 _ = tokio::time::sleep_until(deadline) => return Box::pin(self.dispatch_get(caller, id)).await,
                 _ = self.shutdown.cancelled() => return Box::pin(self.dispatch_get(caller, id)).await,
+            };
+            if row.state.is_terminal() {
+                return Ok(row);
             }
+            seen = row.generation;
         }
     }
 }

@@ -213,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     if plan.wants("rest") {
         lap.next("REST no-op");
-        let runs = staged_runs(&stack, &token, &noop, &plan).await?;
+        let runs = noop_runs(&stack, &token, &noop, &plan).await?;
         let p50s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
         let p99s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.99)).collect();
         let mut rest_p50 = fig(
@@ -226,8 +226,12 @@ async fn main() -> anyhow::Result<()> {
         rest_p50.vs_floor = VsFloor::Time;
         figures.push(rest_p50);
         figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
-        for (i, (key, label)) in Stages::NAMES.iter().enumerate() {
-            let p50s = runs.iter().map(|run| quantile(&run.stages[i], 0.50)).collect();
+        let mut stages = Vec::with_capacity(runs.len());
+        for run in &runs {
+            stages.push(run.stages(&stack).await?);
+        }
+        for (i, (key, label)) in STAGES.iter().enumerate() {
+            let p50s = stages.iter().map(|run| quantile(&run[i], 0.50)).collect();
             figures.push(fig(*key, *label, "ms", "", p50s));
         }
     }
@@ -239,7 +243,8 @@ async fn main() -> anyhow::Result<()> {
             stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?,
         );
         let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
-        let bare_p50s = noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
+        let bare_p50s =
+            noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
         let mut without =
             fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
         without.vs_floor = VsFloor::Time;
@@ -252,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
         nodes.push(stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?);
         let plain = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "nolink"});
         let plain_p50s =
-            noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(run, 0.50)).collect();
+            noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
         let mut no_link = fig(
             "rest_noop_no_link_p50_ms",
             "  the same, node without its link (HTTP requests) (p50)",
@@ -271,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
         create_and_wait(&stack.client, &stack.url, &token, &cached).await?;
         let mut hit_p50s = Vec::new();
         for _ in 0..plan.runs {
-            hit_p50s.push(quantile(&sequential(&stack, &token, &cached, plan.sequential).await?, 0.50));
+            hit_p50s.push(quantile(&sequential(&stack, &token, &cached, plan.sequential).await?.latencies, 0.50));
         }
         let mut hit = fig("cache_hit_p50_ms", "cache hit: create -> result (p50)", "ms", "", hit_p50s);
         hit.vs_floor = VsFloor::Time;
@@ -366,8 +371,8 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut overheads = Vec::new();
         for _ in 0..plan.runs {
-            let q = quantile(&sequential(&stack, &token, &quiet, plan.sequential).await?, 0.5);
-            let c = quantile(&sequential(&stack, &token, &chatty, plan.sequential).await?, 0.5);
+            let q = quantile(&sequential(&stack, &token, &quiet, plan.sequential).await?.latencies, 0.5);
+            let c = quantile(&sequential(&stack, &token, &chatty, plan.sequential).await?.latencies, 0.5);
             overheads.push((c / q - 1.0) * 100.0);
         }
         figures.push(fig("log_overhead_pct", "printing one line vs a no-op (p50 over p50)", "%", "<= 10", overheads));
@@ -783,8 +788,8 @@ async fn floor_throughput(database_url: &str, clients: usize, window: Duration) 
 }
 
 /// Warms `body`'s cluster with 20 calls, then times `plan.runs` runs of
-/// `plan.sequential` calls; one list of latencies per run.
-async fn noop_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> anyhow::Result<Vec<Vec<f64>>> {
+/// `plan.sequential` calls.
+async fn noop_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> anyhow::Result<Vec<Sequential>> {
     for _ in 0..20 {
         create_and_wait(&stack.client, &stack.url, token, body).await?;
     }
@@ -795,50 +800,32 @@ async fn noop_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> any
     Ok(runs)
 }
 
-/// One run of sequential no-ops, with where each one's time went.
-struct Stages {
+/// The stages of a sequential no-op (key, label), from the client's clock
+/// and the times the database recorded (each the start of a statement's
+/// transaction, on the same machine's clock): the create's statement writes
+/// `created_at`, the report's writes `finished_at`. The second stage overlaps
+/// the third; the first, third and fourth add up to the whole.
+const STAGES: [(&str, &str); 4] = [
+    ("rest_noop_stage_request_ms", "  stage: create sent -> its statement begins (p50)"),
+    ("rest_noop_stage_create_ms", "  stage: create's statement begins -> create answered (p50)"),
+    ("rest_noop_stage_call_ms", "  stage: create's statement -> report's statement begins (p50)"),
+    ("rest_noop_stage_report_ms", "  stage: report's statement begins -> result at the client (p50)"),
+];
+
+/// One run of sequential calls.
+struct Sequential {
     /// create → result, ms.
     latencies: Vec<f64>,
-    /// Per stage (see [`Stages::NAMES`]), one value per dispatch, ms.
-    stages: [Vec<f64>; 4],
+    /// Each call's id, and when (wall clock, s) it was sent, its create
+    /// answered and its result in.
+    marks: Vec<(uuid::Uuid, [f64; 3])>,
 }
 
-impl Stages {
-    /// The stages of a sequential no-op, from the client's clock and the
-    /// times the database recorded (each the start of a statement's
-    /// transaction, on the same machine's clock): the create's statement
-    /// writes `created_at`, the report's writes `finished_at`. The second
-    /// stage overlaps the third; the first, third and fourth add up to the
-    /// whole.
-    const NAMES: [(&'static str, &'static str); 4] = [
-        ("rest_noop_stage_request_ms", "  stage: create sent -> its statement begins (p50)"),
-        ("rest_noop_stage_create_ms", "  stage: create's statement begins -> create answered (p50)"),
-        ("rest_noop_stage_call_ms", "  stage: create's statement -> report's statement begins (p50)"),
-        ("rest_noop_stage_report_ms", "  stage: report's statement begins -> result at the client (p50)"),
-    ];
-}
-
-/// Like [`noop_runs`], also recording each dispatch's stages.
-async fn staged_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> anyhow::Result<Vec<Stages>> {
-    use sqlx::Connection;
-    for _ in 0..20 {
-        create_and_wait(&stack.client, &stack.url, token, body).await?;
-    }
-    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let mut runs = Vec::with_capacity(plan.runs);
-    for _ in 0..plan.runs {
-        let mut latencies = Vec::with_capacity(plan.sequential);
-        let mut seen = Vec::with_capacity(plan.sequential);
-        for _ in 0..plan.sequential {
-            let (started, sent) = (Instant::now(), wall());
-            let id = create(&stack.client, &stack.url, token, body).await?;
-            let answered = wall();
-            let done = wait(&stack.client, &stack.url, token, &id, 30).await?;
-            anyhow::ensure!(done["state"] == "succeeded", "dispatch did not succeed: {done}");
-            latencies.push(ms(started.elapsed()));
-            seen.push((uuid::Uuid::parse_str(&id)?, [sent, answered, wall()]));
-        }
-        let ids: Vec<uuid::Uuid> = seen.iter().map(|(id, _)| *id).collect();
+impl Sequential {
+    /// Per stage of [`STAGES`], one value per call, ms.
+    async fn stages(&self, stack: &Stack) -> anyhow::Result<[Vec<f64>; 4]> {
+        use sqlx::Connection;
+        let ids: Vec<uuid::Uuid> = self.marks.iter().map(|(id, _)| *id).collect();
         let mut db = sqlx::PgConnection::connect(&stack.database_url).await?;
         let recorded: std::collections::HashMap<uuid::Uuid, (f64, f64)> = sqlx::query_as::<_, (uuid::Uuid, f64, f64)>(
             "select dispatch_id, extract(epoch from created_at)::float8, extract(epoch from finished_at)::float8
@@ -852,27 +839,31 @@ async fn staged_runs(stack: &Stack, token: &str, body: &Value, plan: &Plan) -> a
         .collect();
         db.close().await?;
         let mut stages: [Vec<f64>; 4] = Default::default();
-        for (id, [sent, answered, done]) in seen {
-            let (created, finished) = recorded[&id];
+        for (id, [sent, answered, done]) in &self.marks {
+            let (created, finished) = recorded[id];
             for (stage, (from, to)) in
-                stages.iter_mut().zip([(sent, created), (created, answered), (created, finished), (finished, done)])
+                stages.iter_mut().zip([(*sent, created), (created, *answered), (created, finished), (finished, *done)])
             {
                 stage.push((to - from) * 1000.0);
             }
         }
-        runs.push(Stages { latencies, stages });
+        Ok(stages)
     }
-    Ok(runs)
 }
 
-async fn sequential(stack: &Stack, token: &str, body: &Value, n: usize) -> anyhow::Result<Vec<f64>> {
-    let mut latencies = Vec::with_capacity(n);
+async fn sequential(stack: &Stack, token: &str, body: &Value, n: usize) -> anyhow::Result<Sequential> {
+    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let (mut latencies, mut marks) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
-        let started = Instant::now();
-        create_and_wait(&stack.client, &stack.url, token, body).await?;
+        let (started, sent) = (Instant::now(), wall());
+        let id = create(&stack.client, &stack.url, token, body).await?;
+        let answered = wall();
+        let done = wait(&stack.client, &stack.url, token, &id, 30).await?;
+        anyhow::ensure!(done["state"] == "succeeded", "dispatch did not succeed: {done}");
         latencies.push(ms(started.elapsed()));
+        marks.push((uuid::Uuid::parse_str(&id)?, [sent, answered, wall()]));
     }
-    Ok(latencies)
+    Ok(Sequential { latencies, marks })
 }
 
 /// Dispatches completed per second by `clients` closed-loop clients (create,
