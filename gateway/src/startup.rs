@@ -63,7 +63,6 @@ impl Application {
         tracing::info!(store = %artifacts.url, "artifact store");
         let creates = group::Groups::start(group::Creates(db.clone()));
         let transitions = group::Groups::start(group::Transitions(db.clone()));
-        let acks = group::acks(db.clone());
         let heartbeats = group::heartbeats(db.clone());
         let app = App {
             artifacts,
@@ -78,7 +77,6 @@ impl Application {
             nodes: NodeClient::default(),
             creates,
             transitions,
-            acks,
             heartbeats,
             placement: Arc::new(Notify::new()),
             bundles_seen: Arc::default(),

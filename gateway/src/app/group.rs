@@ -1,5 +1,5 @@
-//! Group commit: creates, state changes and acknowledgements that arrive
-//! while earlier ones are being written are written together.
+//! Group commit: creates, state changes and heartbeats that arrive while
+//! earlier ones are being written are written together.
 //!
 //! A write that finds no other waiting is written at once, alone, by the
 //! statement it would use anyway (one commit, no added wait). Writes that
@@ -14,9 +14,8 @@
 //! - State changes (reports, cancels, requeues): a group is applied in one
 //!   transaction, by one multi-row compare-and-set statement per run of
 //!   changes to distinct dispatches.
-//! - Acknowledgements (a node accepted a call) and heartbeats' times: one
-//!   multi-row statement for whatever is queued ([`Trailing`]); no caller
-//!   waits for them.
+//! - Heartbeats' times: one multi-row statement for whatever is queued
+//!   ([`Trailing`]); no caller waits for them.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -141,9 +140,8 @@ impl GroupWrite for Transitions {
 }
 
 /// Facts written in the background, each write taking everything queued by
-/// then: acknowledgements (a node has a call) and heartbeats' times. Losing
-/// some to a crash costs only what the node's next heartbeat restores (see
-/// [`DataStore::dispatch_acked`] and [`DataStore::node_heartbeats_record`]),
+/// then: heartbeats' times. Losing some to a crash costs only what the
+/// node's next heartbeat restores (see [`DataStore::node_heartbeats_record`]),
 /// so no request waits for them, and a burst of them is one statement.
 #[derive(Clone)]
 pub struct Trailing<T> {
@@ -174,14 +172,6 @@ impl<T: Send + 'static> Trailing<T> {
     pub fn send(&self, item: T) {
         let _ = self.queue.send(item);
     }
-}
-
-/// Nodes' acknowledgements of calls: (dispatch, node).
-pub fn acks(db: DataStore) -> Trailing<(Uuid, Uuid)> {
-    Trailing::start("that nodes have their calls", move |acks| {
-        let db = db.clone();
-        async move { db.dispatch_acked(&acks).await }
-    })
 }
 
 /// Heartbeats' times: (node, its warm workers if it said). A node

@@ -45,8 +45,6 @@ pub struct App {
     pub creates: group::Groups<group::Creates>,
     /// State changes waiting to be written, alone or grouped.
     pub transitions: group::Groups<group::Transitions>,
-    /// Nodes' acknowledgements of calls, written in groups in the background.
-    pub acks: group::Trailing<(uuid::Uuid, uuid::Uuid)>,
     /// Heartbeats' times, written in groups in the background.
     pub heartbeats: group::Trailing<(uuid::Uuid, Option<i32>)>,
     /// Signals the placement task that there may be work to place.

@@ -108,11 +108,15 @@ impl App {
     }
 
     /// Records a heartbeat of the caller's node and repairs what pushes
-    /// missed. A dispatch placed on the node that it does not list is either
-    /// requeued (the node never had it: no forward was acknowledged and no
-    /// heartbeat listed it, after a grace period) or failed with
-    /// `outcome_lost` (the node had it, so its code may have run: it is never
-    /// run twice). A cancelling one it does not list is done.
+    /// missed. A node lists every call it has until the gateway has stored
+    /// its outcome (a report it cannot deliver is retried, and listed, for as
+    /// long as it takes), and a listed call is marked as acknowledged: the
+    /// node had it. A dispatch placed on the node that it does not list is
+    /// then either requeued (no heartbeat ever listed it, after a grace
+    /// period: the node never had it, as a call it had would still be listed)
+    /// or failed with `outcome_lost` (a heartbeat listed it, so its code may
+    /// have run: it is never run twice). A cancelling one it does not list is
+    /// done.
     pub async fn node_heartbeat(&self, caller: &Caller, node_id: Uuid, heartbeat: wire::Heartbeat) -> Result<NodeRow> {
         let me = self.node_key(caller)?;
         let warm = heartbeat.warm_workers.map(|w| w.min(i32::MAX as u32) as i32);
@@ -152,7 +156,12 @@ impl App {
                 let outcome = Outcome::failed("outcome_lost", &message);
                 self.dispatch_apply(Actor::Gateway, row.dispatch_id, Event::Fail, outcome).await.map(drop)
             } else {
-                self.dispatch_requeue(row.dispatch_id, row.requeues, "the node never acknowledged it").await;
+                self.dispatch_requeue(
+                    row.dispatch_id,
+                    row.requeues,
+                    "its node never acknowledged it (no heartbeat listed it)",
+                )
+                .await;
                 Ok(())
             };
             if let Err(err) = repaired {

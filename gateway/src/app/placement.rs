@@ -105,7 +105,16 @@ impl App {
             instance: row.object_id.map(|id| wire::InstanceCall { instance_id: id, method: row.method.clone() }),
         };
         match self.nodes.start(&node, &call).await {
-            Ok(()) => self.acks.send((id, node.node_id)),
+            // Nothing is written for a call its node accepted: the node lists
+            // it in every heartbeat until its outcome is stored, and the
+            // first heartbeat that does marks it as the node's (see
+            // `node_heartbeat`). A call that ends before that needs no mark.
+            Ok(()) if node.failing => {
+                if let Err(err) = self.db.node_reached(node.node_id).await {
+                    tracing::warn!(node = %node.name, error = %err, "cannot clear a node's failed forwards");
+                }
+            }
+            Ok(()) => {}
             Err(ForwardError::Refused { message, unreachable }) => {
                 tracing::warn!(dispatch_id = %id, node = %node.name, %message, "node refused a call; requeueing");
                 if unreachable {

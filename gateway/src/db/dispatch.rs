@@ -31,13 +31,15 @@ macro_rules! dispatch_rows {
             node_name: Option<String>,
             node_address: Option<String>,
             node_api_secret: Option<String>,
+            node_failing: Option<bool>,
         }
 
         impl PlacedRow {
             fn split(self) -> (DispatchRow, Option<NodeEndpoint>) {
                 let node = match (self.node_id, self.node_name, self.node_address, self.node_api_secret) {
                     (Some(node_id), Some(name), Some(address), Some(api_secret)) => {
-                        Some(NodeEndpoint { node_id, name, address, api_secret })
+                        let failing = self.node_failing.unwrap_or(false);
+                        Some(NodeEndpoint { node_id, name, address, api_secret, failing })
                     }
                     _ => None,
                 };
@@ -311,7 +313,8 @@ impl DataStore {
                 i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
                 i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from,
-                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
+                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
+                n.forward_failures > 0 as "node_failing?"
             from inserted i
             left join node n on n.node_id = i.node_id
             "#,
@@ -777,7 +780,8 @@ impl DataStore {
                 u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
                 u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
                 u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method, u.cache_key, u.cached_from,
-                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
+                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
+                n.forward_failures > 0 as "node_failing?"
             from updated u
             join node n on n.node_id = u.node_id
             order by u.dispatch_id
@@ -856,7 +860,8 @@ impl DataStore {
                     u.created_at as "created_at!", u.started_at, u.cancel_requested_at, u.finished_at,
                     u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
                     u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method, u.cache_key, u.cached_from,
-                    n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?"
+                    n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
+                n.forward_failures > 0 as "node_failing?"
                 from updated u
                 join node n on n.node_id = u.node_id
                 "#,
@@ -1259,93 +1264,15 @@ impl DataStore {
         Ok(rows.into_iter().map(|r| ClusterKey { project: r.cluster_project, name: r.cluster }).collect())
     }
 
-    /// The nodes have the calls (each accepted its forward), as (dispatch,
-    /// node) pairs: from now on those dispatches are never requeued, and the
-    /// nodes' forward failures reset. An ack lost in a crash costs nothing but
-    /// that protection (the node's next heartbeat restores it), so the commit
-    /// does not wait for the disk.
+    /// Marks as acknowledged the dispatches on `node_id` its heartbeat
+    /// listed: the node had them, so from now on they are never requeued.
+    /// A call is acknowledged only this way, and only once (a call that ends
+    /// before its node's next heartbeat is never written to for it).
     ///
-    /// A dispatch that has finished (or moved) since needs no ack, and one
-    /// another transaction holds is almost always being reported right now:
-    /// the first statement skips both, so a group of acks never queues behind
-    /// the reports of its own calls (while 1,000 simulated nodes drained a
-    /// backlog, ack statements spent ~20 ms each waiting on those locks, and
-    /// the reports queued behind the rows they had locked). The few it
-    /// skipped as held are then acknowledged by a second statement that
-    /// waits for them, if they still run: no ack is dropped.
-    pub async fn dispatch_acked(&self, acks: &[(Uuid, Uuid)]) -> Result<()> {
-        let (dispatches, nodes): (Vec<Uuid>, Vec<Uuid>) = acks.iter().copied().unzip();
-        let mut hot = self.hot.acquire().await?;
-        let written = async {
-            let held = sqlx::query!(
-                r#"
-            with acks as (
-                select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
-            ),
-            due as (
-                select d.dispatch_id, a.node_id from dispatch d join acks a on a.dispatch_id = d.dispatch_id
-                where d.dispatch_id = any($1::uuid[]) and d.node_id = a.node_id
-                  and d.acked_at is null and d.state in ('running', 'cancelling')
-            ),
-            free as (
-                -- Checked again on the row's latest version once locked.
-                select d.dispatch_id from dispatch d
-                where d.dispatch_id in (select dispatch_id from due)
-                  and d.acked_at is null and d.state in ('running', 'cancelling')
-                for no key update skip locked
-            ),
-            acked as (
-                update dispatch d set acked_at = now() from free f where d.dispatch_id = f.dispatch_id
-            ),
-            reset as (
-                update node set forward_failures = 0, unreachable_until = null
-                where node_id in (select node_id from acks) and forward_failures > 0
-            ),
-            held as (select * from due where dispatch_id not in (select dispatch_id from free)),
-            quick as (select set_config('synchronous_commit', 'off', true))
-            -- One aggregate over the same rows: the two arrays pair up.
-            select coalesce(h.dispatches, '{}') as "dispatches!", coalesce(h.nodes, '{}') as "nodes!"
-            from quick, (select array_agg(dispatch_id) as dispatches, array_agg(node_id) as nodes from held) h
-            "#,
-                &dispatches,
-                &nodes
-            )
-            .fetch_one(hot.conn())
-            .await?;
-            if held.dispatches.is_empty() {
-                return Ok(());
-            }
-            sqlx::query!(
-                r#"
-            with acks as (
-                select * from unnest($1::uuid[], $2::uuid[]) as a (dispatch_id, node_id)
-            ),
-            acked as (
-                update dispatch d set acked_at = now()
-                from acks a
-                where d.dispatch_id = any($1::uuid[]) and d.dispatch_id = a.dispatch_id and d.node_id = a.node_id
-                  and d.acked_at is null and d.state in ('running', 'cancelling')
-            )
-            select set_config('synchronous_commit', 'off', true)
-            "#,
-                &held.dispatches,
-                &held.nodes
-            )
-            .fetch_one(hot.conn())
-            .await?;
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-        Ok(hot.finished(written)?)
-    }
-
-    /// Marks as acknowledged the dispatches on `node_id` its heartbeat listed.
-    ///
-    /// A repair for acks lost in a crash, so it skips rows another
-    /// transaction holds: those are being acknowledged or reported right now
-    /// (waiting for them made heartbeats take ~140 ms each while 100 nodes
-    /// drained a backlog, and held up the reports queued behind them), and
-    /// the node's next heartbeat lists any still running.
+    /// It skips rows another transaction holds: those are being reported or
+    /// changed right now (waiting for them made heartbeats take ~140 ms each
+    /// while 100 nodes drained a backlog, and held up the reports queued
+    /// behind them), and the node's next heartbeat lists any still running.
     pub async fn dispatch_ack_listed(&self, node_id: Uuid, listed: &[Uuid]) -> Result<()> {
         sqlx::query!(
             r#"

@@ -69,6 +69,9 @@ pub struct NodeEndpoint {
     pub address: String,
     /// The key the gateway signs its requests to this node with.
     pub api_secret: String,
+    /// Forwards to it failed lately (as placement read it): the next one that
+    /// gets through clears that ([`DataStore::node_reached`]).
+    pub failing: bool,
 }
 
 impl From<&NodeRow> for NodeEndpoint {
@@ -78,6 +81,8 @@ impl From<&NodeRow> for NodeEndpoint {
             name: row.name.clone(),
             address: row.address.clone(),
             api_secret: row.api_secret.clone(),
+            // Read by placement's forwards only; cancels and stops need no reset.
+            failing: false,
         }
     }
 }
@@ -314,6 +319,17 @@ impl DataStore {
         .fetch_optional(self.pool())
         .await?;
         Ok(id)
+    }
+
+    /// A forward reached `node_id`: its failed forwards are forgotten.
+    pub async fn node_reached(&self, node_id: Uuid) -> Result<()> {
+        sqlx::query!(
+            "update node set forward_failures = 0, unreachable_until = null where node_id = $1 and forward_failures > 0",
+            node_id
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// A forward to the node could not connect: placement skips it for a

@@ -1,6 +1,8 @@
 //! Node registration, heartbeats, placement's requeue, and node loss, with
 //! node daemons played by plain HTTP calls (the end-to-end suite runs real ones).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -154,6 +156,25 @@ async fn accepting_node() -> String {
     address
 }
 
+/// A stand-in node API that accepts every request, counting the calls it is handed.
+async fn counting_node() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let forwards = Arc::new(AtomicUsize::new(0));
+    let counted = forwards.clone();
+    let app = axum::Router::new()
+        .route(
+            "/calls",
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::ACCEPTED }
+            }),
+        )
+        .fallback(|| async { StatusCode::ACCEPTED });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, forwards)
+}
+
 #[tokio::test]
 async fn concurrent_creates_fill_a_nodes_slots_and_no_more_and_a_freed_slot_takes_the_oldest_queued() {
     let app = spawn_app().await;
@@ -276,42 +297,65 @@ async fn the_slot_tables_are_vacuumed_by_a_background_step() {
 }
 
 /// A heartbeat reconciles the gateway's view of its node by the rules: a
-/// listed call is acknowledged; an unlisted `cancelling` one is cancelled; an
-/// unlisted, unacknowledged one goes back to the queue; an unlisted one the
-/// node had fails with `outcome_lost` (it may have run: never run twice).
+/// listed call is acknowledged (the node had it); an unlisted `cancelling`
+/// one is cancelled; an unlisted one no heartbeat ever listed goes back to the
+/// queue (a call the node had would still be listed); an unlisted one a
+/// heartbeat listed before fails with `outcome_lost` (it may have run: never
+/// run twice).
 #[tokio::test]
 async fn a_heartbeat_reconciles_what_the_gateway_believes_runs_on_its_node() {
     let mut settings = test_settings(&fresh_database().await);
     settings.nodes.unacknowledged_requeue_s = 0;
     let app = spawn_app_with(settings).await;
     // Cancels stay `cancelling`: the node accepts them and never confirms.
-    let node_id = register_with(&app, "n1", &accept_all_node().await, 4).await;
+    let (address, forwards) = counting_node().await;
+    let node_id = register_with(&app, "n1", &address, 4).await;
     let token = app.user_token();
+    let node_token = app.node_token_for("n1");
+    let heartbeat = |running: Vec<String>| {
+        let app = &app;
+        let (node_id, node_token) = (&node_id, &node_token);
+        async move {
+            let (status, seen) =
+                app.post(&format!("/v1/nodes/{node_id}/heartbeat"), node_token, &json!({ "running": running })).await;
+            assert_eq!(status, StatusCode::OK, "{seen}");
+            seen
+        }
+    };
+    let acked = |id: String| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("select acked_at is not null from dispatch where dispatch_id = $1::uuid")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
     let mut ids = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         ids.push(app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned());
     }
-    let [listed, cancelling, unacked, had] = [&ids[0], &ids[1], &ids[2], &ids[3]];
-    let acked = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from dispatch where state = 'running' and acked_at is not null")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap()
-    };
-    until("the four calls to be placed and acknowledged", Duration::from_secs(10), || async { acked().await == 4 })
-        .await;
+    let [listed, cancelling, had] = [&ids[0], &ids[1], &ids[2]];
+    until("the three calls to reach the node", Duration::from_secs(10), || async {
+        forwards.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    assert!(!acked(had.clone()).await, "an accepted forward writes nothing");
+    heartbeat(vec![listed.clone(), cancelling.clone(), had.clone()]).await;
+    for id in [listed, cancelling, had] {
+        assert!(acked(id.clone()).await, "a listed call counts as acknowledged");
+    }
     let (status, cancel) = app.post(&format!("/v1/dispatches/{cancelling}/cancel"), &token, &json!({})).await;
     assert_eq!((status, &cancel["state"]), (StatusCode::OK, &json!("cancelling")), "{cancel}");
-    sqlx::query("update dispatch set acked_at = null where dispatch_id = any($1::uuid[])")
-        .bind(vec![listed.parse::<uuid::Uuid>().unwrap(), unacked.parse::<uuid::Uuid>().unwrap()])
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    // Forwarded and accepted, but no heartbeat lists it.
+    let unacked = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    until("the fourth call to reach the node", Duration::from_secs(10), || async {
+        forwards.load(Ordering::SeqCst) == 4
+    })
+    .await;
 
-    let (status, seen) = app
-        .post(&format!("/v1/nodes/{node_id}/heartbeat"), &app.node_token_for("n1"), &json!({"running": [listed]}))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{seen}");
+    let seen = heartbeat(vec![listed.clone()]).await;
     assert_eq!(seen["running"], 4, "the view before the repairs: {seen}");
 
     let state = |id: String| {
@@ -320,83 +364,37 @@ async fn a_heartbeat_reconciles_what_the_gateway_believes_runs_on_its_node() {
     };
     let listed_now = state(listed.clone()).await;
     assert_eq!(listed_now["state"], "running", "{listed_now}");
-    let listed_acked: bool =
-        sqlx::query_scalar("select acked_at is not null from dispatch where dispatch_id = $1::uuid")
-            .bind(listed)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert!(listed_acked, "a listed call counts as acknowledged");
     assert_eq!(state(cancelling.clone()).await["state"], "cancelled");
     let had_now = state(had.clone()).await;
     assert_eq!(had_now["state"], "failed", "{had_now}");
     assert_eq!(had_now["failure"]["code"], "outcome_lost");
-    let requeued = events(&app, unacked).await;
+    let requeued = events(&app, &unacked).await;
     assert_eq!(requeued[2].0, "queued", "{requeued:?}");
-    assert!(requeued[2].1.as_str().unwrap().contains("never acknowledged"), "{requeued:?}");
+    assert!(requeued[2].1.as_str().unwrap().contains("no heartbeat listed it"), "{requeued:?}");
 }
 
-/// Acks are written without waiting on rows other transactions hold, except
-/// the few held ones, which a second statement waits for: none is dropped,
-/// and a call that finished meanwhile gets none.
+/// A forward that gets through clears the node's earlier failed forwards,
+/// so later failures back off from the start again.
 #[tokio::test]
-async fn an_ack_waits_only_for_the_calls_it_found_held_and_skips_finished_ones() {
+async fn a_forward_that_gets_through_clears_the_nodes_failed_forwards() {
     let app = spawn_app().await;
-    let node_id: uuid::Uuid = register_with(&app, "n1", &accepting_node().await, 3).await.parse().unwrap();
-    let token = app.user_token();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(app.create(&token, json!({})).await["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
-    }
-    let acked = |id: uuid::Uuid| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>("select acked_at is not null from dispatch where dispatch_id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
-    until("the calls' acks", Duration::from_secs(10), || async {
-        acked(ids[0]).await && acked(ids[1]).await && acked(ids[2]).await
-    })
-    .await;
-    let [free, held, finished] = [ids[0], ids[1], ids[2]];
-    let report = json!({"kind": "succeeded", "result": null});
-    let (status, _) = app.post(&format!("/v1/dispatches/{finished}/reports"), &app.node_token_for("n1"), &report).await;
-    assert!(status.is_success(), "{status}");
-    sqlx::query("update dispatch set acked_at = null where dispatch_id = any($1)")
-        .bind(&ids)
+    let (address, forwards) = counting_node().await;
+    let node_id: uuid::Uuid = register_with(&app, "n1", &address, 2).await.parse().unwrap();
+    sqlx::query("update node set forward_failures = 3 where node_id = $1")
+        .bind(node_id)
         .execute(&app.pool)
         .await
         .unwrap();
-
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query("select 1 from dispatch where dispatch_id = $1 for no key update")
-        .bind(held)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let db = gateway::db::DataStore::from_pool(app.pool.clone());
-    let acks = [(free, node_id), (held, node_id), (finished, node_id)];
-    let writing = tokio::spawn(async move { db.dispatch_acked(&acks).await });
-    // The free call is acknowledged at once; the held one waits for its lock.
-    until("the free call's ack", Duration::from_secs(10), || async { acked(free).await }).await;
-    until("the ack to wait on the held row", Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' \
-             and query like '%update dispatch d%'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
-            == 1
+    app.create(&app.user_token(), json!({})).await;
+    until("the forward to reach the node", Duration::from_secs(10), || async { forwards.load(Ordering::SeqCst) == 1 })
+        .await;
+    until("the node's failures to clear", Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i32>("select forward_failures from node where node_id = $1")
+            .bind(node_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+            == 0
     })
     .await;
-    assert!(!acked(held).await);
-    holder.commit().await.unwrap();
-    writing.await.unwrap().unwrap();
-    assert!(acked(held).await, "the held call is acknowledged once its lock is released");
-    assert!(!acked(finished).await, "a finished call needs no ack");
 }
