@@ -154,8 +154,13 @@ impl Default for ComputeSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSettings {
-    /// How often nodes are asked to heartbeat.
+    /// How often nodes are asked to heartbeat, and how often the replica
+    /// holding a node's link pings it.
     pub heartbeat_interval_s: u32,
+    /// How often a node whose link is open heartbeats (what it runs, for the
+    /// repair). In between, the pongs to the link's pings keep it alive,
+    /// recorded for all of a replica's links by one statement.
+    pub linked_heartbeat_interval_s: u32,
     /// A node silent for longer is declared lost, and its dispatches fail with `node_lost`.
     pub lost_after_s: u32,
     /// A dispatch placed on a node that still does not list it after this long
@@ -273,7 +278,12 @@ impl Default for ResultSettings {
 
 impl Default for NodeSettings {
     fn default() -> Self {
-        NodeSettings { heartbeat_interval_s: 2, lost_after_s: 10, unacknowledged_requeue_s: 15 }
+        NodeSettings {
+            heartbeat_interval_s: 2,
+            linked_heartbeat_interval_s: 10,
+            lost_after_s: 10,
+            unacknowledged_requeue_s: 15,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures::{SinkExt, StreamExt};
-use link::{Handler, Peer};
+use link::{Handler, Inbound, Outbound, Peer, Timing};
 use uuid::Uuid;
 
 use crate::api::AppState;
@@ -34,6 +34,14 @@ impl Links {
     /// The open link to `node_id`, if this replica holds one.
     pub fn get(&self, node_id: Uuid) -> Option<Arc<Peer>> {
         self.open.lock().expect("links lock poisoned").get(&node_id).filter(|p| !p.is_closed()).cloned()
+    }
+
+    /// Each open link's node and when it last heard from the node (a pong to
+    /// the replica's ping, or any request): the node's liveness, written for
+    /// all of them at once by the liveness step (`App::link_liveness_step`).
+    pub fn seen(&self) -> Vec<(Uuid, std::time::SystemTime)> {
+        let open = self.open.lock().expect("links lock poisoned");
+        open.iter().filter(|(_, peer)| !peer.is_closed()).map(|(id, peer)| (*id, peer.last_seen())).collect()
     }
 
     /// How many links are open.
@@ -65,8 +73,14 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
     let (peer, outgoing) = Peer::new();
     links.insert(node_id, peer.clone());
     tracing::info!(%node_id, "node link open");
-    // Silence for as long as makes a node lost means the link is dead.
-    let idle = Duration::from_secs(state.app.settings.nodes.lost_after_s.max(1).into());
+    // Pinged every heartbeat interval: the pongs show the node alive (see
+    // [`Links::seen`]), and silence for as long as makes a node lost means
+    // the link is dead.
+    let nodes = &state.app.settings.nodes;
+    let timing = Timing {
+        idle: Duration::from_secs(nodes.lost_after_s.max(1).into()),
+        ping_every: Some(Duration::from_secs(nodes.heartbeat_interval_s.max(1).into())),
+    };
     let router = state.link_router();
     let (sink, stream) = socket.split();
     let counted = links.clone();
@@ -81,19 +95,25 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
             futures::future::ready(match message {
                 Message::Text(text) => {
                     counted.received.fetch_add(1, Ordering::Relaxed);
-                    Some(text.as_str().to_owned())
+                    Some(Inbound::Frame(text.as_str().to_owned()))
                 }
+                Message::Ping(_) | Message::Pong(_) => Some(Inbound::Alive),
                 _ => None,
             })
         });
-    let sink = sink.with(|text: String| futures::future::ready(Ok::<_, axum::Error>(Message::Text(text.into()))));
+    let sink = sink.with(|out: Outbound| {
+        futures::future::ready(Ok::<_, axum::Error>(match out {
+            Outbound::Frame(text) => Message::Text(text.into()),
+            Outbound::Ping => Message::Ping(Default::default()),
+        }))
+    });
     link::drive(
         peer.clone(),
         outgoing,
         Box::pin(incoming),
         Box::pin(sink),
         Handler { router, token: Some(token) },
-        idle,
+        timing,
     )
     .await;
     links.remove(node_id, &peer);

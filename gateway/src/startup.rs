@@ -115,6 +115,15 @@ impl Application {
                 |app| async move { app.slot_vacuum_step().await },
             ),
             spawn_step(
+                "link_liveness",
+                Duration::from_secs(settings.nodes.heartbeat_interval_s.max(1).into()),
+                Arc::new(Notify::new()),
+                &app,
+                &shutdown,
+                &statuses,
+                |app| async move { app.link_liveness_step().await },
+            ),
+            spawn_step(
                 "node_reaper",
                 Duration::from_secs(2),
                 Arc::new(Notify::new()),

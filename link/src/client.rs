@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::{drive, Handler, Peer, MAX_MESSAGE_BYTES};
+use crate::{drive, Handler, Inbound, Outbound, Peer, Timing, MAX_MESSAGE_BYTES};
 
 /// An open link's connection.
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -42,8 +42,9 @@ pub async fn connect(base: &str, node_id: impl std::fmt::Display, token: &str) -
 }
 
 /// Runs an open connection as `peer`'s link until it drops (see [`drive`]):
-/// text messages are frames, a close or an error ends it.
-pub async fn run(socket: Socket, peer: Arc<Peer>, outgoing: mpsc::Receiver<String>, handler: Handler, idle: Duration) {
+/// text messages are frames, pings and pongs show the other end alive (the
+/// WebSocket answers pings by itself), a close or an error ends it.
+pub async fn run(socket: Socket, peer: Arc<Peer>, outgoing: mpsc::Receiver<String>, handler: Handler, timing: Timing) {
     let (sink, stream) = socket.split();
     let incoming = stream
         .scan((), |(), message| {
@@ -54,11 +55,16 @@ pub async fn run(socket: Socket, peer: Arc<Peer>, outgoing: mpsc::Receiver<Strin
         })
         .filter_map(|message| {
             futures::future::ready(match message {
-                Message::Text(text) => Some(text.as_str().to_owned()),
+                Message::Text(text) => Some(Inbound::Frame(text.as_str().to_owned())),
+                Message::Ping(_) | Message::Pong(_) => Some(Inbound::Alive),
                 _ => None,
             })
         });
-    let sink =
-        sink.with(|text: String| futures::future::ready(Ok::<_, tungstenite::Error>(Message::Text(text.into()))));
-    drive(peer, outgoing, Box::pin(incoming), Box::pin(sink), handler, idle).await;
+    let sink = sink.with(|out: Outbound| {
+        futures::future::ready(Ok::<_, tungstenite::Error>(match out {
+            Outbound::Frame(text) => Message::Text(text.into()),
+            Outbound::Ping => Message::Ping(Default::default()),
+        }))
+    });
+    drive(peer, outgoing, Box::pin(incoming), Box::pin(sink), handler, timing).await;
 }

@@ -18,12 +18,15 @@
 //! retries reports until acknowledged, and the heartbeat sent on reconnect
 //! reconciles what each side believes is running.
 //!
-//! Messages are JSON text, one [`Frame`] each.
+//! Messages are JSON text, one [`Frame`] each. The accepting end (the
+//! gateway) also pings on a period; the WebSocket answers pings by itself, so
+//! a pong or any other message shows the other end alive ([`Peer::last_seen`]),
+//! and a link silent for longer than its idle limit is closed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request};
@@ -111,12 +114,46 @@ pub enum LinkError {
     TimedOut(Duration),
 }
 
+/// What arrives on a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A text message: one [`Frame`].
+    Frame(String),
+    /// A control message (a ping or a pong): the other end is alive.
+    Alive,
+}
+
+/// What a link sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A text message: one frame.
+    Frame(String),
+    /// A ping, which the other end's WebSocket answers with a pong.
+    Ping,
+}
+
+/// How [`drive`] watches a link.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Close the link when nothing arrives for this long.
+    pub idle: Duration,
+    /// Ping the other end this often (the accepting end does, so its links
+    /// show their nodes alive without a request), or never.
+    pub ping_every: Option<Duration>,
+}
+
 /// One end of a link: sends requests and matches their answers.
 pub struct Peer {
     out: mpsc::Sender<String>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_seq: AtomicU64,
     closed: CancellationToken,
+    /// When the other end last sent anything (ms since the Unix epoch).
+    last_seen: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Messages queued for sending before a sender waits.
@@ -126,8 +163,13 @@ impl Peer {
     /// A new end, and the queue [`drive`] sends from.
     pub fn new() -> (Arc<Peer>, mpsc::Receiver<String>) {
         let (out, outgoing) = mpsc::channel(OUTGOING_QUEUE);
-        let peer =
-            Peer { out, pending: Mutex::default(), next_seq: AtomicU64::new(1), closed: CancellationToken::new() };
+        let peer = Peer {
+            out,
+            pending: Mutex::default(),
+            next_seq: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+            last_seen: AtomicU64::new(now_ms()),
+        };
         (Arc::new(peer), outgoing)
     }
 
@@ -172,6 +214,12 @@ impl Peer {
         self.closed.is_cancelled()
     }
 
+    /// When the other end last sent anything (a frame, a ping or a pong), or
+    /// when the link opened if it has sent nothing yet.
+    pub fn last_seen(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.last_seen.load(Ordering::Relaxed))
+    }
+
     fn answer(&self, seq: u64, answer: Answer) {
         if let Some(waiter) = self.pending.lock().expect("link lock poisoned").remove(&seq) {
             let _ = waiter.send(answer);
@@ -190,32 +238,46 @@ pub struct Handler {
     pub token: Option<String>,
 }
 
-/// Runs one connection until it drops, the other end goes quiet for `idle`,
-/// or [`Peer::close`]: sends what `outgoing` holds, answers incoming requests
-/// through `handler` (each in its own task), and hands answers to their waiters.
+/// Runs one connection until it drops, the other end goes quiet for
+/// `timing.idle`, or [`Peer::close`]: sends what `outgoing` holds (and pings,
+/// if `timing` says), answers incoming requests through `handler` (each in
+/// its own task), and hands answers to their waiters.
 pub async fn drive<I, O>(
     peer: Arc<Peer>,
     mut outgoing: mpsc::Receiver<String>,
     mut incoming: I,
     mut sink: O,
     handler: Handler,
-    idle: Duration,
+    timing: Timing,
 ) where
-    I: Stream<Item = String> + Unpin,
-    O: Sink<String> + Unpin,
+    I: Stream<Item = Inbound> + Unpin,
+    O: Sink<Outbound> + Unpin,
 {
+    let mut pings = timing.ping_every.map(|every| {
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings
+    });
     loop {
         tokio::select! {
             _ = peer.closed.cancelled() => break,
             text = outgoing.recv() => match text {
-                Some(text) => if sink.send(text).await.is_err() { break },
+                Some(text) => if sink.send(Outbound::Frame(text)).await.is_err() { break },
                 None => break,
             },
-            message = tokio::time::timeout(idle, incoming.next()) => match message {
-                Ok(Some(text)) => receive(&peer, &text, &handler),
+            _ = async { pings.as_mut().expect("guarded").tick().await }, if pings.is_some() => {
+                if sink.send(Outbound::Ping).await.is_err() { break }
+            }
+            message = tokio::time::timeout(timing.idle, incoming.next()) => match message {
+                Ok(Some(message)) => {
+                    peer.last_seen.store(now_ms(), Ordering::Relaxed);
+                    if let Inbound::Frame(text) = message {
+                        receive(&peer, &text, &handler);
+                    }
+                }
                 Ok(None) => break,
                 Err(_) => {
-                    tracing::warn!(?idle, "the other end of the link sent nothing; closing it");
+                    tracing::warn!(idle = ?timing.idle, "the other end of the link sent nothing; closing it");
                     break;
                 }
             },
@@ -282,18 +344,32 @@ mod tests {
     use futures::channel::mpsc as fmpsc;
 
     /// Two ends joined by in-memory queues standing in for a socket (the
-    /// framing is the WebSocket library's; what is tested here is the protocol).
-    fn pair(a: Router, b: Router) -> (Arc<Peer>, Arc<Peer>) {
-        let (a_to_b, b_in) = fmpsc::unbounded::<String>();
-        let (b_to_a, a_in) = fmpsc::unbounded::<String>();
+    /// framing is the WebSocket library's; what is tested here is the
+    /// protocol). A ping arrives as the control message it is.
+    fn pair_timed(a: Router, b: Router, timing_a: Timing, timing_b: Timing) -> (Arc<Peer>, Arc<Peer>) {
+        let (a_to_b, b_in) = fmpsc::unbounded::<Inbound>();
+        let (b_to_a, a_in) = fmpsc::unbounded::<Inbound>();
         let (peer_a, out_a) = Peer::new();
         let (peer_b, out_b) = Peer::new();
-        let sink = |tx: fmpsc::UnboundedSender<String>| tx.sink_map_err(|_| ());
-        let idle = Duration::from_secs(30);
-        tokio::spawn(drive(peer_a.clone(), out_a, a_in, sink(a_to_b), Handler { router: a, token: None }, idle));
+        let sink = |tx: fmpsc::UnboundedSender<Inbound>| {
+            tx.sink_map_err(|_| ()).with(|out: Outbound| {
+                futures::future::ready(Ok::<_, ()>(match out {
+                    Outbound::Frame(text) => Inbound::Frame(text),
+                    Outbound::Ping => Inbound::Alive,
+                }))
+            })
+        };
+        let handler_a = Handler { router: a, token: None };
+        tokio::spawn(drive(peer_a.clone(), out_a, a_in, Box::pin(sink(a_to_b)), handler_a, timing_a));
         let forced = Some("forced".to_owned());
-        tokio::spawn(drive(peer_b.clone(), out_b, b_in, sink(b_to_a), Handler { router: b, token: forced }, idle));
+        let handler_b = Handler { router: b, token: forced };
+        tokio::spawn(drive(peer_b.clone(), out_b, b_in, Box::pin(sink(b_to_a)), handler_b, timing_b));
         (peer_a, peer_b)
+    }
+
+    fn pair(a: Router, b: Router) -> (Arc<Peer>, Arc<Peer>) {
+        let timing = Timing { idle: Duration::from_secs(30), ping_every: None };
+        pair_timed(a, b, timing, timing)
     }
 
     fn echo() -> Router {
@@ -352,5 +428,25 @@ mod tests {
         let answer = a.request("POST", "/slow", None, None::<&()>, Duration::from_millis(50)).await;
         assert_eq!(answer, Err(LinkError::TimedOut(Duration::from_millis(50))));
         assert!(a.pending.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pings_keep_a_quiet_link_open_past_the_idle_limit_and_show_the_other_end_alive() {
+        let pinging = Timing { idle: Duration::from_secs(30), ping_every: Some(Duration::from_millis(20)) };
+        let watching = Timing { idle: Duration::from_millis(200), ping_every: None };
+        let (a, b) = pair_timed(echo(), echo(), pinging, watching);
+        let opened = b.last_seen();
+        // Well past b's idle limit, with no request either way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while b.last_seen() < opened + Duration::from_millis(600) {
+            assert!(std::time::Instant::now() < deadline, "b never saw a's pings");
+            assert!(!b.is_closed(), "a pinged link closed as idle");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!a.is_closed() && !b.is_closed());
+        // A quiet end that does not ping is closed by the other's idle limit.
+        let (c, d) = pair_timed(echo(), echo(), watching, watching);
+        tokio::time::timeout(Duration::from_secs(10), c.closed.cancelled()).await.expect("an idle link closes");
+        d.closed.cancelled().await;
     }
 }

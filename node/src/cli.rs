@@ -244,15 +244,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             link_opened.clone(),
         ))
     });
-    let mut interval = tokio::time::interval(Duration::from_secs(node_id.1.max(1).into()));
+    let mut interval = tokio::time::interval(node_id.1.every);
+    // While the link is open the gateway pings it, and the pongs keep this
+    // node alive: a heartbeat (what it runs, for the gateway's repair) is
+    // then due only every `linked_every`.
+    let mut last_sent: Option<std::time::Instant> = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = interval.tick() => {}
+            _ = interval.tick() => {
+                let linked_every = node_id.1.linked_every;
+                if gateway.is_linked() && last_sent.is_some_and(|at| at.elapsed() + node_id.1.every / 2 < linked_every) {
+                    continue;
+                }
+            }
             _ = link_opened.notified() => {}
         }
+        last_sent = Some(std::time::Instant::now());
         let heartbeat = wire::Heartbeat {
             running: calls.running().into_iter().map(|c| c.dispatch_id).collect(),
             instances: calls.instances(),
@@ -339,13 +349,21 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the socket folders of node daemons that died without cleaning up.
+/// How often the gateway asked for heartbeats.
+#[derive(Debug, Clone, Copy)]
+struct Heartbeats {
+    /// Over HTTP (no link open).
+    every: Duration,
+    /// While the link is open.
+    linked_every: Duration,
+}
+
 /// Registers, retrying while the gateway is unreachable.
 async fn register(
     gateway: &GatewayClient,
     registration: &wire::RegisterNode,
     calls: &Calls,
-) -> anyhow::Result<(wire::NodeId, u32)> {
+) -> anyhow::Result<(wire::NodeId, Heartbeats)> {
     let mut delay = Duration::from_millis(100);
     loop {
         let mut registration = registration.clone();
@@ -358,7 +376,9 @@ async fn register(
                 if let Some(limits) = done.artifact_limits {
                     calls.set_artifact_limits(limits);
                 }
-                return Ok((done.node_id, done.heartbeat_interval_s));
+                let every = Duration::from_secs(done.heartbeat_interval_s.max(1).into());
+                let linked_every = done.linked_heartbeat_interval_s.map_or(every, |s| Duration::from_secs(s.into()));
+                return Ok((done.node_id, Heartbeats { every, linked_every: linked_every.max(every) }));
             }
             Err(err @ gateway::Error::Refused { .. }) => {
                 return Err(err).context("the gateway refused the registration")

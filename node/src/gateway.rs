@@ -88,6 +88,11 @@ impl GatewayClient {
         }
     }
 
+    /// Whether the link is open (the gateway's pings then keep this node alive).
+    pub(crate) fn is_linked(&self) -> bool {
+        self.open_link().is_some()
+    }
+
     fn open_link(&self) -> Option<Arc<Peer>> {
         self.link.read().expect("link lock poisoned").clone().filter(|p| !p.is_closed())
     }

@@ -11,7 +11,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use link::{Handler, Peer};
+use link::{Handler, Peer, Timing};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{self, http::StatusCode};
 
@@ -19,9 +19,9 @@ use crate::gateway::GatewayClient;
 
 /// Longest pause between attempts to open the link.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-/// The gateway sends only when it has work; a dead link shows as a failed
-/// heartbeat (which closes it), not as silence.
-const IDLE: Duration = Duration::from_secs(24 * 3600);
+/// The gateway pings every heartbeat interval; a dead link also shows as a
+/// failed heartbeat (which closes it), so this is only a last resort.
+const IDLE: Duration = Duration::from_secs(300);
 
 /// Keeps the link open for as long as the node runs.
 pub async fn run(
@@ -44,7 +44,8 @@ pub async fn run(
                     tracing::info!(gateway = %base, "link open");
                     opened.notify_one();
                     let handler = Handler { router: router.clone(), token: None };
-                    link::client::run(socket, peer.clone(), outgoing, handler, IDLE).await;
+                    link::client::run(socket, peer.clone(), outgoing, handler, Timing { idle: IDLE, ping_every: None })
+                        .await;
                     gateway.clear_link(&peer);
                     tracing::warn!(gateway = %base, "link dropped; opening it again");
                 }

@@ -114,13 +114,14 @@ impl SimNodes {
                     .json()
                     .await?;
                 let id = registered["node_id"].as_str().context("no node_id")?.parse()?;
-                let interval = registered["heartbeat_interval_s"].as_u64().unwrap_or(2);
+                let every = registered["heartbeat_interval_s"].as_u64().unwrap_or(2);
+                let linked_every = registered["linked_heartbeat_interval_s"].as_u64().unwrap_or(every).max(every);
                 let node =
                     SimNode { gateway, token, id, http, link: RwLock::default(), running: Mutex::default(), stats };
-                anyhow::Ok((Arc::new(node), Duration::from_secs(interval)))
+                anyhow::Ok((Arc::new(node), (Duration::from_secs(every), Duration::from_secs(linked_every))))
             }
         });
-        let nodes: Vec<(Arc<SimNode>, Duration)> = futures::stream::iter(registrations)
+        let nodes: Vec<(Arc<SimNode>, (Duration, Duration))> = futures::stream::iter(registrations)
             .buffered(REGISTERING)
             .collect::<Vec<_>>()
             .await
@@ -134,9 +135,9 @@ impl SimNodes {
         let mut tasks = vec![tokio::spawn(async move {
             let _ = axum::serve(listener, http_api).await;
         })];
-        for (node, interval) in nodes {
+        for (node, (every, linked_every)) in nodes {
             tasks.push(tokio::spawn(node.clone().keep_linked()));
-            tasks.push(tokio::spawn(node.heartbeats(interval)));
+            tasks.push(tokio::spawn(node.heartbeats(every, linked_every)));
         }
         let sim = SimNodes { stats, tasks };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -190,7 +191,8 @@ impl SimNode {
                 *self.link.write().expect("link lock poisoned") = Some(peer.clone());
                 self.stats.linked.fetch_add(1, Ordering::Relaxed);
                 let handler = Handler { router: self.api(false), token: None };
-                link::client::run(socket, peer, outgoing, handler, Duration::from_secs(24 * 3600)).await;
+                let timing = link::Timing { idle: Duration::from_secs(300), ping_every: None };
+                link::client::run(socket, peer, outgoing, handler, timing).await;
                 self.stats.linked.fetch_sub(1, Ordering::Relaxed);
                 *self.link.write().expect("link lock poisoned") = None;
             }
@@ -198,16 +200,26 @@ impl SimNode {
         }
     }
 
-    async fn heartbeats(self: Arc<Self>, interval: Duration) {
+    /// Heartbeats every `every`, or every `linked_every` while the link is
+    /// open (the gateway's pings keep the node alive in between), as a node
+    /// daemon does.
+    async fn heartbeats(self: Arc<Self>, every: Duration, linked_every: Duration) {
         // Spread the nodes' heartbeats over the interval.
-        tokio::time::sleep(interval.mul_f64(rand::random::<f64>())).await;
+        tokio::time::sleep(linked_every.mul_f64(rand::random::<f64>())).await;
         let path = format!("/v1/nodes/{}/heartbeat", self.id);
         loop {
             let running: Vec<Uuid> = self.running.lock().expect("running lock poisoned").iter().copied().collect();
             if let Err(err) = self.post(&path, &json!({ "running": running })).await {
                 tracing::warn!(error = %err, "a simulated heartbeat failed");
             }
-            tokio::time::sleep(interval).await;
+            let sent = Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let linked = self.link.read().expect("link lock poisoned").as_ref().is_some_and(|p| !p.is_closed());
+                if !linked || sent.elapsed() + every / 2 >= linked_every {
+                    break;
+                }
+            }
         }
     }
 

@@ -14,10 +14,12 @@ enum Expect {
 
 #[tokio::test]
 async fn hostile_outputs_end_the_dispatch_once_and_never_rerun_the_code() {
-    // Short grace and heartbeat, so a wrongful requeue would happen within the test.
+    // Short grace and heartbeats (over the link too), so a wrongful requeue
+    // would happen within the test.
     let stack = Stack::start_with(&[
         ("RH_GATEWAY_NODES__UNACKNOWLEDGED_REQUEUE_S", "1"),
         ("RH_GATEWAY_NODES__HEARTBEAT_INTERVAL_S", "1"),
+        ("RH_GATEWAY_NODES__LINKED_HEARTBEAT_INTERVAL_S", "1"),
     ])
     .await
     .unwrap();

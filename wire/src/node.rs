@@ -70,6 +70,11 @@ pub struct NodeRegistered {
     pub node_id: NodeId,
     /// How often to send `POST /v1/nodes/{id}/heartbeat`.
     pub heartbeat_interval_s: u32,
+    /// How often to send it while the node's link is open: the gateway pings
+    /// the link every `heartbeat_interval_s`, and the pongs keep the node
+    /// alive in between. Absent: every `heartbeat_interval_s` regardless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_heartbeat_interval_s: Option<u32>,
     /// The largest result (JSON bytes) the gateway stores; a node fails a
     /// larger one with `result_too_large` instead of sending it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

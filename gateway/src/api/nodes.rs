@@ -37,6 +37,7 @@ pub async fn node_register(
     Ok(Json(NodeRegistered {
         node_id: wire::NodeId(node.node_id),
         heartbeat_interval_s: state.app.settings.nodes.heartbeat_interval_s,
+        linked_heartbeat_interval_s: Some(state.app.settings.nodes.linked_heartbeat_interval_s),
         max_result_bytes: Some(state.app.settings.results.max_bytes as u64),
         artifact_limits: Some(wire::ArtifactLimits {
             max_file_bytes: state.app.settings.artifacts.max_file_bytes,

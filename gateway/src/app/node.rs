@@ -181,6 +181,26 @@ impl App {
         Ok(node)
     }
 
+    /// Records the liveness of every node whose link this replica holds, by
+    /// one statement: each node was alive when its link last heard from it (a
+    /// pong to the replica's ping, or a request). A linked node needs no
+    /// heartbeat request to stay `ready`; its heartbeats, less frequent, carry
+    /// what it runs for the repair (see `node_heartbeat`).
+    pub async fn link_liveness_step(&self) -> Result<serde_json::Value> {
+        let now = std::time::SystemTime::now();
+        let (nodes, ages_ms): (Vec<Uuid>, Vec<i64>) = self
+            .nodes
+            .links
+            .seen()
+            .into_iter()
+            .map(|(node_id, seen)| (node_id, now.duration_since(seen).map_or(0, |age| age.as_millis() as i64)))
+            .unzip();
+        if !nodes.is_empty() {
+            self.db.node_links_alive(&nodes, &ages_ms).await?;
+        }
+        Ok(serde_json::json!({ "linked_nodes": nodes.len() }))
+    }
+
     /// Checks that `node_id` is the caller's own registered node (before it opens its link).
     pub async fn node_link_check(&self, caller: &Caller, node_id: Uuid) -> Result<()> {
         let binding = caller.node().ok_or(Error::MissingNodeCredential)?;

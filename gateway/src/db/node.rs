@@ -241,6 +241,32 @@ impl DataStore {
         Ok(())
     }
 
+    /// Records that the nodes whose links this replica holds were heard from
+    /// `ages_ms` ago (each one's link's last message), by the database's
+    /// clock, so a skewed gateway clock cannot keep a node alive. A time never
+    /// moves back, and a `lost` node stays lost (it registers again).
+    pub async fn node_links_alive(&self, nodes: &[Uuid], ages_ms: &[i64]) -> Result<()> {
+        sqlx::query!(
+            r#"
+            with seen as (
+                select node_id, now() - make_interval(secs => age_ms / 1000.0) as at
+                from unnest($1::uuid[], $2::bigint[]) as s (node_id, age_ms)
+            ),
+            touched as (
+                update node n set last_heartbeat_at = s.at
+                from seen s
+                where n.node_id = s.node_id and n.state in ('ready', 'unreachable') and n.last_heartbeat_at < s.at
+            )
+            select set_config('synchronous_commit', 'off', true)
+            "#,
+            nodes,
+            ages_ms
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// One node.
     pub async fn node_get(&self, node_id: Uuid) -> Result<Option<NodeRow>> {
         let row = sqlx::query_as!(

@@ -119,6 +119,51 @@ async fn a_silent_node_is_lost_and_its_dispatches_fail_with_node_lost() {
     assert_eq!(nodes["items"][0]["state"], "lost");
 }
 
+/// A node whose link is open needs no heartbeat request to stay alive: the
+/// replica pings the link, and the liveness step records when each link last
+/// heard from its node. A silent node without a link is lost as before, and
+/// so is the linked one once its link closes.
+#[tokio::test]
+async fn a_linked_node_stays_alive_on_its_links_pongs_without_heartbeats() {
+    let mut settings = test_settings(&fresh_database().await);
+    settings.nodes.heartbeat_interval_s = 1;
+    settings.nodes.lost_after_s = 3;
+    let app = spawn_app_with(settings).await;
+    let address = accept_all_node().await;
+    let linked = register(&app, "linked", &address).await;
+    register(&app, "unlinked", &address).await;
+    let socket = link::client::connect(&app.address, &linked, &app.node_token_for("linked")).await.unwrap();
+    let (peer, outgoing) = link::Peer::new();
+    let handler = link::Handler { router: axum::Router::new(), token: None };
+    let timing = link::Timing { idle: Duration::from_secs(300), ping_every: None };
+    let running = tokio::spawn(link::client::run(socket, peer, outgoing, handler, timing));
+    let state = |name: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, f64)>(
+                "select state::text, extract(epoch from now() - last_heartbeat_at)::float8 from node where name = $1",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    until("the silent node without a link to be lost", Duration::from_secs(20), || async {
+        state("unlinked").await.0 == "lost"
+    })
+    .await;
+    let (linked_state, silent_for) = state("linked").await;
+    assert_eq!(linked_state, "ready", "no heartbeat request was sent, but its link answered the pings");
+    assert!(silent_for < 2.5, "its liveness is at most a ping and a step old: {silent_for} s");
+    // The node's end of the link goes away: nothing keeps it alive any more.
+    running.abort();
+    until("the node whose link closed to be lost", Duration::from_secs(20), || async {
+        state("linked").await.0 == "lost"
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_restarted_node_that_no_longer_runs_a_dispatch_fails_it_with_node_lost() {
     let app = spawn_app().await;
