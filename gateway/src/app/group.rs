@@ -30,7 +30,7 @@ use crate::Result;
 const MAX_GROUP: usize = 64;
 /// Writers working at once (each holds one database connection while writing).
 const WRITERS: usize = 4;
-/// Most trailing facts (acknowledgements, heartbeats) written by one statement.
+/// Most trailing facts (heartbeats) written by one statement.
 const MAX_TRAILING: usize = 512;
 
 /// One kind of write that can be grouped.

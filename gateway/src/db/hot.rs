@@ -1,5 +1,5 @@
 //! Connections for the statements every dispatch runs (create, placement,
-//! acknowledgement, state change, read), kept apart from sqlx's pool.
+//! state change, read), kept apart from sqlx's pool.
 //!
 //! sqlx's pool pings each connection as it comes back (one more round trip
 //! to Postgres per statement, and its wake-ups, on a machine where those are
