@@ -242,6 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             state.node_id.clone(),
             api::router(state.clone()),
             link_opened.clone(),
+            crate::link::idle_limit(node_id.1.every),
         ))
     });
     let mut interval = tokio::time::interval(node_id.1.every);

@@ -19,16 +19,23 @@ use crate::gateway::GatewayClient;
 
 /// Longest pause between attempts to open the link.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-/// The gateway pings every heartbeat interval; a dead link also shows as a
-/// failed heartbeat (which closes it), so this is only a last resort.
-const IDLE: Duration = Duration::from_secs(300);
+/// How long the link may stay silent before the node closes it, given the
+/// gateway's heartbeat interval (it pings the link that often): five missed
+/// pings, and never under 10 s. A replica whose machine vanished leaves the
+/// connection open but silent; this is how the node notices and fails over,
+/// rather than when a request over it times out.
+pub fn idle_limit(heartbeat_every: Duration) -> Duration {
+    (heartbeat_every * 5).max(Duration::from_secs(10))
+}
 
-/// Keeps the link open for as long as the node runs.
+/// Keeps the link open for as long as the node runs; it is closed after
+/// `idle` with nothing from the gateway (see [`idle_limit`]).
 pub async fn run(
     gateway: GatewayClient,
     node_id: Arc<RwLock<Option<wire::NodeId>>>,
     router: axum::Router,
     opened: Arc<Notify>,
+    idle: Duration,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -44,8 +51,7 @@ pub async fn run(
                     tracing::info!(gateway = %base, "link open");
                     opened.notify_one();
                     let handler = Handler { router: router.clone(), token: None };
-                    link::client::run(socket, peer.clone(), outgoing, handler, Timing { idle: IDLE, ping_every: None })
-                        .await;
+                    link::client::run(socket, peer.clone(), outgoing, handler, Timing { idle, ping_every: None }).await;
                     gateway.clear_link(&peer);
                     tracing::warn!(gateway = %base, "link dropped; opening it again");
                 }
