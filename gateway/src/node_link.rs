@@ -36,12 +36,13 @@ impl Links {
         self.open.lock().expect("links lock poisoned").get(&node_id).filter(|p| !p.is_closed()).cloned()
     }
 
-    /// Each open link's node and when it last heard from the node (a pong to
-    /// the replica's ping, or any request): the node's liveness, written for
-    /// all of them at once by the liveness step (`App::link_liveness_step`).
-    pub fn seen(&self) -> Vec<(Uuid, std::time::SystemTime)> {
+    /// Each open link's node and how long since it last heard from the node
+    /// (a pong to the replica's ping, or any request): the node's liveness,
+    /// written for all of them at once by the liveness step
+    /// (`App::link_liveness_step`).
+    pub fn silences(&self) -> Vec<(Uuid, Duration)> {
         let open = self.open.lock().expect("links lock poisoned");
-        open.iter().filter(|(_, peer)| !peer.is_closed()).map(|(id, peer)| (*id, peer.last_seen())).collect()
+        open.iter().filter(|(_, peer)| !peer.is_closed()).map(|(id, peer)| (*id, peer.silent_for())).collect()
     }
 
     /// How many links are open.
@@ -74,7 +75,7 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
     links.insert(node_id, peer.clone());
     tracing::info!(%node_id, "node link open");
     // Pinged every heartbeat interval: the pongs show the node alive (see
-    // [`Links::seen`]), and silence for as long as makes a node lost means
+    // [`Links::silences`]), and silence for as long as makes a node lost means
     // the link is dead.
     let nodes = &state.app.settings.nodes;
     let timing = Timing {

@@ -20,13 +20,13 @@
 //!
 //! Messages are JSON text, one [`Frame`] each. The accepting end (the
 //! gateway) also pings on a period; the WebSocket answers pings by itself, so
-//! a pong or any other message shows the other end alive ([`Peer::last_seen`]),
+//! a pong or any other message shows the other end alive ([`Peer::silent_for`]),
 //! and a link silent for longer than its idle limit is closed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request};
@@ -148,12 +148,10 @@ pub struct Peer {
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_seq: AtomicU64,
     closed: CancellationToken,
-    /// When the other end last sent anything (ms since the Unix epoch).
-    last_seen: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    /// When this end was made, on the monotonic clock.
+    opened: tokio::time::Instant,
+    /// When the other end last sent anything, in ms after `opened`.
+    last_seen_ms: AtomicU64,
 }
 
 /// Messages queued for sending before a sender waits.
@@ -168,7 +166,8 @@ impl Peer {
             pending: Mutex::default(),
             next_seq: AtomicU64::new(1),
             closed: CancellationToken::new(),
-            last_seen: AtomicU64::new(now_ms()),
+            opened: tokio::time::Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
         };
         (Arc::new(peer), outgoing)
     }
@@ -214,10 +213,14 @@ impl Peer {
         self.closed.is_cancelled()
     }
 
-    /// When the other end last sent anything (a frame, a ping or a pong), or
-    /// when the link opened if it has sent nothing yet.
-    pub fn last_seen(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.last_seen.load(Ordering::Relaxed))
+    /// How long since the other end last sent anything (a frame, a ping or
+    /// a pong), or since the link opened if it has sent nothing yet.
+    pub fn silent_for(&self) -> Duration {
+        self.opened.elapsed().saturating_sub(Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed)))
+    }
+
+    fn heard(&self) {
+        self.last_seen_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn answer(&self, seq: u64, answer: Answer) {
@@ -270,7 +273,7 @@ pub async fn drive<I, O>(
             }
             message = tokio::time::timeout(timing.idle, incoming.next()) => match message {
                 Ok(Some(message)) => {
-                    peer.last_seen.store(now_ms(), Ordering::Relaxed);
+                    peer.heard();
                     if let Inbound::Frame(text) = message {
                         receive(&peer, &text, &handler);
                     }
@@ -430,23 +433,27 @@ mod tests {
         assert!(a.pending.lock().unwrap().is_empty());
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: time moves only as the test advances it, so
+    /// the link's timers fire in a fixed order however busy the machine is.
+    #[tokio::test(start_paused = true)]
     async fn pings_keep_a_quiet_link_open_past_the_idle_limit_and_show_the_other_end_alive() {
-        let pinging = Timing { idle: Duration::from_secs(30), ping_every: Some(Duration::from_millis(20)) };
+        let step = Duration::from_millis(20);
+        let pinging = Timing { idle: Duration::from_secs(30), ping_every: Some(step) };
         let watching = Timing { idle: Duration::from_millis(200), ping_every: None };
         let (a, b) = pair_timed(echo(), echo(), pinging, watching);
-        let opened = b.last_seen();
-        // Well past b's idle limit, with no request either way.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while b.last_seen() < opened + Duration::from_millis(600) {
-            assert!(std::time::Instant::now() < deadline, "b never saw a's pings");
-            assert!(!b.is_closed(), "a pinged link closed as idle");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // A second with no request either way: five times b's idle limit.
+        for _ in 0..50 {
+            tokio::time::advance(step).await;
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
         }
-        assert!(!a.is_closed() && !b.is_closed());
+        assert!(!a.is_closed() && !b.is_closed(), "a pinged link closed as idle");
+        assert!(b.silent_for() <= 2 * step, "b last heard from a {:?} ago", b.silent_for());
         // A quiet end that does not ping is closed by the other's idle limit.
         let (c, d) = pair_timed(echo(), echo(), watching, watching);
         tokio::time::timeout(Duration::from_secs(10), c.closed.cancelled()).await.expect("an idle link closes");
         d.closed.cancelled().await;
+        assert!(c.silent_for() >= watching.idle);
     }
 }

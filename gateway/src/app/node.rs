@@ -187,13 +187,12 @@ impl App {
     /// heartbeat request to stay `ready`; its heartbeats, less frequent, carry
     /// what it runs for the repair (see `node_heartbeat`).
     pub async fn link_liveness_step(&self) -> Result<serde_json::Value> {
-        let now = std::time::SystemTime::now();
         let (nodes, ages_ms): (Vec<Uuid>, Vec<i64>) = self
             .nodes
             .links
-            .seen()
+            .silences()
             .into_iter()
-            .map(|(node_id, seen)| (node_id, now.duration_since(seen).map_or(0, |age| age.as_millis() as i64)))
+            .map(|(node_id, silent_for)| (node_id, silent_for.as_millis() as i64))
             .unzip();
         if !nodes.is_empty() {
             self.db.node_links_alive(&nodes, &ages_ms).await?;
