@@ -347,6 +347,10 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Longest `timeout_s` a wait request may ask for.
     pub max_wait_s: u32,
+    /// Requests one HTTP/2 connection may have open at once (the SDK sends
+    /// its long-polls over one such connection); more wait in the client
+    /// until one ends.
+    pub max_streams_per_connection: u32,
     /// If set, `GET /metrics` needs `Authorization: Bearer <this>`.
     #[serde(serialize_with = "serialize_redacted_opt")]
     pub metrics_token: Option<SecretString>,
@@ -413,7 +417,12 @@ impl Default for AuthSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { body_limit_bytes: 1024 * 1024, max_wait_s: 300, metrics_token: None }
+        HttpSettings {
+            body_limit_bytes: 1024 * 1024,
+            max_wait_s: 300,
+            max_streams_per_connection: 16_384,
+            metrics_token: None,
+        }
     }
 }
 

@@ -56,7 +56,10 @@ impl Default for RetryPolicy {
 /// A client for one gateway, with one bearer token. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
+    /// Short requests, over HTTP/1.1 connections kept alive.
     http: reqwest::Client,
+    /// Long-lived requests (waits, followed logs).
+    long_lived: LongLived,
     base: String,
     token: String,
     retry: RetryPolicy,
@@ -74,10 +77,12 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
+            .http1_only()
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Client {
             http,
+            long_lived: LongLived::new(url)?,
             base: url.trim_end_matches('/').to_owned(),
             token: token.trim().to_owned(),
             retry: RetryPolicy::default(),
@@ -103,21 +108,45 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.request_on(&self.http, method, path)
+    }
+
+    fn request_on(&self, http: &reqwest::Client, method: Method, path: &str) -> RequestBuilder {
+        http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
     }
 
     /// Sends with retries (connection errors and 502/503/504 only) and decodes JSON.
     async fn send<T: DeserializeOwned>(&self, build: impl Fn() -> RequestBuilder) -> Result<T, Error> {
-        let response = self.send_raw(build).await?;
-        let bytes = response.bytes().await.map_err(|e| Error::Decode(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+        decode(self.send_raw(build).await?).await
     }
 
     async fn send_raw(&self, build: impl Fn() -> RequestBuilder) -> Result<reqwest::Response, Error> {
+        self.send_with_retries(false, |_| build()).await
+    }
+
+    /// As `send_raw`, for a request that may stay open a long time: `build`
+    /// gets the connection pool to build it on.
+    async fn send_long_lived(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        self.send_with_retries(true, build).await
+    }
+
+    async fn send_with_retries(
+        &self,
+        long_lived: bool,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
         let mut delay = self.retry.base_delay;
         let mut attempt = 1;
         loop {
-            let outcome = build().send().await;
+            let http2 = long_lived && self.long_lived.usable();
+            let outcome = build(if http2 { &self.long_lived.http } else { &self.http }).send().await;
+            if http2 && self.long_lived.refused(&outcome) {
+                // Not an attempt: the same request goes at once over HTTP/1.1.
+                continue;
+            }
             let retriable = match &outcome {
                 Ok(response) => matches!(
                     response.status(),
@@ -172,12 +201,14 @@ impl Client {
 
     /// One long-poll: returns when the dispatch is terminal or after `timeout_s`.
     pub async fn dispatch_wait_once(&self, id: DispatchId, timeout_s: u32) -> Result<Dispatch, Error> {
-        self.send(|| {
-            self.request(Method::GET, &format!("/v1/dispatches/{id}/wait"))
-                .query(&[("timeout_s", timeout_s)])
-                .timeout(Duration::from_secs(u64::from(timeout_s) + 30))
-        })
-        .await
+        let response = self
+            .send_long_lived(|http| {
+                self.request_on(http, Method::GET, &format!("/v1/dispatches/{id}/wait"))
+                    .query(&[("timeout_s", timeout_s)])
+                    .timeout(Duration::from_secs(u64::from(timeout_s) + 30))
+            })
+            .await?;
+        decode(response).await
     }
 
     /// Long-polls until the dispatch is terminal, or `timeout` passes (then
@@ -496,9 +527,9 @@ impl Follow {
                 None => {
                     let (client, id, offset) = (&self.client, self.id, self.offset);
                     let opened = client
-                        .send_raw(|| {
+                        .send_long_lived(|http| {
                             client
-                                .request(Method::GET, &format!("/v1/dispatches/{id}/logs"))
+                                .request_on(http, Method::GET, &format!("/v1/dispatches/{id}/logs"))
                                 .query(&[("offset", offset.to_string()), ("follow", "true".into())])
                         })
                         .await;
@@ -524,6 +555,68 @@ impl Follow {
                 // The stream dropped: reconnect from the last entry.
                 Ok(None) | Err(_) => self.open = None,
             }
+        }
+    }
+}
+
+/// Reads a successful answer's JSON body.
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Error> {
+    let bytes = response.bytes().await.map_err(|e| Error::Decode(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes))))
+}
+
+/// The connection long-lived requests share: HTTP/2, by prior knowledge for
+/// `http://` (there is no TLS handshake to negotiate it), by ALPN otherwise.
+///
+/// A request parked on the gateway holds its connection. Over HTTP/1.1 that
+/// is a connection per request, and the gateway's server keeps ~15 KiB of
+/// buffers for each; as streams of one HTTP/2 connection they cost it ~1.2 KiB
+/// each, so a process waiting on thousands of dispatches (an orchestrator's
+/// triggerer) costs the gateway little. A gateway, or a proxy in front of it,
+/// that does not speak HTTP/2 drops the connection at its first request;
+/// then the client sends its long-lived requests over HTTP/1.1 for good.
+#[derive(Clone)]
+struct LongLived {
+    http: reqwest::Client,
+    /// Whether HTTP/2 has been seen to work (`WORKS`) or refused (`REFUSED`).
+    known: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl LongLived {
+    const UNKNOWN: u8 = 0;
+    const WORKS: u8 = 1;
+    const REFUSED: u8 = 2;
+
+    fn new(url: &str) -> Result<LongLived, Error> {
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        let builder = if url.starts_with("http://") { builder.http2_prior_knowledge() } else { builder };
+        let http = builder
+            // Keeps an idle connection (and its parked requests) checked.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(LongLived { http, known: Default::default() })
+    }
+
+    fn usable(&self) -> bool {
+        self.known.load(std::sync::atomic::Ordering::Relaxed) != LongLived::REFUSED
+    }
+
+    /// Learns from an outcome over HTTP/2; true if it shows the gateway does
+    /// not speak it: a request failed, not in connecting or by a timeout,
+    /// before any had succeeded.
+    fn refused(&self, outcome: &Result<reqwest::Response, reqwest::Error>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match outcome {
+            Ok(_) => {
+                self.known.store(LongLived::WORKS, Relaxed);
+                false
+            }
+            Err(err) if !err.is_connect() && !err.is_timeout() => {
+                let _ = self.known.compare_exchange(LongLived::UNKNOWN, LongLived::REFUSED, Relaxed, Relaxed);
+                self.known.load(Relaxed) == LongLived::REFUSED
+            }
+            Err(_) => false,
         }
     }
 }

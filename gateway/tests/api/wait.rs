@@ -136,3 +136,92 @@ async fn a_thousand_concurrent_waiters_all_wake_when_their_dispatches_finish() {
     }
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+/// Established connections from this machine to the gateway at `address`
+/// (the client ends, read from /proc/net/tcp).
+fn connections_to(address: &str) -> usize {
+    let port = address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn an_sdk_clients_waits_park_as_streams_of_one_http2_connection() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    // More than the 200 streams a connection hyper allows by default.
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned());
+    }
+    let sdk = runhouse_gateway::Client::new(&app.address, &token).unwrap();
+    let waiters: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (sdk, id) = (sdk.clone(), id.parse().unwrap());
+            tokio::spawn(async move { sdk.dispatch_wait_once(id, 60).await.unwrap() })
+        })
+        .collect();
+    parked(&app, ids.len() as u64).await;
+    // 300 parked requests; the SDK's one connection and the test's own.
+    let connections = connections_to(&app.address);
+    assert!(connections <= 3, "{connections} connections hold 300 parked waits");
+    for id in &ids {
+        app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
+    }
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap().state, wire::DispatchState::Cancelled);
+    }
+}
+
+#[tokio::test]
+async fn the_sdk_waits_over_http1_through_a_proxy_that_refuses_http2() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let id = app.create(&token, json!({})).await["id"].as_str().unwrap().to_owned();
+    app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
+    // A forwarding proxy that speaks only HTTP/1.1 (hyper's HTTP/1 server),
+    // recording the version of each request it forwards.
+    let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let proxy = {
+        let (upstream, versions, client) = (app.address.clone(), versions.clone(), app.client.clone());
+        axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (upstream, versions, client) = (upstream.clone(), versions.clone(), client.clone());
+            async move {
+                versions.lock().unwrap().push(request.version());
+                let answer = client
+                    .get(format!("{upstream}{}", request.uri().path_and_query().unwrap()))
+                    .header("authorization", request.headers()["authorization"].clone())
+                    .send()
+                    .await
+                    .unwrap();
+                (answer.status(), answer.bytes().await.unwrap())
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper_util::service::TowerToHyperService::new(proxy.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let sdk = runhouse_gateway::Client::new(&proxy_url, &token).unwrap();
+    for _ in 0..2 {
+        let dispatch = sdk.dispatch_wait_once(id.parse().unwrap(), 5).await.unwrap();
+        assert_eq!(dispatch.state, wire::DispatchState::Cancelled);
+    }
+    assert_eq!(*versions.lock().unwrap(), vec![axum::http::Version::HTTP_11; 2]);
+}

@@ -443,13 +443,21 @@ async fn main() -> anyhow::Result<()> {
         ));
         let per_waiter_kb = (waiters_rss - idle_gateway_rss) * 1024.0 / plan.waiters as f64;
         figures.push(fig("waiter_kb", "  gateway memory per parked waiter", "KiB", "", vec![per_waiter_kb]));
-        let floor_kb = park_floor_kb(&token, plan.waiters).await?;
+        let floor_kb = park_floor_kb(&token, plan.waiters, true).await?;
         figures.push(fig(
-            "floor_parked_request_kb",
-            "  floor: memory per parked request on a bare axum server",
+            "floor_parked_http2_kb",
+            "  floor: a parked request on a bare server, HTTP/2 streams (SDK)",
             "KiB",
             "",
             vec![floor_kb],
+        ));
+        let http1_kb = park_floor_kb(&token, plan.waiters, false).await?;
+        figures.push(fig(
+            "floor_parked_request_kb",
+            "  the same over HTTP/1.1, a connection each",
+            "KiB",
+            "",
+            vec![http1_kb],
         ));
         figures.push(fig(
             "waiters_wake_p99_ms",
@@ -1055,16 +1063,17 @@ async fn waiters(stack: &Stack, token: &str, n: usize) -> anyhow::Result<(f64, f
             ids.push(id?);
         }
     }
-    // One client per waiter group so each long-poll holds its own connection.
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    // The waits go as the SDK sends them (one process waiting on many
+    // dispatches, as an orchestrator's triggerer does).
+    let client = runhouse_gateway::Client::new(&stack.url, token)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let mut tasks = Vec::with_capacity(n);
     for id in &ids {
-        let (client, url, token, id, tx) =
-            (client.clone(), stack.url.clone(), token.to_owned(), id.clone(), tx.clone());
+        let (client, id, tx) = (client.clone(), id.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
-            if let Ok(done) = wait(&client, &url, &token, &id, 120).await {
-                if done["state"] == "cancelled" {
+            let Ok(dispatch_id) = id.parse() else { return };
+            if let Ok(done) = client.dispatch_wait_once(dispatch_id, 120).await {
+                if done.state == wire::DispatchState::Cancelled {
                     let _ = tx.send((id, Instant::now()));
                 }
             }
@@ -1211,8 +1220,9 @@ async fn runs_page_with_rows(stack: &Stack, token: &str) -> anyhow::Result<(f64,
     Ok((quantile(&latencies, 0.5), quantile(&latencies, 0.99)))
 }
 
-/// `rh-bench --park-server`: a bare axum server on the same runtime settings as
-/// the gateway, whose `/park` never answers and `/parked` counts those waiting.
+/// `rh-bench --park-server`: a bare axum server served as the gateway serves
+/// (same runtime settings, same connection handling), whose `/park` never
+/// answers and `/parked` counts those waiting.
 /// Prints its port, then serves until killed.
 async fn park_server() -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1229,14 +1239,16 @@ async fn park_server() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
-    axum::serve(listener, router).await?;
+    let max_streams = gateway::config::Settings::default().http.max_streams_per_connection;
+    gateway::startup::serve(listener, router, max_streams, std::future::pending()).await;
     Ok(())
 }
 
-/// The floor under a parked waiter's memory: parks `n` requests (same client,
-/// same headers as the waiters) on a bare axum server in its own process and
-/// returns its RSS growth per request, in KiB.
-async fn park_floor_kb(token: &str, n: usize) -> anyhow::Result<f64> {
+/// The floor under a parked waiter's memory: parks `n` requests (the same
+/// headers as the waiters; as streams of one HTTP/2 connection, as the SDK
+/// sends them, or over a connection each) on a bare axum server in its own
+/// process and returns its RSS growth per request, in KiB.
+async fn park_floor_kb(token: &str, n: usize, http2: bool) -> anyhow::Result<f64> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--park-server")
         .stdout(std::process::Stdio::piped())
@@ -1244,7 +1256,11 @@ async fn park_floor_kb(token: &str, n: usize) -> anyhow::Result<f64> {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("piped")), &mut line)?;
     let url = format!("http://127.0.0.1:{}", line.trim());
-    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build()?;
+    let client = if http2 {
+        reqwest::Client::builder().http2_prior_knowledge().build()?
+    } else {
+        reqwest::Client::builder().pool_max_idle_per_host(0).build()?
+    };
     let parked = || async { client.get(format!("{url}/parked")).send().await?.text().await };
     parked().await?;
     let before = rss_mb(child.id());
