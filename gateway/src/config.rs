@@ -350,7 +350,7 @@ pub struct HttpSettings {
     /// Requests one HTTP/2 connection may have open at once (the SDK sends
     /// its long-polls over one such connection); more wait in the client
     /// until one ends.
-    pub max_streams_per_connection: u32,
+    pub max_streams_per_connection: std::num::NonZeroU32,
     /// If set, `GET /metrics` needs `Authorization: Bearer <this>`.
     #[serde(serialize_with = "serialize_redacted_opt")]
     pub metrics_token: Option<SecretString>,
@@ -420,7 +420,7 @@ impl Default for HttpSettings {
         HttpSettings {
             body_limit_bytes: 1024 * 1024,
             max_wait_s: 300,
-            max_streams_per_connection: 16_384,
+            max_streams_per_connection: std::num::NonZeroU32::new(16_384).expect("not zero"),
             metrics_token: None,
         }
     }
@@ -507,6 +507,17 @@ mod tests {
             jail.set_env("RH_GATEWAY_DATABASE__URL", "postgres://prefixed/db");
             let settings = Settings::load(file).map_err(|e| e.to_string())?;
             assert_eq!(settings.database.url.expose_secret(), "postgres://prefixed/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn zero_streams_per_connection_is_refused_naming_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("RH_GATEWAY_HTTP__MAX_STREAMS_PER_CONNECTION", "0");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("max_streams_per_connection") && err.contains("nonzero"), "{err}");
             Ok(())
         });
     }

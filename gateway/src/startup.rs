@@ -244,7 +244,12 @@ impl Application {
 /// over one HTTP/2 connection. Short requests stay on HTTP/1, where a round
 /// trip on loopback measured ~60 µs less. One connection may hold
 /// `max_streams` requests at once; more wait in the client.
-pub async fn serve(listener: TcpListener, router: axum::Router, max_streams: u32, stop: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    max_streams: std::num::NonZeroU32,
+    stop: impl Future<Output = ()>,
+) {
     use axum::serve::Listener;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
@@ -255,7 +260,7 @@ pub async fn serve(listener: TcpListener, router: axum::Router, max_streams: u32
         let _ = tcp.set_nodelay(true);
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(max_streams);
+    builder.http2().max_concurrent_streams(max_streams.get());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
