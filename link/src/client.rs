@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::{drive, Handler, Inbound, Outbound, Peer, Timing, MAX_MESSAGE_BYTES};
+use crate::{drive, Handler, Inbound, Outbound, Peer, Timing, MAX_MESSAGE_BYTES, READ_BUFFER_BYTES};
 
 /// An open link's connection.
 pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -32,8 +32,10 @@ pub async fn connect(base: &str, node_id: impl std::fmt::Display, token: &str) -
     let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|e| tungstenite::Error::HttpFormat(tungstenite::http::Error::from(e)))?;
     request.headers_mut().insert(header::AUTHORIZATION, bearer);
-    let config =
-        WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await

@@ -456,3 +456,24 @@ async fn a_cached_call_answers_identical_ones_without_running_them_and_a_failure
     }
     println!("[cache] a hit answered in {:.1} ms (debug build, create to response)", hit_latency.as_secs_f64() * 1e3);
 }
+
+#[tokio::test]
+async fn a_call_many_times_a_links_read_buffer_crosses_the_link_both_ways() {
+    let (stack, _node, _bundle) = stack_with_node(4).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.metric("rh_node_links").await < 1.0 {
+        assert!(Instant::now() < deadline, "the node never opened its link");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = r#"rh_node_link_messages_total{direction="to_nodes"}"#;
+    let before = stack.metric(sent).await;
+    // 600 KiB of argument in, as much result out: 75 times the link's read buffer.
+    let big = "x".repeat(600 * 1024);
+    let (status, dispatch) =
+        stack.post("/v1/dispatches", &json!({"function": "json:dumps", "args": [big], "cluster": "local"})).await;
+    assert!(status.is_success(), "{dispatch}");
+    let done = stack.wait(dispatch["id"].as_str().unwrap(), 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"].as_str().unwrap(), format!("\"{big}\""));
+    assert!(stack.metric(sent).await > before, "the call did not go over the link");
+}

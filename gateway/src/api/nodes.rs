@@ -101,6 +101,7 @@ pub async fn node_link(
         .trim()
         .to_owned();
     Ok(upgrade
+        .read_buffer_size(link::READ_BUFFER_BYTES)
         .max_message_size(link::MAX_MESSAGE_BYTES)
         .max_frame_size(link::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| crate::node_link::serve(state, id, token, socket)))
