@@ -111,7 +111,8 @@ impl Cli {
                     Command::Serve => {
                         let app = Application::build(&settings).await?;
                         tracing::info!(address = %app.local_addr(), "serving");
-                        app.run_until(shutdown_signal()).await
+                        app.run_until(shutdown_signal()).await;
+                        Ok(())
                     }
                     Command::Migrate => {
                         DataStore::connect_lazy(&settings.database)?.migrate().await?;

@@ -94,9 +94,9 @@ pub async fn run(mut settings: Settings, url_is_set: bool, dir: &Path) -> anyhow
     }
     println!("Press Ctrl-C to stop.");
     // Local nodes die with this process (they are started with a parent-death signal).
-    let result = app.run_until(shutdown_signal()).await;
+    app.run_until(shutdown_signal()).await;
     drop(postgres);
-    result
+    Ok(())
 }
 
 /// Stops the embedded server however `run` ends.

@@ -217,7 +217,7 @@ impl Application {
 
     /// Serves until `stop` resolves, then drains in-flight requests (long-polls
     /// return at once with the dispatch's current state) and stops background tasks.
-    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.shutdown.clone();
         let max_streams = self.app.settings.http.max_streams_per_connection;
         let serve = serve(self.listener, self.router, max_streams, async move {
@@ -230,7 +230,6 @@ impl Application {
         for task in self.tasks {
             let _ = task.await;
         }
-        Ok(())
     }
 }
 

@@ -460,11 +460,12 @@ async fn a_cached_call_answers_identical_ones_without_running_them_and_a_failure
 #[tokio::test]
 async fn a_call_many_times_a_links_read_buffer_crosses_the_link_both_ways() {
     let (stack, _node, _bundle) = stack_with_node(4).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.metric("rh_node_links").await < 1.0 {
-        assert!(Instant::now() < deadline, "the node never opened its link");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stack
+        .wait_until(Duration::from_secs(30), "the node's link to open", || async {
+            stack.metric("rh_node_links").await >= 1.0
+        })
+        .await
+        .unwrap();
     let sent = r#"rh_node_link_messages_total{direction="to_nodes"}"#;
     let before = stack.metric(sent).await;
     // 600 KiB of argument in, as much result out: 75 times the link's read buffer.
