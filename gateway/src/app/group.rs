@@ -9,8 +9,10 @@
 //! timer: a group is whatever queued while the writers were busy.
 //!
 //! - Creates: a lone create is inserted and placed on a free slot by one
-//!   statement; a group is inserted as `queued` by one multi-row statement,
-//!   and the placement task places them, also many per statement.
+//!   statement; a group is inserted by one multi-row statement that places
+//!   as many as there are free slots, in order, the same way. Those it
+//!   cannot place are `queued`, for the placement task (also many per
+//!   statement).
 //! - State changes (reports, cancels, requeues): a group is applied in one
 //!   transaction, by one multi-row compare-and-set statement per run of
 //!   changes to distinct dispatches.
@@ -116,8 +118,7 @@ impl GroupWrite for Creates {
 
     async fn many(&self, news: Vec<NewDispatch>) -> Vec<Result<Inserted>> {
         let news: Vec<&NewDispatch> = news.iter().collect();
-        let results = self.0.dispatch_insert_group(&news).await;
-        results.into_iter().map(|result| result.map(|row| row.map(|row| (row, None)))).collect()
+        self.0.dispatch_insert_group(&news).await
     }
 }
 

@@ -342,25 +342,34 @@ impl DataStore {
         Ok(hot.finished(row)?.map(PlacedRow::split))
     }
 
-    /// Records several new dispatches as `queued` in one statement and one
-    /// commit (group commit: the placement task places them, oldest first,
-    /// also many per commit). Each result is its item's, in order: `None`
-    /// when the project already has a dispatch with that idempotency key.
+    /// Records several new dispatches in one statement and one commit (group
+    /// commit) and, in the same statement, places as many as there are free
+    /// slots, in order, the way [`DataStore::dispatch_insert_and_place`]
+    /// places one: a function call or constructor on a free slot of a ready
+    /// node of its cluster, unless older calls of that cluster are queued.
+    /// The rest (and every method call) are `queued`, for the placement
+    /// task. Each result is its item's, in order: its row and, if placed,
+    /// its node; `None` when the project already has a dispatch with that
+    /// idempotency key.
     ///
     /// If the statement fails, each item is tried again on its own, so an
     /// item the database refuses fails alone, with its own error, and the
     /// others are stored.
-    pub async fn dispatch_insert_group(&self, news: &[&NewDispatch]) -> Vec<Result<Option<DispatchRow>>> {
-        match self.dispatch_insert_queued(news).await {
-            Ok(rows) => {
-                news.iter().map(|new| Ok(rows.iter().find(|r| r.dispatch_id == new.dispatch_id).cloned())).collect()
-            }
+    pub async fn dispatch_insert_group(
+        &self,
+        news: &[&NewDispatch],
+    ) -> Vec<Result<Option<(DispatchRow, Option<NodeEndpoint>)>>> {
+        let found = |rows: &[(DispatchRow, Option<NodeEndpoint>)], new: &NewDispatch| {
+            rows.iter().find(|(r, _)| r.dispatch_id == new.dispatch_id).cloned()
+        };
+        match self.dispatch_insert_placing(news).await {
+            Ok(rows) => news.iter().map(|new| Ok(found(&rows, new))).collect(),
             Err(err) if news.len() == 1 => vec![Err(err)],
             Err(err) => {
                 tracing::debug!(error = %err, items = news.len(), "a grouped create failed; storing its items one by one");
                 let mut results = Vec::with_capacity(news.len());
                 for new in news {
-                    results.push(self.dispatch_insert_queued(&[new]).await.map(|mut rows| rows.pop()));
+                    results.push(self.dispatch_insert_placing(&[new]).await.map(|rows| found(&rows, new)));
                 }
                 results
             }
@@ -368,11 +377,11 @@ impl DataStore {
     }
 
     /// The statement behind [`DataStore::dispatch_insert_group`].
-    async fn dispatch_insert_queued(&self, news: &[&NewDispatch]) -> Result<Vec<DispatchRow>> {
+    async fn dispatch_insert_placing(&self, news: &[&NewDispatch]) -> Result<Vec<(DispatchRow, Option<NodeEndpoint>)>> {
         let mut hot = self.hot.acquire().await?;
         let column = |f: fn(&NewDispatch) -> Value| news.iter().map(|n| f(n)).collect::<Vec<Value>>();
         let rows = sqlx::query_as!(
-            DispatchRow,
+            PlacedRow,
             r#"
             with input as (
                 select * from unnest(
@@ -385,18 +394,66 @@ impl DataStore {
                     cluster_project, object_id, method, cache_key, position
                 )
             ),
+            -- How many function calls and constructors each cluster wants slots for.
+            wanted as (
+                select cluster_project, cluster, count(*) as wanted
+                from input where method is null
+                group by cluster_project, cluster
+            ),
+            -- Up to that many free slots of each such cluster's ready nodes,
+            -- ranked, unless the cluster has calls queued (they go first, through
+            -- the placement task). The same conditions as the lone create's.
+            free as (
+                select w.cluster_project, w.cluster, f.node_id, f.slot,
+                       row_number() over (partition by w.cluster_project, w.cluster order by f.slot, f.node_id) as rank
+                from wanted w
+                cross join lateral (
+                    select s.node_id, s.slot
+                    from node_slot s
+                    join node n on n.node_id = s.node_id
+                    where s.project = w.cluster_project and s.cluster = w.cluster and n.state = 'ready'
+                      and s.dispatch_id is null and s.object_id is null and s.slot < n.max_concurrent
+                      and (n.unreachable_until is null or n.unreachable_until < now())
+                      and (
+                          select q.dispatch_id from dispatch_index q
+                          where q.state = 'queued' and q.cluster_project = w.cluster_project
+                            and q.cluster = w.cluster and not q.is_method and q.cached_from is null
+                          order by q.dispatch_id
+                          limit 1
+                      ) is null
+                    order by s.slot
+                    limit w.wanted
+                    for update of s skip locked
+                ) f
+            ),
+            -- The n-th call of a cluster, in the group's order, takes its n-th free slot.
+            chosen as (
+                select i.*, f.node_id, f.slot
+                from (
+                    select *, row_number() over (
+                        partition by cluster_project, cluster, method is null order by position
+                    ) as rank
+                    from input
+                ) i
+                left join free f
+                  on i.method is null and f.cluster_project = i.cluster_project and f.cluster = i.cluster
+                 and f.rank = i.rank
+            ),
             inserted as (
                 insert into dispatch (
                     dispatch_id, project, function_ref, args, kwargs, cluster,
                     idempotency_key, request_hash, requester, labels, timeout_s,
                     function_name, bundle, requirements, cluster_project, object_id, method, cache_key,
-                    state, generation
+                    state, generation, node_id, started_at
                 )
                 select dispatch_id, project, function_ref, args, kwargs, cluster,
                        idempotency_key, request_hash, requester, labels, timeout_s,
                        function_name, bundle, requirements, cluster_project, object_id, method, cache_key,
-                       'queued'::dispatch_state, 1
-                from input order by position
+                       case when node_id is null then 'queued' else 'running' end::dispatch_state,
+                       case when node_id is null then 1 else 2 end,
+                       node_id,
+                       case when node_id is null then null else now() end
+                from chosen order by position
                 on conflict (project, idempotency_key) where idempotency_key is not null do nothing
                 returning *
             ),
@@ -407,10 +464,22 @@ impl DataStore {
                        cache_key, state, node_id, cached_from, updated_at, finished_at
                 from inserted
             ),
+            -- Only a call that was stored takes its slot: one whose idempotency
+            -- key was taken leaves it free.
+            occupied as (
+                update node_slot s set dispatch_id = i.dispatch_id
+                from inserted i
+                join chosen c on c.dispatch_id = i.dispatch_id
+                where i.node_id is not null and s.node_id = c.node_id and s.slot = c.slot
+            ),
             event as (
                 insert into dispatch_event (dispatch_id, from_state, to_state, generation, actor, reason)
                 select dispatch_id, null::dispatch_state, 'queued'::dispatch_state, 1::bigint, requester, 'created'
                 from inserted
+                union all
+                select i.dispatch_id, 'queued'::dispatch_state, 'running'::dispatch_state, 2::bigint, 'gateway',
+                       'placed on node ' || n.name
+                from inserted i join node n on n.node_id = i.node_id
             ),
             labelled as (
                 insert into dispatch_label (project, key, value, dispatch_id)
@@ -425,8 +494,11 @@ impl DataStore {
                 i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
                 i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
-                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from
+                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from,
+                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
+                n.forward_failures > 0 as "node_failing?"
             from inserted i
+            left join node n on n.node_id = i.node_id
             "#,
             &news.iter().map(|n| n.dispatch_id).collect::<Vec<_>>(),
             &news.iter().map(|n| n.project.clone()).collect::<Vec<_>>(),
@@ -449,7 +521,7 @@ impl DataStore {
         )
         .fetch_all(hot.conn())
         .await;
-        Ok(hot.finished(rows)?)
+        Ok(hot.finished(rows)?.into_iter().map(PlacedRow::split).collect())
     }
 
     /// The project's dispatch with this idempotency key.

@@ -295,13 +295,15 @@ async fn a_grouped_create_with_one_item_the_database_refuses_fails_only_that_ite
     refused.method = Some("fit".into());
     let results = db.dispatch_insert_group(&[&first, &refused, &third]).await;
     assert_eq!(results.len(), 3);
-    let stored = results[0].as_ref().unwrap().as_ref().unwrap();
+    // No node in cluster `train`: stored as queued, placed by nobody.
+    let (stored, node) = results[0].as_ref().unwrap().as_ref().unwrap();
     assert_eq!((stored.dispatch_id, stored.state.to_string()), (first.dispatch_id, "queued".to_owned()));
+    assert!(node.is_none());
     // Its own error: the database's refusal (a 500 over the API, with the cause kept for the log).
     let err = results[1].as_ref().unwrap_err();
     let cause = std::error::Error::source(err).map(|s| s.to_string()).unwrap_or_default();
     assert!(matches!(err, gateway::Error::Internal(_)) && cause.contains("dispatch_method_needs_object"), "{cause}");
-    assert_eq!(results[2].as_ref().unwrap().as_ref().unwrap().dispatch_id, third.dispatch_id);
+    assert_eq!(results[2].as_ref().unwrap().as_ref().unwrap().0.dispatch_id, third.dispatch_id);
     // Stored whole: rows, creation events and labels; nothing of the refused item.
     assert_eq!(app.count("dispatch").await, 2);
     assert_eq!(app.count("dispatch_event").await, 2);
@@ -311,8 +313,57 @@ async fn a_grouped_create_with_one_item_the_database_refuses_fails_only_that_ite
     let (again, fourth) = (new_dispatch(Some("k1")), new_dispatch(None));
     let results = db.dispatch_insert_group(&[&again, &fourth]).await;
     assert!(results[0].as_ref().unwrap().is_none());
-    assert_eq!(results[1].as_ref().unwrap().as_ref().unwrap().dispatch_id, fourth.dispatch_id);
+    assert_eq!(results[1].as_ref().unwrap().as_ref().unwrap().0.dispatch_id, fourth.dispatch_id);
     assert_eq!(app.count("dispatch").await, 3);
+}
+
+#[tokio::test]
+async fn a_grouped_create_places_as_many_as_there_are_free_slots_in_order_and_queues_the_rest() {
+    let app = spawn_app().await;
+    let settings = crate::helpers::test_settings(&app.database_url);
+    let db = gateway::db::DataStore::connect_lazy(&settings.database).unwrap();
+    let (node_id, _) = app.fake_node("node-1", 3).await;
+    let on_local = || gateway::db::NewDispatch { cluster: "local".into(), ..new_dispatch(None) };
+    // Five calls in one group, three free slots: the first three run, in order, the rest queue.
+    let news: Vec<_> = (0..5).map(|_| on_local()).collect();
+    let results = db.dispatch_insert_group(&news.iter().collect::<Vec<_>>()).await;
+    let placed: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let (row, node) = r.as_ref().unwrap().as_ref().unwrap();
+            assert_eq!(row.node_id, node.as_ref().map(|n| n.node_id), "{row:?}");
+            (row.state.to_string(), node.as_ref().map(|n| n.node_id.to_string()))
+        })
+        .collect();
+    let running = ("running".to_owned(), Some(node_id.clone()));
+    let queued = ("queued".to_owned(), None);
+    assert_eq!(placed, vec![running.clone(), running.clone(), running, queued.clone(), queued.clone()]);
+    // Each placed call holds a slot of its own, and has both events.
+    let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    let held: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select dispatch_id from node_slot where dispatch_id is not null order by dispatch_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(held, news[..3].iter().map(|n| n.dispatch_id).collect::<Vec<_>>());
+    let placed_events: i64 = sqlx::query_scalar("select count(*) from dispatch_event where to_state = 'running'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(placed_events, 3);
+
+    // A slot frees, but older calls are queued: a new group queues behind them, even with a slot free.
+    sqlx::query("update node_slot set dispatch_id = null where dispatch_id = $1")
+        .bind(news[0].dispatch_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let late = on_local();
+    let results = db.dispatch_insert_group(&[&late, &on_local()]).await;
+    for result in &results {
+        let (row, node) = result.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!((row.state.to_string(), node.is_none()), ("queued".to_owned(), true));
+    }
 }
 
 fn cancel_change(dispatch_id: uuid::Uuid, reason: &str) -> gateway::db::Transition {
