@@ -177,6 +177,38 @@ impl Client {
         self.send(|| self.request(Method::POST, "/v1/dispatches").json(&request)).await
     }
 
+    /// Creates a dispatch and returns it once it has ended (or `timeout`
+    /// has passed, as it then stands), in as few requests as it can: the
+    /// create holds its answer until the call ends, up to 60 s at a time
+    /// (`wait_s`), so a short call takes one request and a longer one goes
+    /// on with long-polls. Without an idempotency key, one is generated, so
+    /// retrying after a lost answer never creates two dispatches.
+    pub async fn dispatch_run(
+        &self,
+        mut request: CreateDispatch,
+        timeout: Option<Duration>,
+    ) -> Result<Dispatch, Error> {
+        if request.idempotency_key.is_none() {
+            request.idempotency_key = Some(format!("rh-{}", uuid::Uuid::new_v4()));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let wait_s = left().map_or(60, |l| l.as_secs().min(60) as u32);
+        let created = self
+            .send_long_lived(|http| {
+                self.request_on(http, Method::POST, "/v1/dispatches")
+                    .query(&[("wait_s", wait_s)])
+                    .json(&request)
+                    .timeout(Duration::from_secs(u64::from(wait_s) + 30))
+            })
+            .await;
+        let dispatch: Dispatch = decode(created?).await?;
+        if dispatch.state.is_terminal() || left().is_some_and(|l| l.is_zero()) {
+            return Ok(dispatch);
+        }
+        self.dispatch_wait(dispatch.id, left()).await
+    }
+
     /// One dispatch.
     pub async fn dispatch_get(&self, id: DispatchId) -> Result<Dispatch, Error> {
         self.send(|| self.request(Method::GET, &format!("/v1/dispatches/{id}"))).await

@@ -27,6 +27,24 @@ async fn a_function_runs_on_the_node_and_returns_its_json_result() {
 }
 
 #[tokio::test]
+async fn a_create_with_wait_s_answers_with_the_calls_result_in_one_request() {
+    let (stack, _node, bundle) = stack_with_node(4).await;
+    let body = json!({"function": "pkg.jobs:hello", "args": ["ada"], "cluster": "local", "bundle": bundle});
+    let (status, done) = stack.post("/v1/dispatches?wait_s=30", &body).await;
+    assert_eq!(status, 201, "{done}");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["greeting"], "hi ada");
+    // A call that outlasts the wait is answered as it stands, still running.
+    let sleepy = json!({"function": "pkg.jobs:sleepy", "args": [600], "cluster": "local", "bundle": bundle});
+    let (status, running) = stack.post("/v1/dispatches?wait_s=1", &sleepy).await;
+    assert_eq!(status, 201, "{running}");
+    assert!(["queued", "running"].contains(&running["state"].as_str().unwrap()), "{running}");
+    let id = running["id"].as_str().unwrap();
+    let (status, _) = stack.post(&format!("/v1/dispatches/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn repeated_calls_reuse_a_warm_worker() {
     let (stack, _node, bundle) = stack_with_node(4).await;
     let mut pids = Vec::new();

@@ -68,6 +68,7 @@ async fn the_readme_walkthrough_works_verbatim() {
     assert_eq!(lines[7], "walkthrough done");
     assert_eq!(lines[8], "{'accuracy': 0.97, 'epochs': 3, 'lr': 0.1}", "{stdout}");
     assert_eq!(&lines[9..12], ["epoch 0: loss 0.100", "epoch 1: loss 0.050", "epoch 2: loss 0.033"], "{stdout}");
+    assert_eq!(lines[12], "{'accuracy': 0.97, 'epochs': 1, 'lr': 0.2}", "the one-request call: {stdout}");
 }
 
 /// Runs the README block `name` against a fresh `rh-gateway dev` whose `local`

@@ -348,6 +348,18 @@ pub struct ListDispatches {
     pub cursor: Option<String>,
 }
 
+/// Query of `POST /v1/dispatches`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateQuery {
+    /// Hold the answer until the dispatch ends or this many seconds pass, 0
+    /// to 300 (as `GET /v1/dispatches/{id}/wait` would): a short call then
+    /// takes one request. Without it the answer comes once it is recorded.
+    #[param(maximum = 300)]
+    pub wait_s: Option<u32>,
+}
+
 /// Query of `GET /v1/dispatches/{id}/wait`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

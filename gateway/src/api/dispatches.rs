@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use uuid::Uuid;
 use wire::{
-    CancelDispatch, CreateDispatch, Dispatch, DispatchEventList, DispatchPage, ListDispatches, Report, WaitQuery,
+    CancelDispatch, CreateDispatch, CreateQuery, Dispatch, DispatchEventList, DispatchPage, ListDispatches, Report,
+    WaitQuery,
 };
 
 use super::auth::Authenticated;
@@ -24,9 +25,10 @@ use crate::auth::Scope;
 /// With an `idempotency_key`, retrying is safe: the same key and body return
 /// the existing dispatch (200), the same key with another body is a 409.
 #[utoipa::path(post, path = "/v1/dispatches", tag = "dispatches", operation_id = "dispatch_create",
+    params(CreateQuery),
     request_body = CreateDispatch,
     responses(
-        (status = 201, description = "Recorded: `queued`, or already `running` when a node of its cluster had a free slot (placed in the same commit).", body = Dispatch),
+        (status = 201, description = "Recorded: `queued`, or already `running` when a node of its cluster had a free slot (placed in the same commit); with `wait_s`, as it ended, or as it is when that time ran out.", body = Dispatch),
         (status = 200, description = "An earlier request with the same idempotency key and body made this dispatch.", body = Dispatch),
         BadRequest, Unauthorized, Forbidden, Conflict, PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable
     ),
@@ -34,10 +36,11 @@ use crate::auth::Scope;
 pub async fn dispatch_create(
     State(state): State<AppState>,
     auth: Authenticated,
+    Query(query): Query<CreateQuery>,
     Json(body): Json<CreateDispatch>,
 ) -> Result<(StatusCode, Json<Dispatch>), ApiError> {
     let caller = auth.require(Scope::DispatchWrite)?;
-    let (row, created) = state.app.dispatch_create(&caller, body).await?;
+    let (row, created) = state.app.dispatch_create(&caller, body, query.wait_s).await?;
     let status = if created == Created::New { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(with_queued_reason(&state, row).await?)))
 }

@@ -105,7 +105,18 @@ fn storable_text(text: &str) -> String {
 
 impl App {
     /// Records a new dispatch, or returns the one this idempotency key already made.
-    pub async fn dispatch_create(&self, caller: &Caller, req: wire::CreateDispatch) -> Result<(DispatchRow, Created)> {
+    ///
+    /// With `wait_s`, the answer is held until the dispatch ends or that many
+    /// seconds pass (as `GET /v1/dispatches/{id}/wait` would hold it), so a
+    /// short call takes one request. The wait starts listening before the
+    /// insert, so it needs no read of the row it just wrote.
+    pub async fn dispatch_create(
+        &self,
+        caller: &Caller,
+        req: wire::CreateDispatch,
+        wait_s: Option<u32>,
+    ) -> Result<(DispatchRow, Created)> {
+        let deadline = wait_s.map(|s| self.wait_deadline("wait_s", s)).transpose()?;
         let request_hash = request_hash(&req);
         let target = self.dispatch_target(caller, &req).await?;
         validate_create(&req, &target)?;
@@ -156,10 +167,38 @@ impl App {
             method,
             cache_key,
         };
-        match new.cache_key.clone() {
-            Some(key) => self.dispatch_insert_cached(new, &key, req.cache_ttl_s).await,
-            None => self.dispatch_insert(new).await,
+        let id = new.dispatch_id;
+        let subscription = deadline.map(|_| self.notifier.subscribe(id));
+        let (row, created) = match new.cache_key.clone() {
+            Some(key) => self.dispatch_insert_cached(new, &key, req.cache_ttl_s).await?,
+            None => self.dispatch_insert(new).await?,
+        };
+        let (Some(deadline), Some(mut subscription)) = (deadline, subscription) else {
+            return Ok((row, created));
+        };
+        if row.state.is_terminal() {
+            return Ok((row, created));
         }
+        // The dispatch is recorded: from here on a failure to read it must
+        // not turn into an error (a client would create it again), so the
+        // row in hand answers instead.
+        let waited = if row.dispatch_id == id {
+            // Ours, and listened to since before its insert: no change was missed.
+            self.wait_for_end(caller, id, &mut subscription, row.generation, deadline).await
+        } else {
+            // An earlier dispatch (idempotency key, cache): listen from now on.
+            drop(subscription);
+            self.dispatch_wait_until(caller, row.dispatch_id, deadline).await.map(Some)
+        };
+        let ended = match waited {
+            Ok(Some(ended)) => Some(ended),
+            Ok(None) => Box::pin(self.dispatch_get(caller, row.dispatch_id)).await.ok(),
+            Err(err) => {
+                tracing::warn!(dispatch_id = %row.dispatch_id, error = %err, "waiting on a created dispatch failed; answering with its row");
+                None
+            }
+        };
+        Ok((ended.unwrap_or(row), created))
     }
 
     /// A create that asked for caching. Under a lock on (project, key): a
@@ -526,11 +565,27 @@ impl App {
     /// Waits until the dispatch is terminal or `timeout_s` passes, then returns it.
     pub async fn dispatch_wait(&self, caller: &Caller, id: Uuid, timeout_s: Option<u32>) -> Result<DispatchRow> {
         let max_wait_s = self.settings.http.max_wait_s;
-        let timeout_s = timeout_s.unwrap_or(DEFAULT_WAIT_S.min(max_wait_s));
-        if timeout_s > max_wait_s {
-            return Err(Error::invalid("timeout_s", format!("`timeout_s` must be at most {max_wait_s}")));
+        let deadline = self.wait_deadline("timeout_s", timeout_s.unwrap_or(DEFAULT_WAIT_S.min(max_wait_s)))?;
+        self.dispatch_wait_until(caller, id, deadline).await
+    }
+
+    /// The instant a wait of `seconds` (the request's field `field`) ends; a
+    /// wait longer than `http.max_wait_s` is refused.
+    fn wait_deadline(&self, field: &str, seconds: u32) -> Result<tokio::time::Instant> {
+        let max_wait_s = self.settings.http.max_wait_s;
+        if seconds > max_wait_s {
+            return Err(Error::invalid(field, format!("`{field}` must be at most {max_wait_s}")));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_s.into());
+        Ok(tokio::time::Instant::now() + Duration::from_secs(seconds.into()))
+    }
+
+    /// Dispatch `id` once it has ended, or as it is at `deadline`.
+    async fn dispatch_wait_until(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        deadline: tokio::time::Instant,
+    ) -> Result<DispatchRow> {
         let mut subscription = self.notifier.subscribe(id);
         // Reads are boxed: a parked waiter then holds only its subscription,
         // its timer and the generation it has seen, not the space of a query
@@ -539,8 +594,24 @@ impl App {
         if row.state.is_terminal() || tokio::time::Instant::now() >= deadline {
             return Ok(row);
         }
-        let mut seen = row.generation;
+        let seen = row.generation;
         drop(row);
+        match self.wait_for_end(caller, id, &mut subscription, seen, deadline).await? {
+            Some(ended) => Ok(ended),
+            None => Box::pin(self.dispatch_get(caller, id)).await,
+        }
+    }
+
+    /// Waits on `subscription` (made before generation `seen` was read) until
+    /// dispatch `id` ends: its row then, or `None` at `deadline` or shutdown.
+    async fn wait_for_end(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        subscription: &mut crate::notify::Subscription<Arc<DispatchRow>>,
+        mut seen: i64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<DispatchRow>> {
         loop {
             let row = tokio::select! {
                 pushed = subscription.changed() => match pushed {
@@ -550,11 +621,11 @@ impl App {
                     // A hint from elsewhere, or a reconnect: read it.
                     None => Box::pin(self.dispatch_get(caller, id)).await?,
                 },
-                _ = tokio::time::sleep_until(deadline) => return Box::pin(self.dispatch_get(caller, id)).await,
-                _ = self.shutdown.cancelled() => return Box::pin(self.dispatch_get(caller, id)).await,
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
             };
             if row.state.is_terminal() {
-                return Ok(row);
+                return Ok(Some(row));
             }
             seen = row.generation;
         }

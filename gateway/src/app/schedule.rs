@@ -263,7 +263,7 @@ impl App {
         req.labels.insert("schedule".into(), row.name.clone());
         req.labels.insert("scheduled_for".into(), at.clone());
         req.idempotency_key = Some(format!("schedule:{}:{at}", row.schedule_id));
-        match self.dispatch_create(&caller, req).await {
+        match self.dispatch_create(&caller, req, None).await {
             Ok(_) => Ok(Fired::Created),
             // The template no longer makes a valid dispatch (a function deleted, say):
             // this fire is lost, not the schedule; say so in the log.

@@ -106,6 +106,104 @@ async fn a_wait_wakes_for_a_change_made_through_another_gateway() {
 }
 
 #[tokio::test]
+async fn a_create_with_wait_s_answers_once_the_dispatch_ends_even_when_it_ends_through_another_gateway() {
+    let first = spawn_app().await;
+    let second = spawn_app_with(test_settings(&first.database_url)).await;
+    let token = first.user_token();
+    let body = json!({"function": "pkg.mod:fn", "cluster": "local", "idempotency_key": "one-request"});
+    let creator = {
+        let (client, url, token, body) =
+            (first.client.clone(), format!("{}/v1/dispatches?wait_s=30", first.address), token.clone(), body.clone());
+        tokio::spawn(async move {
+            let response = client.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+            (response.status(), response.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    // The create is recorded (queued: no node) and its answer held.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let (_, page) = second.get("/v1/dispatches", &token).await;
+        if let Some(found) = page["items"][0]["id"].as_str() {
+            break found.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the create was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!creator.is_finished(), "the create answered before its dispatch ended");
+    second.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({"reason": "elsewhere"})).await;
+    let (status, dispatch) = creator.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!((dispatch["id"].as_str().unwrap(), dispatch["state"].as_str().unwrap()), (id.as_str(), "cancelled"));
+
+    // The same create again (same key and body): the dispatch it made, ended, at once.
+    let response = first
+        .client
+        .post(format!("{}/v1/dispatches?wait_s=30", first.address))
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let again: serde_json::Value = response.json().await.unwrap();
+    assert_eq!((again["id"].as_str().unwrap(), again["state"].as_str().unwrap()), (id.as_str(), "cancelled"));
+}
+
+#[tokio::test]
+async fn a_create_whose_wait_s_runs_out_answers_with_the_dispatch_as_it_stands() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let (status, dispatch) =
+        app.post("/v1/dispatches?wait_s=1", &token, &json!({"function": "pkg.mod:fn", "cluster": "local"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(dispatch["state"], "queued");
+}
+
+#[tokio::test]
+async fn a_create_waiting_longer_than_allowed_is_refused_naming_the_parameter_and_records_nothing() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let (status, error) =
+        app.post("/v1/dispatches?wait_s=301", &token, &json!({"function": "pkg.mod:fn", "cluster": "local"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["field"], "wait_s");
+    assert!(error["message"].as_str().unwrap().contains("300"), "{error}");
+    assert_eq!(app.count("dispatch").await, 0);
+}
+
+#[tokio::test]
+async fn the_sdks_dispatch_run_answers_once_the_dispatch_ends_or_as_it_stands_at_its_timeout() {
+    let app = spawn_app().await;
+    let token = app.user_token();
+    let sdk = runhouse_gateway::Client::new(&app.address, &token).unwrap();
+    let request: wire::CreateDispatch =
+        serde_json::from_value(json!({"function": "pkg.mod:fn", "cluster": "local"})).unwrap();
+    // Queued (no node): at its timeout it is answered as it stands.
+    let queued = sdk.dispatch_run(request.clone(), Some(Duration::from_secs(1))).await.unwrap();
+    assert_eq!(queued.state, wire::DispatchState::Queued);
+    // Ended while the create waits: answered with its end, by that one request.
+    let run = {
+        let sdk = sdk.clone();
+        tokio::spawn(async move { sdk.dispatch_run(request, Some(Duration::from_secs(60))).await.unwrap() })
+    };
+    parked(&app, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let (_, page) = app.get("/v1/dispatches?state=queued", &token).await;
+        let ids: Vec<&str> = page["items"].as_array().unwrap().iter().filter_map(|d| d["id"].as_str()).collect();
+        if let Some(id) = ids.iter().find(|id| **id != queued.id.to_string()) {
+            break id.to_string();
+        }
+        assert!(Instant::now() < deadline, "the second create was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
+    let ended = run.await.unwrap();
+    assert_eq!((ended.id.to_string(), ended.state), (id, wire::DispatchState::Cancelled));
+    assert!(ended.idempotency_key.as_deref().is_some_and(|k| k.starts_with("rh-")), "{:?}", ended.idempotency_key);
+}
+
+#[tokio::test]
 async fn a_thousand_concurrent_waiters_all_wake_when_their_dispatches_finish() {
     let app = spawn_app().await;
     let token = app.user_token();

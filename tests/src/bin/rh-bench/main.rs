@@ -234,6 +234,23 @@ async fn main() -> anyhow::Result<()> {
             let p50s = stages.iter().map(|run| quantile(&run[i], 0.50)).collect();
             figures.push(fig(*key, *label, "ms", "", p50s));
         }
+        // The same calls, each one request: the create's answer is the result.
+        let mut runs = Vec::with_capacity(plan.runs);
+        for _ in 0..plan.runs {
+            runs.push(sequential_by(&stack, &token, &noop, plan.sequential, Flow::OneRequest).await?);
+        }
+        let p50s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
+        let p99s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.99)).collect();
+        let mut one_p50 = fig(
+            "rest_noop_one_request_p50_ms",
+            "no-op over REST in one request, create?wait_s -> result (p50)",
+            "ms",
+            "<= 1.2",
+            p50s,
+        );
+        one_p50.vs_floor = VsFloor::Time;
+        figures.push(one_p50);
+        figures.push(fig("rest_noop_one_request_p99_ms", "  the same (p99)", "ms", "", p99s));
     }
 
     if plan.wants("norec") {
@@ -318,11 +335,24 @@ async fn main() -> anyhow::Result<()> {
         lap.next("throughput");
         let here = [stack.url.clone()];
         let processes = [stack.gateway.as_ref().unwrap().pid(), node.pid(), postmaster_pid(&stack).await?];
+        // Unmeasured: the node starts a warm worker per concurrent call (up to
+        // 64, from the one the sequential sections used), which the first
+        // measured run and the CPU figures would otherwise include.
+        let warm_up = plan.window.min(Duration::from_secs(2));
+        throughput(&stack.client, &here, &token, &noop, plan.concurrency, warm_up, Flow::OneRequest).await?;
         let before = Usage::now(&stack, processes).await?;
-        let throughput =
-            repeat(plan.runs, || throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window))
-                .await?;
+        let two_requests = repeat(plan.runs, || {
+            throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window, Flow::CreateThenWait)
+        })
+        .await?;
         let used = Usage::now(&stack, processes).await?.since(&before);
+        // The same clients, each call one request.
+        let before = Usage::now(&stack, processes).await?;
+        let one_request = repeat(plan.runs, || {
+            throughput(&stack.client, &here, &token, &noop, plan.concurrency, plan.window, Flow::OneRequest)
+        })
+        .await?;
+        let used_one = Usage::now(&stack, processes).await?.since(&before);
         // The same load on the floor's parts alone, after the stack's runs (so
         // their CPU figures above hold only the stack's work).
         let floor = repeat(plan.runs, || floor_throughput(&stack.database_url, plan.concurrency, plan.window)).await?;
@@ -331,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
             "throughput, 64 concurrent clients, durable",
             "dispatches/s",
             ">= 2500",
-            throughput,
+            two_requests,
         );
         rate.vs_floor = VsFloor::Rate(median(&floor));
         figures.push(fig(
@@ -339,7 +369,7 @@ async fn main() -> anyhow::Result<()> {
             "floor: the floor's parts, 64 clients at once (rate)",
             "dispatches/s",
             "",
-            floor,
+            floor.clone(),
         ));
         figures.push(rate);
         // What each dispatch costs under that load: CPU by process (less at
@@ -358,6 +388,22 @@ async fn main() -> anyhow::Result<()> {
             "",
             vec![used.wal_bytes / 1024.0 / used.dispatches],
         ));
+        let mut rate = fig(
+            "throughput_one_request_per_s",
+            "throughput, 64 clients, one request a call (create?wait_s)",
+            "dispatches/s",
+            ">= 2500",
+            one_request,
+        );
+        rate.vs_floor = VsFloor::Rate(median(&floor));
+        figures.push(rate);
+        for (key, label, seconds) in [
+            ("cpu_gateway_one_request_ms", "  CPU per dispatch: the gateway", used_one.cpu_s[0]),
+            ("cpu_node_one_request_ms", "  CPU per dispatch: the node daemon and its workers", used_one.cpu_s[1]),
+            ("cpu_postgres_one_request_ms", "  CPU per dispatch: Postgres", used_one.cpu_s[2]),
+        ] {
+            figures.push(fig(key, label, "ms", "", vec![seconds * 1000.0 / used_one.dispatches]));
+        }
     }
 
     if plan.wants("logs") {
@@ -859,23 +905,54 @@ impl Sequential {
     }
 }
 
+/// How a client gets a call's result over REST.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// `POST /v1/dispatches`, then `GET /v1/dispatches/{id}/wait`.
+    CreateThenWait,
+    /// `POST /v1/dispatches?wait_s=30`: the create's answer is the result.
+    OneRequest,
+}
+
 async fn sequential(stack: &Stack, token: &str, body: &Value, n: usize) -> anyhow::Result<Sequential> {
+    sequential_by(stack, token, body, n, Flow::CreateThenWait).await
+}
+
+/// `n` sequential calls made by `flow`. A one-request call's create is
+/// answered with its result, so its `answered` mark is its end.
+async fn sequential_by(stack: &Stack, token: &str, body: &Value, n: usize, flow: Flow) -> anyhow::Result<Sequential> {
     let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let (mut latencies, mut marks) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let (started, sent) = (Instant::now(), wall());
-        let id = create(&stack.client, &stack.url, token, body).await?;
-        let answered = wall();
-        let done = wait(&stack.client, &stack.url, token, &id, 30).await?;
-        anyhow::ensure!(done["state"] == "succeeded", "dispatch did not succeed: {done}");
+        let (id, done) = match flow {
+            Flow::CreateThenWait => {
+                let id = create(&stack.client, &stack.url, token, body).await?;
+                let answered = wall();
+                let done = wait(&stack.client, &stack.url, token, &id, 30).await?;
+                marks.push((uuid::Uuid::parse_str(&id)?, [sent, answered, 0.0]));
+                (id, done)
+            }
+            Flow::OneRequest => {
+                let done = create_waiting(&stack.client, &stack.url, token, body).await?;
+                let id = done["id"].as_str().unwrap_or_default().to_owned();
+                marks.push((uuid::Uuid::parse_str(&id)?, [sent, 0.0, 0.0]));
+                (id, done)
+            }
+        };
+        anyhow::ensure!(done["state"] == "succeeded", "dispatch {id} did not succeed: {done}");
         latencies.push(ms(started.elapsed()));
-        marks.push((uuid::Uuid::parse_str(&id)?, [sent, answered, wall()]));
+        let mark = &mut marks.last_mut().expect("just pushed").1;
+        mark[2] = wall();
+        if flow == Flow::OneRequest {
+            mark[1] = mark[2];
+        }
     }
     Ok(Sequential { latencies, marks })
 }
 
-/// Dispatches completed per second by `clients` closed-loop clients (create,
-/// then wait), client `i` talking to `urls[i % len]`.
+/// Dispatches completed per second by `clients` closed-loop clients, each
+/// getting its calls' results by `flow`, client `i` talking to `urls[i % len]`.
 async fn throughput(
     client: &reqwest::Client,
     urls: &[String],
@@ -883,6 +960,7 @@ async fn throughput(
     body: &Value,
     clients: usize,
     window: Duration,
+    flow: Flow,
 ) -> anyhow::Result<f64> {
     let deadline = Instant::now() + window;
     let started = Instant::now();
@@ -893,7 +971,13 @@ async fn throughput(
             tokio::spawn(async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    if create_and_wait(&client, &url, &token, &body).await.is_ok() {
+                    let ok = match flow {
+                        Flow::CreateThenWait => create_and_wait(&client, &url, &token, &body).await.is_ok(),
+                        Flow::OneRequest => create_waiting(&client, &url, &token, &body)
+                            .await
+                            .is_ok_and(|done| done["state"] == "succeeded"),
+                    };
+                    if ok {
                         done += 1;
                     }
                 }
@@ -922,6 +1006,11 @@ async fn wait(client: &reqwest::Client, url: &str, token: &str, id: &str, timeou
         .await?
         .json()
         .await?)
+}
+
+/// One request: a create answered once the call has ended (or after 30 s).
+async fn create_waiting(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<Value> {
+    Ok(client.post(format!("{url}/v1/dispatches?wait_s=30")).bearer_auth(token).json(body).send().await?.json().await?)
 }
 
 async fn create_and_wait(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> anyhow::Result<()> {

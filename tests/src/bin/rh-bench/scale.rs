@@ -12,7 +12,7 @@ use e2e::Stack;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
-use super::{create, fig, ms, quantile, repeat, rss_mb, throughput, Figure, Plan};
+use super::{create, fig, ms, quantile, repeat, rss_mb, throughput, Figure, Flow, Plan};
 
 /// Slots across each set of simulated nodes, so 1 node and 1,000 offer
 /// (nearly) the same capacity and only the count of nodes changes.
@@ -123,11 +123,22 @@ pub async fn replicas(stack: &Stack, token: &str, plan: &Plan) -> anyhow::Result
         let spec = SimSpec { gateways: &urls, project: "default", cluster: &cluster, nodes: 64, slots: 16 };
         let sim = SimNodes::start(&stack.keys, spec).await?;
         let body = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": cluster});
-        throughput(&stack.client, &urls, token, &body, plan.concurrency, Duration::from_millis(500)).await?;
+        throughput(
+            &stack.client,
+            &urls,
+            token,
+            &body,
+            plan.concurrency,
+            Duration::from_millis(500),
+            Flow::CreateThenWait,
+        )
+        .await?;
         let calls_before = sim.stats.calls.load(Ordering::Relaxed);
         let http_before = sim.stats.over_http.load(Ordering::Relaxed);
-        let rates =
-            repeat(plan.runs, || throughput(&stack.client, &urls, token, &body, plan.concurrency, plan.window)).await?;
+        let rates = repeat(plan.runs, || {
+            throughput(&stack.client, &urls, token, &body, plan.concurrency, plan.window, Flow::CreateThenWait)
+        })
+        .await?;
         let calls = sim.stats.calls.load(Ordering::Relaxed) - calls_before;
         let http = sim.stats.over_http.load(Ordering::Relaxed) - http_before;
         let (key, label) = if urls.len() == 1 {
