@@ -262,8 +262,13 @@ async fn main() -> anyhow::Result<()> {
         let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
         let bare_p50s =
             noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
-        let mut without =
-            fig("rest_noop_no_record_p50_ms", "  the same, node sending no run records (p50)", "ms", "", bare_p50s);
+        let mut without = fig(
+            "rest_noop_no_record_p50_ms",
+            "no-op over REST (create, then wait), node sending no run records (p50)",
+            "ms",
+            "",
+            bare_p50s,
+        );
         without.vs_floor = VsFloor::Time;
         figures.push(without);
     }
@@ -277,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
             noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
         let mut no_link = fig(
             "rest_noop_no_link_p50_ms",
-            "  the same, node without its link (HTTP requests) (p50)",
+            "no-op over REST (create, then wait), node without its link (p50)",
             "ms",
             "",
             plain_p50s,
