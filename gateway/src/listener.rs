@@ -1,5 +1,6 @@
 //! The gateway's one `LISTEN` connection: dispatch state changes and token
-//! revocations, from this replica or any other.
+//! revocations, from this replica or any other, and calls and cancels other
+//! replicas relay to this one for the nodes whose links it holds.
 //!
 //! Notifications are wake-up hints, never the source of truth: after a
 //! reconnect (when some may have been lost) every waiter is woken to re-read
@@ -18,9 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Revocations;
+use crate::notify::Channel;
 
-const DISPATCH_CHANNEL: &str = "dispatch_state";
-const LOG_CHANNEL: &str = "dispatch_log";
 const TOKEN_CHANNEL: &str = "token_revoked";
 const HELLO_CHANNEL: &str = "gateway_hello";
 /// How often the other listeners are counted.
@@ -68,7 +68,7 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
     let mut listener = PgListener::connect_with(app.db.pool()).await?;
     listener.ignore_pool_close_event(true);
     app.db.listener_name(&mut listener, app.publisher.replica()).await?;
-    listener.listen_all([DISPATCH_CHANNEL, LOG_CHANNEL, TOKEN_CHANNEL, HELLO_CHANNEL]).await?;
+    listener.listen_all(Channel::ALL.iter().map(|c| c.name()).chain([TOKEN_CHANNEL, HELLO_CHANNEL])).await?;
     app.db.listener_hello(HELLO_CHANNEL, app.publisher.replica()).await?;
     // Listening first, then loading, so no revocation can fall between the two.
     match app.db.token_revoked_all().await {
@@ -82,23 +82,37 @@ async fn listen(app: &App, revocations: &Revocations) -> Result<(), sqlx::Error>
         let Some(notification) = listener.try_recv().await? else {
             return Ok(());
         };
+        let payload = notification.payload();
         match notification.channel() {
-            // Hints this replica sent are skipped: it woke its own waiters already.
-            DISPATCH_CHANNEL => {
-                if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
-                    app.notifier.notify(id, None);
+            TOKEN_CHANNEL => revocations.insert(payload.to_owned()),
+            HELLO_CHANNEL if payload != app.publisher.replica().to_string() => app.publisher.set_peers(true),
+            name => match Channel::named(name) {
+                // Hints this replica sent are skipped: it woke its own waiters already.
+                Some(Channel::DispatchState) => {
+                    if let Some(id) = app.publisher.foreign_hint(payload) {
+                        app.notifier.notify(id, None);
+                    }
                 }
-            }
-            LOG_CHANNEL => {
-                if let Some(id) = app.publisher.foreign_hint(notification.payload()) {
-                    app.log_notifier.notify(id, None);
+                Some(Channel::DispatchLog) => {
+                    if let Some(id) = app.publisher.foreign_hint(payload) {
+                        app.log_notifier.notify(id, None);
+                    }
                 }
-            }
-            TOKEN_CHANNEL => revocations.insert(notification.payload().to_owned()),
-            HELLO_CHANNEL if notification.payload() != app.publisher.replica().to_string() => {
-                app.publisher.set_peers(true)
-            }
-            _ => {}
+                // Relays name the replica holding the node's link: only it acts.
+                Some(Channel::RelayCall) => {
+                    if let Some(id) = app.publisher.relay_for_me(payload) {
+                        let app = app.clone();
+                        tokio::spawn(async move { app.relay_call(id).await });
+                    }
+                }
+                Some(Channel::RelayCancel) => {
+                    if let Some(id) = app.publisher.relay_for_me(payload) {
+                        let app = app.clone();
+                        tokio::spawn(async move { app.relay_cancel(id).await });
+                    }
+                }
+                None => {}
+            },
         }
     }
 }

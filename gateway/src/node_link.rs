@@ -4,9 +4,12 @@
 //! own router, presenting the token the node opened the link with, so every
 //! check an HTTP request gets still applies, a revoked token included.
 //!
-//! A replica that holds no link to a node (another replica does, or the node
-//! runs an older daemon) reaches it over HTTP instead; see
-//! [`crate::node_client::NodeClient`].
+//! Each replica records in the node's row that it holds the link
+//! (`node.link_replica`, migration 0020). A replica that places a call, or a
+//! cancel, on a node linked to another replica sends it to that replica,
+//! which sends it over the link (`App::relay_call`); only a node no replica
+//! holds a link to (one running without its link, or between links) is
+//! reached over HTTP; see [`crate::node_client::NodeClient`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,12 +61,15 @@ impl Links {
         }
     }
 
-    /// Forgets `peer`, unless a newer link to the node replaced it already.
-    fn remove(&self, node_id: Uuid, peer: &Arc<Peer>) {
+    /// Forgets `peer`, unless a newer link to the node replaced it already;
+    /// true if it did.
+    fn remove(&self, node_id: Uuid, peer: &Arc<Peer>) -> bool {
         let mut open = self.open.lock().expect("links lock poisoned");
-        if open.get(&node_id).is_some_and(|p| Arc::ptr_eq(p, peer)) {
+        let current = open.get(&node_id).is_some_and(|p| Arc::ptr_eq(p, peer));
+        if current {
             open.remove(&node_id);
         }
+        current
     }
 }
 
@@ -74,6 +80,11 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
     let (peer, outgoing) = Peer::new();
     links.insert(node_id, peer.clone());
     tracing::info!(%node_id, "node link open");
+    // Other replicas send this node's calls and cancels through this one.
+    let replica = state.app.publisher.replica();
+    if let Err(err) = state.app.db.node_link_held(node_id, replica).await {
+        tracing::warn!(%node_id, error = %err, "cannot record which replica holds a node's link");
+    }
     // Pinged every heartbeat interval: the pongs show the node alive (see
     // [`Links::silences`]), and silence for as long as makes a node lost means
     // the link is dead.
@@ -117,6 +128,10 @@ pub async fn serve(state: AppState, node_id: Uuid, token: String, socket: WebSoc
         timing,
     )
     .await;
-    links.remove(node_id, &peer);
+    if links.remove(node_id, &peer) {
+        if let Err(err) = state.app.db.node_link_released(node_id, replica).await {
+            tracing::warn!(%node_id, error = %err, "cannot record that a node's link closed");
+        }
+    }
     tracing::info!(%node_id, "node link closed");
 }

@@ -179,6 +179,25 @@ mod tests {
         assert_eq!(waiter.changed().await, None, "a wake from a reconnect carries nothing: re-read");
     }
 
+    #[test]
+    fn a_relay_is_for_the_replica_it_names_and_a_hint_for_every_other() {
+        let (publisher, mut queue) = Publisher::new();
+        let (other, id) = (Uuid::new_v4(), Uuid::new_v4());
+        publisher.relay(Channel::RelayCall, other, id);
+        let (channel, payload) = queue.try_recv().unwrap();
+        assert_eq!(channel, Channel::RelayCall);
+        assert_eq!(publisher.relay_for_me(&payload), None, "a relay for another replica");
+        assert_eq!(publisher.relay_for_me(&format!("{}:{id}", publisher.replica())), Some(id));
+        assert_eq!(publisher.relay_for_me("not a relay"), None);
+        publisher.publish(Channel::DispatchState, id);
+        let (_, hint) = queue.try_recv().unwrap();
+        assert_eq!(publisher.foreign_hint(&hint), None, "its own hint");
+        assert_eq!(publisher.foreign_hint(&format!("{other}:{id}")), Some(id));
+        for channel in Channel::ALL {
+            assert_eq!(Channel::named(channel.name()), Some(channel));
+        }
+    }
+
     #[tokio::test]
     async fn the_last_subscription_dropped_removes_the_entry() {
         let hub = Notifier::<()>::default();
@@ -192,22 +211,38 @@ mod tests {
     }
 }
 
-/// Which kind of change a hint is about.
+/// Which kind of change a hint is about, or which relay a message asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
     /// A dispatch changed state.
     DispatchState,
     /// A dispatch got new output.
     DispatchLog,
+    /// A call was placed on a node whose link the named replica holds: it
+    /// should send the call over that link.
+    RelayCall,
+    /// A cancel for a call on a node whose link the named replica holds.
+    RelayCancel,
 }
 
 impl Channel {
+    /// Every channel a replica listens on.
+    pub const ALL: [Channel; 4] =
+        [Channel::DispatchState, Channel::DispatchLog, Channel::RelayCall, Channel::RelayCancel];
+
     /// The Postgres channel name.
     pub fn name(self) -> &'static str {
         match self {
             Channel::DispatchState => "dispatch_state",
             Channel::DispatchLog => "dispatch_log",
+            Channel::RelayCall => "relay_call",
+            Channel::RelayCancel => "relay_cancel",
         }
+    }
+
+    /// The channel called `name`.
+    pub fn named(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 
@@ -216,11 +251,12 @@ impl Channel {
 /// Local waiters are woken directly and do not wait for this.
 ///
 /// Each hint's payload is `<replica>:<dispatch id>`, so a replica can skip its
-/// own hints: it has already woken its waiters.
+/// own hints: it has already woken its waiters. A relay's payload names the
+/// replica it is for instead: `<link holder>:<dispatch id>`.
 #[derive(Clone)]
 pub struct Publisher {
     replica: Uuid,
-    sender: tokio::sync::mpsc::UnboundedSender<(Channel, Uuid)>,
+    sender: tokio::sync::mpsc::UnboundedSender<(Channel, String)>,
     /// Whether other replicas listen. A `NOTIFY` costs a commit (a disk
     /// flush) under a database-wide lock, so a lone replica sends none.
     peers: Arc<AtomicBool>,
@@ -229,7 +265,7 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for a new replica id, and the receiving end its task drains.
     /// Until told otherwise it assumes other replicas listen.
-    pub fn new() -> (Publisher, tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>) {
+    pub fn new() -> (Publisher, tokio::sync::mpsc::UnboundedReceiver<(Channel, String)>) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         (Publisher { replica: Uuid::new_v4(), sender, peers: Arc::new(AtomicBool::new(true)) }, receiver)
     }
@@ -258,16 +294,27 @@ impl Publisher {
     /// Queues a hint for the other replicas, if there are any; never blocks.
     pub fn publish(&self, channel: Channel, id: Uuid) {
         if self.has_peers() {
-            let _ = self.sender.send((channel, id));
+            let _ = self.sender.send((channel, format!("{}:{id}", self.replica)));
         }
+    }
+
+    /// Queues a relay (`Channel::RelayCall` or `RelayCancel`) of dispatch
+    /// `id` for replica `holder`, the one holding its node's link; never blocks.
+    pub fn relay(&self, channel: Channel, holder: Uuid, id: Uuid) {
+        let _ = self.sender.send((channel, format!("{holder}:{id}")));
+    }
+
+    /// The dispatch id a relay is about, if it is for this replica.
+    pub fn relay_for_me(&self, payload: &str) -> Option<Uuid> {
+        let (replica, id) = payload.split_once(':')?;
+        (replica.parse::<Uuid>().ok()? == self.replica).then(|| id.parse().ok()).flatten()
     }
 }
 
-/// Drains queued hints and publishes each batch with one statement per channel.
+/// Drains queued hints and relays and publishes each batch with one statement per channel.
 pub async fn run_publisher(
-    replica: Uuid,
     db: crate::db::DataStore,
-    mut receiver: tokio::sync::mpsc::UnboundedReceiver<(Channel, Uuid)>,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<(Channel, String)>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -279,20 +326,23 @@ pub async fn run_publisher(
             },
         };
         let mut batch: HashMap<Channel, Vec<String>> = HashMap::new();
-        batch.entry(first.0).or_default().push(format!("{replica}:{}", first.1));
-        while let Ok((channel, id)) = receiver.try_recv() {
-            let ids = batch.entry(channel).or_default();
-            if ids.len() >= 1000 {
+        batch.entry(first.0).or_default().push(first.1);
+        while let Ok((channel, payload)) = receiver.try_recv() {
+            let payloads = batch.entry(channel).or_default();
+            payloads.push(payload);
+            if payloads.len() >= 1000 {
                 break;
             }
-            ids.push(format!("{replica}:{id}"));
         }
-        for (channel, mut ids) in batch {
-            ids.sort();
-            ids.dedup();
-            if let Err(err) = db.notify_many(channel.name(), &ids).await {
-                // Other replicas' waiters re-read on their next wake or timeout.
-                tracing::warn!(error = %err, "cannot publish change hints");
+        for (channel, mut payloads) in batch {
+            payloads.sort();
+            payloads.dedup();
+            if let Err(err) = db.notify_many(channel.name(), &payloads).await {
+                // Other replicas' waiters re-read on their next wake or
+                // timeout; a call whose relay is lost never reaches its node,
+                // which never lists it, so the heartbeat repair requeues it;
+                // the cancel repair re-sends a lost cancel.
+                tracing::warn!(error = %err, channel = channel.name(), "cannot publish hints or relays");
             }
         }
     }

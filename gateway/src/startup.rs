@@ -91,12 +91,7 @@ impl Application {
         let tasks = vec![
             tokio::spawn(crate::listener::run(app.clone(), revocations.clone(), shutdown.clone())),
             tokio::spawn(crate::listener::peers_run(app.clone(), shutdown.clone())),
-            tokio::spawn(crate::notify::run_publisher(
-                app.publisher.replica(),
-                app.db.clone(),
-                hints,
-                shutdown.clone(),
-            )),
+            tokio::spawn(crate::notify::run_publisher(app.db.clone(), hints, shutdown.clone())),
             spawn_step(
                 "placement",
                 Duration::from_secs(1),

@@ -323,6 +323,59 @@ async fn three_replicas_bring_up_a_local_cluster_of_two_with_exactly_two_nodes_a
 }
 
 #[tokio::test]
+async fn a_node_no_replica_can_reach_over_http_gets_the_calls_and_cancels_another_replica_places() {
+    let stack = Stack::start().await.unwrap();
+    let (_second, second_url) = replica(&stack).await;
+    // Linked to the second replica only, advertising an address nothing
+    // listens on (as a node behind NAT would): the first replica can reach it
+    // only through the second.
+    let _node = stack
+        .start_node_env("hidden", "local", 4, &second_url, &[("RH_NODE_ADVERTISE", "http://127.0.0.1:9")])
+        .await
+        .unwrap();
+    // Registered is not yet linked: until the second replica records that it
+    // holds the link, a call goes over HTTP.
+    let db = sqlx::PgPool::connect(&stack.database_url).await.unwrap();
+    stack
+        .wait_until(Duration::from_secs(30), "the node's link to the second replica", || async {
+            let linked: Option<bool> =
+                sqlx::query_scalar("select link_replica is not null from node where name = 'hidden'")
+                    .fetch_optional(&db)
+                    .await
+                    .unwrap();
+            linked == Some(true)
+        })
+        .await
+        .unwrap();
+    for i in 0..5 {
+        // Created, placed and answered by the first replica.
+        let body = json!({"function": "json:dumps", "args": [i], "cluster": "local"});
+        let (status, done) = stack.post("/v1/dispatches?wait_s=60", &body).await;
+        assert_eq!(status, 201, "{done}");
+        assert_eq!((&done["state"], &done["result"]), (&json!("succeeded"), &json!(i.to_string())), "{done}");
+        // Sent once: never refused and sent back to the queue.
+        let (_, events) = stack.get(&format!("/v1/dispatches/{}/events", done["id"].as_str().unwrap())).await;
+        let placed = events["items"].as_array().unwrap().iter().filter(|e| e["to_state"] == "running").count();
+        assert_eq!(placed, 1, "{events}");
+    }
+    // A cancel through the first replica reaches the running call.
+    let bundle = stack.fixture_bundle().await;
+    let id = stack.dispatch(&bundle, "pkg.jobs:sleepy", json!([600]), json!({})).await;
+    stack
+        .wait_until(Duration::from_secs(30), "the call to start", || async {
+            stack.logs(&id).await.0.starts_with("pid ")
+        })
+        .await
+        .unwrap();
+    let (status, _) = stack.post(&format!("/v1/dispatches/{id}/cancel"), &json!({"reason": "through the other"})).await;
+    assert_eq!(status, 200);
+    let done = stack.wait(&id, 30).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    let (_, nodes) = stack.get("/v1/nodes").await;
+    assert_eq!(nodes["items"][0]["state"], "ready", "never unreachable: {nodes}");
+}
+
+#[tokio::test]
 async fn a_node_whose_first_gateway_replica_dies_keeps_working_through_the_second() {
     let stack = Stack::start().await.unwrap();
     let (first, first_url) = replica(&stack).await;

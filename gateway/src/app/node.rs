@@ -12,8 +12,9 @@ use super::dispatch::{validate_name, Actor, Outcome};
 use super::App;
 use crate::auth::{Caller, NodeBinding};
 use crate::db::{ClusterKey, DispatchRow, HeartbeatView, NewNode, NodeKey, NodeRow};
-use crate::dispatch::Event;
+use crate::dispatch::{DispatchState, Event};
 use crate::node_client::CancelOutcome;
+use crate::notify::Channel;
 use crate::{Error, Result};
 
 /// Longest node address accepted.
@@ -221,6 +222,38 @@ impl App {
     /// not know the call, the cancel is complete.
     pub async fn cancel_forward(&self, row: &DispatchRow) {
         let Some(node_id) = row.node_id else { return };
+        // A node linked to another replica is told through that replica.
+        let holder = match self.nodes.links.get(node_id) {
+            Some(_) => None,
+            None => self.db.node_link_replica(node_id).await.unwrap_or_else(|err| {
+                tracing::warn!(%node_id, error = %err, "cannot read which replica holds a node's link");
+                None
+            }),
+        };
+        if let Some(holder) = self.holder_elsewhere(node_id, holder) {
+            self.publisher.relay(Channel::RelayCancel, holder, row.dispatch_id);
+            return;
+        }
+        self.cancel_send(row, node_id).await
+    }
+
+    /// A cancel another replica asked for, of a call on a node whose link this
+    /// replica holds: sent if the call is still being cancelled. Never
+    /// relayed again; an undelivered one is re-sent by the cancel repair.
+    pub async fn relay_cancel(&self, id: Uuid) {
+        match self.db.dispatch_get(None, id).await {
+            Ok(Some(row)) if row.state == DispatchState::Cancelling => {
+                if let Some(node_id) = row.node_id {
+                    self.cancel_send(&row, node_id).await
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(dispatch_id = %id, error = %err, "cannot read a relayed cancel's dispatch"),
+        }
+    }
+
+    /// Sends a cancel to the node (over its link if this replica holds it, else over HTTP).
+    async fn cancel_send(&self, row: &DispatchRow, node_id: Uuid) {
         let node = match self.db.node_get(node_id).await {
             Ok(Some(node)) => node,
             Ok(None) => return,

@@ -5,11 +5,14 @@
 
 use serde_json::json;
 
+use uuid::Uuid;
+
 use super::dispatch::Outcome;
 use super::App;
 use crate::db::{DispatchRow, NodeEndpoint};
 use crate::dispatch::Event;
 use crate::node_client::ForwardError;
+use crate::notify::Channel;
 use crate::Result;
 
 /// Most placements one activation makes before yielding.
@@ -85,11 +88,43 @@ impl App {
         self.dispatch_forward(row, node);
     }
 
-    /// Sends a placed dispatch to its node. Forwarding runs in its own task,
-    /// so one slow node holds up nothing else.
+    /// Sends a placed dispatch to its node: over the node's link if this
+    /// replica holds it, through the replica that does if another does, else
+    /// over HTTP. Forwarding runs in its own task, so one slow node holds up
+    /// nothing else.
     pub(crate) fn dispatch_forward(&self, row: DispatchRow, node: NodeEndpoint) {
         let app = self.clone();
-        tokio::spawn(async move { app.forward(row, node).await });
+        match app.holder_elsewhere(node.node_id, node.link_replica) {
+            // That replica reads the call and sends it (`relay_call`), and
+            // deals with the node's answer as `forward` does here.
+            Some(holder) => app.publisher.relay(Channel::RelayCall, holder, row.dispatch_id),
+            None => {
+                tokio::spawn(async move { app.forward(row, node).await });
+            }
+        }
+    }
+
+    /// The replica to send a node's call or cancel through: `holder` (the
+    /// one that said it holds the node's link, `node.link_replica`, a routing
+    /// hint), unless that is this replica or this replica holds the link.
+    pub(crate) fn holder_elsewhere(&self, node_id: Uuid, holder: Option<Uuid>) -> Option<Uuid> {
+        if self.nodes.links.get(node_id).is_some() {
+            return None;
+        }
+        holder.filter(|h| *h != self.publisher.replica())
+    }
+
+    /// A call another replica placed on a node whose link this replica
+    /// holds: sent to the node if it is still placed there and has not
+    /// ended. Never relayed again: without the link (it closed meanwhile) it
+    /// goes over HTTP.
+    pub async fn relay_call(&self, id: Uuid) {
+        match self.db.dispatch_placed_with_node(id).await {
+            Ok(Some((row, Some(node)))) => self.forward(row, node).await,
+            Ok(_) => {}
+            // Its node never lists it, so the heartbeat repair requeues it.
+            Err(err) => tracing::warn!(dispatch_id = %id, error = %err, "cannot read a relayed call"),
+        }
     }
 
     async fn forward(&self, row: DispatchRow, node: NodeEndpoint) {

@@ -32,6 +32,7 @@ macro_rules! dispatch_rows {
             node_address: Option<String>,
             node_api_secret: Option<String>,
             node_failing: Option<bool>,
+            node_link_replica: Option<Uuid>,
         }
 
         impl PlacedRow {
@@ -39,7 +40,8 @@ macro_rules! dispatch_rows {
                 let node = match (self.node_id, self.node_name, self.node_address, self.node_api_secret) {
                     (Some(node_id), Some(name), Some(address), Some(api_secret)) => {
                         let failing = self.node_failing.unwrap_or(false);
-                        Some(NodeEndpoint { node_id, name, address, api_secret, failing })
+                        let link_replica = self.node_link_replica;
+                        Some(NodeEndpoint { node_id, name, address, api_secret, failing, link_replica })
                     }
                     _ => None,
                 };
@@ -314,7 +316,7 @@ impl DataStore {
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
                 i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
-                n.forward_failures > 0 as "node_failing?"
+                n.forward_failures > 0 as "node_failing?", n.link_replica as "node_link_replica?"
             from inserted i
             left join node n on n.node_id = i.node_id
             "#,
@@ -496,7 +498,7 @@ impl DataStore {
                 i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
                 i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
-                n.forward_failures > 0 as "node_failing?"
+                n.forward_failures > 0 as "node_failing?", n.link_replica as "node_link_replica?"
             from inserted i
             left join node n on n.node_id = i.node_id
             "#,
@@ -522,6 +524,35 @@ impl DataStore {
         .fetch_all(hot.conn())
         .await;
         Ok(hot.finished(rows)?.into_iter().map(PlacedRow::split).collect())
+    }
+
+    /// A call placed and not yet ended, with its node: what a replica needs
+    /// to send it over the node's link when another replica placed it.
+    pub async fn dispatch_placed_with_node(&self, id: Uuid) -> Result<Option<(DispatchRow, Option<NodeEndpoint>)>> {
+        let row = sqlx::query_as!(
+            PlacedRow,
+            r#"
+            select
+                i.dispatch_id as "dispatch_id!", i.project as "project!", i.function_ref as "function_ref!",
+                i.function_name, i.bundle, i.requirements as "requirements!",
+                i.args as "args!", i.kwargs as "kwargs!", i.cluster as "cluster!", i.node_id,
+                i.state as "state!: DispatchState", i.generation as "generation!",
+                i.idempotency_key, i.request_hash as "request_hash!", i.requester as "requester!",
+                i.labels as "labels!", i.timeout_s, i.result, i.failure, i.cancelled_by, i.cancel_reason,
+                i.created_at as "created_at!", i.started_at, i.cancel_requested_at, i.finished_at,
+                i.updated_at as "updated_at!", i.log_bytes as "log_bytes!", i.log_truncated as "log_truncated!",
+                i.cluster_project as "cluster_project!", i.acked_at, i.requeues as "requeues!", i.object_id, i.method, i.cache_key, i.cached_from,
+                n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
+                n.forward_failures > 0 as "node_failing?", n.link_replica as "node_link_replica?"
+            from dispatch i
+            join node n on n.node_id = i.node_id
+            where i.dispatch_id = $1 and i.state = 'running'
+            "#,
+            id
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(PlacedRow::split))
     }
 
     /// The project's dispatch with this idempotency key.
@@ -853,7 +884,7 @@ impl DataStore {
                 u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
                 u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method, u.cache_key, u.cached_from,
                 n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
-                n.forward_failures > 0 as "node_failing?"
+                n.forward_failures > 0 as "node_failing?", n.link_replica as "node_link_replica?"
             from updated u
             join node n on n.node_id = u.node_id
             order by u.dispatch_id
@@ -933,7 +964,7 @@ impl DataStore {
                     u.updated_at as "updated_at!", u.log_bytes as "log_bytes!", u.log_truncated as "log_truncated!",
                     u.cluster_project as "cluster_project!", u.acked_at, u.requeues as "requeues!", u.object_id, u.method, u.cache_key, u.cached_from,
                     n.name as "node_name?", n.address as "node_address?", n.api_secret as "node_api_secret?",
-                n.forward_failures > 0 as "node_failing?"
+                n.forward_failures > 0 as "node_failing?", n.link_replica as "node_link_replica?"
                 from updated u
                 join node n on n.node_id = u.node_id
                 "#,

@@ -72,6 +72,9 @@ pub struct NodeEndpoint {
     /// Forwards to it failed lately (as placement read it): the next one that
     /// gets through clears that ([`DataStore::node_reached`]).
     pub failing: bool,
+    /// The replica holding its link, as the statement that placed the call
+    /// read it (`node.link_replica`; `None`: none, or not read).
+    pub link_replica: Option<Uuid>,
 }
 
 impl From<&NodeRow> for NodeEndpoint {
@@ -83,6 +86,8 @@ impl From<&NodeRow> for NodeEndpoint {
             api_secret: row.api_secret.clone(),
             // Read by placement's forwards only; cancels and stops need no reset.
             failing: false,
+            // Those that route by it read it themselves.
+            link_replica: None,
         }
     }
 }
@@ -265,6 +270,30 @@ impl DataStore {
         .fetch_one(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Records that `replica` holds node `node_id`'s link (a routing hint; see migration 0020).
+    pub async fn node_link_held(&self, node_id: Uuid, replica: Uuid) -> Result<()> {
+        sqlx::query!("update node set link_replica = $2 where node_id = $1", node_id, replica)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets that `replica` holds node `node_id`'s link, unless another's replaced it.
+    pub async fn node_link_released(&self, node_id: Uuid, replica: Uuid) -> Result<()> {
+        sqlx::query!("update node set link_replica = null where node_id = $1 and link_replica = $2", node_id, replica)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The replica that last said it holds node `node_id`'s link.
+    pub async fn node_link_replica(&self, node_id: Uuid) -> Result<Option<Uuid>> {
+        let holder = sqlx::query_scalar!("select link_replica from node where node_id = $1", node_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(holder.flatten())
     }
 
     /// One node.

@@ -154,7 +154,7 @@ pub async fn replicas(stack: &Stack, token: &str, plan: &Plan) -> anyhow::Result
             let share = 100.0 * http as f64 / calls.max(1) as f64;
             figures.push(fig(
                 "sim_replicas_http_pct",
-                "  calls placed by the replica without the node's link (HTTP)",
+                "  calls that reached their node over HTTP, not its link",
                 "%",
                 "",
                 vec![share],
