@@ -168,17 +168,14 @@ impl App {
             cache_key,
         };
         let id = new.dispatch_id;
-        let subscription = deadline.map(|_| self.notifier.subscribe(id));
+        let waiting = deadline.map(|deadline| (deadline, self.notifier.subscribe(id)));
         let (row, created) = match new.cache_key.clone() {
             Some(key) => self.dispatch_insert_cached(new, &key, req.cache_ttl_s).await?,
             None => self.dispatch_insert(new).await?,
         };
-        let (Some(deadline), Some(mut subscription)) = (deadline, subscription) else {
+        let Some((deadline, mut subscription)) = waiting.filter(|_| !row.state.is_terminal()) else {
             return Ok((row, created));
         };
-        if row.state.is_terminal() {
-            return Ok((row, created));
-        }
         // The dispatch is recorded: from here on a failure to read it must
         // not turn into an error (a client would create it again), so the
         // row in hand answers instead.

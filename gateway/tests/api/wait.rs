@@ -26,6 +26,20 @@ async fn parked(app: &TestApp, count: u64) {
     }
 }
 
+/// The id of a dispatch `app` lists besides those in `known`, once one is recorded.
+async fn recorded_besides(app: &TestApp, token: &str, known: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, page) = app.get("/v1/dispatches", token).await;
+        let mut ids = page["items"].as_array().into_iter().flatten().filter_map(|d| d["id"].as_str());
+        if let Some(id) = ids.find(|id| !known.contains(id)) {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no dispatch besides {known:?} was recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_parked_wait_returns_when_its_dispatch_is_cancelled() {
     let app = spawn_app().await;
@@ -120,15 +134,7 @@ async fn a_create_with_wait_s_answers_once_the_dispatch_ends_even_when_it_ends_t
         })
     };
     // The create is recorded (queued: no node) and its answer held.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let (_, page) = second.get("/v1/dispatches", &token).await;
-        if let Some(found) = page["items"][0]["id"].as_str() {
-            break found.to_owned();
-        }
-        assert!(Instant::now() < deadline, "the create was never recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let id = recorded_besides(&second, &token, &[]).await;
     assert!(!creator.is_finished(), "the create answered before its dispatch ended");
     second.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({"reason": "elsewhere"})).await;
     let (status, dispatch) = creator.await.unwrap();
@@ -187,16 +193,7 @@ async fn the_sdks_dispatch_run_answers_once_the_dispatch_ends_or_as_it_stands_at
         tokio::spawn(async move { sdk.dispatch_run(request, Some(Duration::from_secs(60))).await.unwrap() })
     };
     parked(&app, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
-        let (_, page) = app.get("/v1/dispatches?state=queued", &token).await;
-        let ids: Vec<&str> = page["items"].as_array().unwrap().iter().filter_map(|d| d["id"].as_str()).collect();
-        if let Some(id) = ids.iter().find(|id| **id != queued.id.to_string()) {
-            break id.to_string();
-        }
-        assert!(Instant::now() < deadline, "the second create was never recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let id = recorded_besides(&app, &token, &[&queued.id.to_string()]).await;
     app.post(&format!("/v1/dispatches/{id}/cancel"), &token, &json!({})).await;
     let ended = run.await.unwrap();
     assert_eq!((ended.id.to_string(), ended.state), (id, wire::DispatchState::Cancelled));

@@ -214,18 +214,16 @@ async fn main() -> anyhow::Result<()> {
     if plan.wants("rest") {
         lap.next("REST no-op");
         let runs = noop_runs(&stack, &token, &noop, &plan).await?;
-        let p50s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
-        let p99s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.99)).collect();
         let mut rest_p50 = fig(
             "rest_noop_p50_ms",
             "no-op dispatch over REST, create -> long-poll -> result (p50)",
             "ms",
             "<= 1.2",
-            p50s.clone(),
+            quantiles(&runs, 0.50),
         );
         rest_p50.vs_floor = VsFloor::Time;
         figures.push(rest_p50);
-        figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", p99s));
+        figures.push(fig("rest_noop_p99_ms", "no-op dispatch over REST (p99)", "ms", "", quantiles(&runs, 0.99)));
         let mut stages = Vec::with_capacity(runs.len());
         for run in &runs {
             stages.push(run.stages(&stack).await?);
@@ -239,18 +237,16 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..plan.runs {
             runs.push(sequential_by(&stack, &token, &noop, plan.sequential, Flow::OneRequest).await?);
         }
-        let p50s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
-        let p99s: Vec<f64> = runs.iter().map(|run| quantile(&run.latencies, 0.99)).collect();
         let mut one_p50 = fig(
             "rest_noop_one_request_p50_ms",
             "no-op over REST in one request, create?wait_s -> result (p50)",
             "ms",
             "<= 1.2",
-            p50s,
+            quantiles(&runs, 0.50),
         );
         one_p50.vs_floor = VsFloor::Time;
         figures.push(one_p50);
-        figures.push(fig("rest_noop_one_request_p99_ms", "  the same (p99)", "ms", "", p99s));
+        figures.push(fig("rest_noop_one_request_p99_ms", "  the same (p99)", "ms", "", quantiles(&runs, 0.99)));
     }
 
     if plan.wants("norec") {
@@ -260,8 +256,7 @@ async fn main() -> anyhow::Result<()> {
             stack.start_node_env("bench-norec", "norec", 64, &stack.url, &[("RH_NODE_NO_RUN_RECORDS", "1")]).await?,
         );
         let bare = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "norec"});
-        let bare_p50s =
-            noop_runs(&stack, &token, &bare, &plan).await?.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
+        let bare_p50s = quantiles(&noop_runs(&stack, &token, &bare, &plan).await?, 0.50);
         let mut without = fig(
             "rest_noop_no_record_p50_ms",
             "no-op over REST (create, then wait), node sending no run records (p50)",
@@ -278,8 +273,7 @@ async fn main() -> anyhow::Result<()> {
         // What the node link saves: the same no-op on a node talking plain HTTP requests.
         nodes.push(stack.start_node_env("bench-nolink", "nolink", 64, &stack.url, &[("RH_NODE_NO_LINK", "1")]).await?);
         let plain = json!({"function": "json:dumps", "args": ["x".repeat(1024)], "cluster": "nolink"});
-        let plain_p50s =
-            noop_runs(&stack, &token, &plain, &plan).await?.iter().map(|run| quantile(&run.latencies, 0.50)).collect();
+        let plain_p50s = quantiles(&noop_runs(&stack, &token, &plain, &plan).await?, 0.50);
         let mut no_link = fig(
             "rest_noop_no_link_p50_ms",
             "no-op over REST (create, then wait), node without its link (p50)",
@@ -871,6 +865,11 @@ const STAGES: [(&str, &str); 4] = [
     ("rest_noop_stage_report_ms", "  stage: report's statement begins -> result at the client (p50)"),
 ];
 
+/// The `q` quantile of each run's latencies.
+fn quantiles(runs: &[Sequential], q: f64) -> Vec<f64> {
+    runs.iter().map(|run| quantile(&run.latencies, q)).collect()
+}
+
 /// One run of sequential calls.
 struct Sequential {
     /// create → result, ms.
@@ -930,28 +929,19 @@ async fn sequential_by(stack: &Stack, token: &str, body: &Value, n: usize, flow:
     let (mut latencies, mut marks) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         let (started, sent) = (Instant::now(), wall());
-        let (id, done) = match flow {
+        let (done, answered) = match flow {
             Flow::CreateThenWait => {
                 let id = create(&stack.client, &stack.url, token, body).await?;
                 let answered = wall();
-                let done = wait(&stack.client, &stack.url, token, &id, 30).await?;
-                marks.push((uuid::Uuid::parse_str(&id)?, [sent, answered, 0.0]));
-                (id, done)
+                (wait(&stack.client, &stack.url, token, &id, 30).await?, Some(answered))
             }
-            Flow::OneRequest => {
-                let done = create_waiting(&stack.client, &stack.url, token, body).await?;
-                let id = done["id"].as_str().unwrap_or_default().to_owned();
-                marks.push((uuid::Uuid::parse_str(&id)?, [sent, 0.0, 0.0]));
-                (id, done)
-            }
+            Flow::OneRequest => (create_waiting(&stack.client, &stack.url, token, body).await?, None),
         };
-        anyhow::ensure!(done["state"] == "succeeded", "dispatch {id} did not succeed: {done}");
+        anyhow::ensure!(done["state"] == "succeeded", "dispatch did not succeed: {done}");
         latencies.push(ms(started.elapsed()));
-        let mark = &mut marks.last_mut().expect("just pushed").1;
-        mark[2] = wall();
-        if flow == Flow::OneRequest {
-            mark[1] = mark[2];
-        }
+        let end = wall();
+        let id = uuid::Uuid::parse_str(done["id"].as_str().unwrap_or_default())?;
+        marks.push((id, [sent, answered.unwrap_or(end), end]));
     }
     Ok(Sequential { latencies, marks })
 }
